@@ -1,0 +1,38 @@
+# luigi_phot: the two commands a new user needs are `make demo` and `make test`.
+# Both create the virtual environment .venv first (Python 3.12/3.13, found by
+# scripts/find_python.sh; override with `make PYTHON=/path/to/python3.12 ...`).
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench tom-setup clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@interp=$$(PYTHON="$(PYTHON)" ./scripts/find_python.sh) || exit 1; \
+	echo "Using $$interp ($$($$interp -V 2>&1))"; \
+	[ -x $(PY) ] || $$interp -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Generate a synthetic LCO-like dataset in demo/ and reduce it with
+# `luigi --module luigi_phot ReduceDataset --red-dir ... --local-scheduler`.
+demo: venv
+	$(PY) scripts/demo.py
+
+# The test suite. Sets up the local TOM Toolkit server environment (.tom/) once;
+# the tests themselves start and stop luigid and the TOM on 127.0.0.1.
+test: venv tom-setup
+	$(VENV)/bin/pytest -q
+
+tom-setup:
+	PYTHON="$$(PYTHON="$(PYTHON)" ./scripts/find_python.sh)" ./scripts/tom_server.sh setup
+
+bench: venv
+	$(PY) benchmarks/run_benchmarks.py
+
+clean:
+	rm -rf $(VENV) .tom demo build *.egg-info

@@ -1,0 +1,633 @@
+"""Every configuration file luigi_phot reads is parsed and validated here.
+
+Three files, each into a typed, immutable object:
+
+- ``reduction_config.yaml`` in a dataset's ``red_dir``  -> :class:`ReductionConfig`
+- the TOM account file named by ``tom.config_file``    -> :class:`TomConfig`
+- the reduction manager's configuration                -> :class:`ManagerConfig`
+
+A problem is raised as :class:`ConfigError` whose text is one line naming the
+file, the key and what was expected, for example::
+
+    reduction_config.yaml: target.RA '17:99:00' is not a valid sexagesimal RA
+
+Nothing else in the package reads YAML. YAML is loaded with ``safe_load``:
+no value is ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "REDUCTION_CONFIG_NAME",
+    "TargetConfig",
+    "PhotometryConfig",
+    "CameraConfig",
+    "TomSettings",
+    "ReductionConfig",
+    "TomConfig",
+    "DatasetSelection",
+    "ManagerConfig",
+    "load_reduction_config",
+    "load_tom_config",
+    "load_manager_config",
+    "parse_ra",
+    "parse_dec",
+    "example_path",
+]
+
+REDUCTION_CONFIG_NAME = "reduction_config.yaml"
+_EXAMPLES = Path(__file__).parent / "examples"
+
+
+def example_path(name: str) -> Path:
+    """Path of an example configuration shipped in the package
+    (``reduction_config.yaml``, ``manager_config.yaml``, ``tom_config.yaml``)."""
+    return _EXAMPLES / name
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid (one-line message)."""
+
+
+# --------------------------------------------------------------------------
+# Sexagesimal coordinates
+# --------------------------------------------------------------------------
+
+_SEXA = re.compile(
+    r"^\s*([+-])?\s*(\d{1,3})[:\s hHdD°]+(\d{1,2})[:\s mM']+(\d{1,2}(?:\.\d*)?)\s*[sS\"]?\s*$"
+)
+
+
+def _split_sexagesimal(text: str):
+    m = _SEXA.match(text)
+    if not m:
+        return None
+    sign = -1.0 if m.group(1) == "-" else 1.0
+    return sign, int(m.group(2)), int(m.group(3)), float(m.group(4))
+
+
+def parse_ra(value: Any) -> float:
+    """Right ascension in degrees from 'HH:MM:SS.s' (or decimal degrees as a number).
+
+    Raises ValueError with the reason when the value is not a valid RA.
+    """
+    if isinstance(value, bool):
+        raise ValueError("is not a valid sexagesimal RA")
+    if isinstance(value, (int, float)):
+        if not (math.isfinite(value) and 0.0 <= value < 360.0):
+            raise ValueError("is out of range (decimal degrees must be in [0, 360))")
+        return float(value)
+    parts = _split_sexagesimal(str(value))
+    if parts is None:
+        raise ValueError("is not a valid sexagesimal RA (expected 'HH:MM:SS.s')")
+    sign, h, m, s = parts
+    if sign < 0 or h >= 24 or m >= 60 or s >= 60:
+        raise ValueError("is not a valid sexagesimal RA (hours 0-23, minutes and seconds 0-59)")
+    return 15.0 * (h + m / 60.0 + s / 3600.0)
+
+
+def parse_dec(value: Any) -> float:
+    """Declination in degrees from '+DD:MM:SS.s' (or decimal degrees as a number)."""
+    if isinstance(value, bool):
+        raise ValueError("is not a valid sexagesimal Dec")
+    if isinstance(value, (int, float)):
+        if not (math.isfinite(value) and -90.0 <= value <= 90.0):
+            raise ValueError("is out of range (decimal degrees must be in [-90, 90])")
+        return float(value)
+    parts = _split_sexagesimal(str(value))
+    if parts is None:
+        raise ValueError("is not a valid sexagesimal Dec (expected '+DD:MM:SS.s')")
+    sign, d, m, s = parts
+    deg = d + m / 60.0 + s / 3600.0
+    if m >= 60 or s >= 60 or deg > 90.0:
+        raise ValueError("is not a valid sexagesimal Dec (degrees -90 to +90, minutes and seconds 0-59)")
+    return sign * deg
+
+
+# --------------------------------------------------------------------------
+# Small validation helpers: every error names the file and the dotted key
+# --------------------------------------------------------------------------
+
+
+class _Section:
+    """A mapping from a YAML file, read key by key, remembering which keys were used."""
+
+    def __init__(self, path: Path, data: Any, prefix: str = ""):
+        self.path = path
+        self.prefix = prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            where = prefix.rstrip(".") or "the top level"
+            raise self.error(f"{where} must be a mapping of keys to values, not {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {message}")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def has(self, name: str) -> bool:
+        return name in self.data and self.data[name] is not None
+
+    def raw(self, name: str, default: Any = None, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if required:
+                raise self.error(f"missing key {self.key(name)}")
+            return default
+        return self.data[name]
+
+    def section(self, name: str, required: bool = False) -> "_Section":
+        value = self.raw(name, required=required)
+        return _Section(self.path, value, f"{self.key(name)}.")
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.raw(name, default, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.error(f"{self.key(name)} must be a string, not {type(value).__name__}")
+        text = str(value).strip()
+        if required and not text:
+            raise self.error(f"{self.key(name)} must not be empty")
+        return text
+
+    def boolean(self, name: str, default: bool | None = None, required: bool = False) -> bool | None:
+        value = self.raw(name, default, required)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(f"{self.key(name)} must be true or false, not {value!r}")
+
+    def number(self, name: str, default: float | None = None, required: bool = False,
+               minimum: float | None = None, maximum: float | None = None,
+               exclusive_minimum: bool = False, integer: bool = False) -> float | int | None:
+        value = self.raw(name, default, required)
+        if value is None:
+            return None
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (integer and not float(value).is_integer()) or not math.isfinite(value):
+            raise self.error(f"{self.key(name)} must be {kind}, not {value!r}")
+        value = int(value) if integer else float(value)
+        if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+            rel = ">" if exclusive_minimum else ">="
+            raise self.error(f"{self.key(name)} must be {rel} {minimum:g}, not {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(f"{self.key(name)} must be <= {maximum:g}, not {value!r}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None,
+               required: bool = False) -> str | None:
+        value = self.string(name, default, required)
+        if value is None:
+            return None
+        if value.lower() not in choices:
+            raise self.error(f"{self.key(name)} must be one of {', '.join(choices)}, not {value!r}")
+        return value.lower()
+
+    def path_value(self, name: str, base: Path, required: bool = False) -> Path | None:
+        text = self.string(name, required=required)
+        if text is None or text == "" or text == "None":
+            if required:
+                raise self.error(f"missing key {self.key(name)}")
+            return None
+        p = Path(os.path.expanduser(text))
+        return p if p.is_absolute() else (base / p)
+
+    def finish(self) -> None:
+        """Unknown keys are an error: a typo must not silently fall back to a default."""
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.error(f"unknown key {self.key(unknown[0])} (known keys here: {known})")
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: {what} is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: {what} cannot be read (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from None
+    if data is None:
+        raise ConfigError(f"{path}: {what} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a YAML mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def _digest(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (used as a results key)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------
+# reduction_config.yaml
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    ra_deg: float
+    dec_deg: float
+
+
+@dataclass(frozen=True)
+class PhotometryConfig:
+    """How to measure. Radii are in arcsec here; tasks convert with each frame's pixel scale."""
+
+    aperture_arcsec: float
+    #: When set, each frame's aperture radius is this multiple of its measured FWHM
+    #: (``aperture_arcsec`` is then only the reference frame's radius).
+    aperture_fwhm_multiple: float | None = None
+    #: Sky annulus inner and outer radii; default 2x and 3x the aperture radius.
+    annulus_arcsec: tuple[float, float] | None = None
+    reference_image: str | None = None
+    #: Subtract neighbours' modelled light before the aperture sums (crowded fields).
+    subtract_neighbours: bool = True
+    #: Optional catalogue (CSV or ECSV with ra, dec [deg] and optionally a magnitude).
+    catalogue_file: Path | None = None
+    catalogue_mag_column: str | None = None
+    #: Magnitude zero point used when no catalogue calibrates it:
+    #: mag = zero_point - 2.5 log10(flux in electron/s on the reference frame's scale).
+    default_zero_point: float = 25.0
+    #: Detection threshold on the reference frame, in sigma of the smoothed sky noise.
+    detection_sigma: float = 5.0
+    #: Upper limit on catalogue size (brightest kept).
+    max_catalogue_stars: int = 60000
+    #: The target is snapped to a star detected on the reference within this radius.
+    target_snap_arcsec: float = 1.0
+    #: Largest accepted alignment residual RMS (pixels) and smallest number of matched stars.
+    max_alignment_rms_pix: float = 0.5
+    min_matched_stars: int = 8
+
+    def annulus(self) -> tuple[float, float]:
+        if self.annulus_arcsec is not None:
+            return self.annulus_arcsec
+        return (2.0 * self.aperture_arcsec, 3.0 * self.aperture_arcsec)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Detector values used when a frame's header lacks them (header values win)."""
+
+    gain_e_per_adu: float | None = None
+    read_noise_e: float | None = None
+    saturation_adu: float | None = None
+    #: 'auto' (BUNIT / LCO conventions), 'adu' or 'electrons'.
+    units: str = "auto"
+    pixel_scale_arcsec: float | None = None
+    #: Filter name for frames that carry none in their header.
+    filter_name: str | None = None
+    #: Observatory for frames without site keywords: (latitude deg, longitude deg east, height m).
+    site: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TomSettings:
+    upload: bool
+    config_file: Path | None
+    data_label: str
+    #: Create the target on the TOM from the dataset's RA/Dec when it is missing.
+    create_target: bool = False
+    #: Upload flagged points too (they are always in the .ecsv light curve).
+    include_flagged: bool = False
+
+
+@dataclass(frozen=True)
+class ReductionConfig:
+    path: Path
+    target: TargetConfig
+    photometry: PhotometryConfig
+    camera: CameraConfig
+    tom: TomSettings
+
+    @property
+    def red_dir(self) -> Path:
+        return self.path.parent
+
+    # Results keys: a configuration change invalidates what it affects, nothing else.
+    def catalogue_key(self) -> str:
+        p = self.photometry
+        cat = None
+        if p.catalogue_file is not None:
+            try:
+                st = p.catalogue_file.stat()
+                cat = [str(p.catalogue_file), st.st_size, st.st_mtime_ns, p.catalogue_mag_column]
+            except OSError:
+                cat = [str(p.catalogue_file)]
+        return _digest({
+            "target": [self.target.ra_deg, self.target.dec_deg],
+            "reference_image": p.reference_image,
+            "detection_sigma": p.detection_sigma,
+            "max_catalogue_stars": p.max_catalogue_stars,
+            "target_snap_arcsec": p.target_snap_arcsec,
+            "catalogue": cat,
+            "camera": dataclasses.asdict(self.camera),
+        })
+
+    def measurement_key(self) -> str:
+        p = self.photometry
+        return _digest({
+            "catalogue": self.catalogue_key(),
+            "aperture": [p.aperture_arcsec, p.aperture_fwhm_multiple, list(p.annulus())],
+            "subtract_neighbours": p.subtract_neighbours,
+            "alignment": [p.max_alignment_rms_pix, p.min_matched_stars],
+        })
+
+    def lightcurve_key(self) -> str:
+        return _digest({
+            "measurement": self.measurement_key(),
+            "name": self.target.name,
+            "zero_point": self.photometry.default_zero_point,
+        })
+
+    def tom_key(self) -> str:
+        t = self.tom
+        return _digest({"upload": t.upload, "config": str(t.config_file), "label": t.data_label,
+                        "create": t.create_target, "flagged": t.include_flagged})
+
+    def fingerprint_key(self) -> str:
+        return _digest({"lightcurve": self.lightcurve_key(), "tom": self.tom_key()})
+
+
+def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) -> ReductionConfig:
+    """Parse and validate a dataset's ``reduction_config.yaml``.
+
+    Relative paths inside it (``tom.config_file``, ``photometry.catalogue_file``)
+    are taken relative to the file's own directory.
+    """
+    path = Path(path)
+    base = path.parent
+    top = _Section(path, _read_yaml(path, "reduction configuration"))
+
+    t = top.section("target", required=True)
+    name = t.string("name", required=True)
+    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
+        raise t.error(f"target.name {name!r} may use only letters, digits and _ . + - "
+                      "(it becomes part of file names)")
+    ra_raw = t.raw("RA", required=True)
+    dec_raw = t.raw("Dec", required=True)
+    try:
+        ra = parse_ra(ra_raw)
+    except ValueError as exc:
+        raise t.error(f"target.RA {ra_raw!r} {exc}") from None
+    try:
+        dec = parse_dec(dec_raw)
+    except ValueError as exc:
+        raise t.error(f"target.Dec {dec_raw!r} {exc}") from None
+    t.finish()
+    target = TargetConfig(name=name, ra_deg=ra, dec_deg=dec)
+
+    p = top.section("photometry", required=True)
+    aperture = p.number("aperture_arcsec", required=True, minimum=0.0, exclusive_minimum=True, maximum=120.0)
+    annulus = p.raw("annulus_arcsec")
+    if annulus is not None:
+        if (not isinstance(annulus, (list, tuple)) or len(annulus) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in annulus)):
+            raise p.error("photometry.annulus_arcsec must be a list of two numbers [inner, outer]")
+        annulus = (float(annulus[0]), float(annulus[1]))
+        if not (aperture <= annulus[0] < annulus[1]):
+            raise p.error("photometry.annulus_arcsec must satisfy aperture_arcsec <= inner < outer, "
+                          f"not {list(annulus)}")
+    fwhm_multiple = p.number("aperture_fwhm_multiple", minimum=0.3, maximum=10.0)
+    ref = p.string("reference_image")
+    if ref in ("", "None"):
+        ref = None
+    if ref is not None and (os.sep in ref or ref in (".", "..")):
+        raise p.error(f"photometry.reference_image {ref!r} must be a file name inside red_dir, not a path")
+    cat_file = p.path_value("catalogue_file", base)
+    if cat_file is not None and not cat_file.is_file():
+        raise p.error(f"photometry.catalogue_file {str(cat_file)!r} does not exist")
+    phot = PhotometryConfig(
+        aperture_arcsec=aperture,
+        aperture_fwhm_multiple=fwhm_multiple,
+        annulus_arcsec=annulus,
+        reference_image=ref,
+        subtract_neighbours=p.boolean("subtract_neighbours", True),
+        catalogue_file=cat_file,
+        catalogue_mag_column=p.string("catalogue_mag_column"),
+        default_zero_point=p.number("default_zero_point", 25.0, minimum=0.0, maximum=40.0),
+        detection_sigma=p.number("detection_sigma", 5.0, minimum=2.0, maximum=100.0),
+        max_catalogue_stars=p.number("max_catalogue_stars", 60000, minimum=10, integer=True),
+        target_snap_arcsec=p.number("target_snap_arcsec", 1.0, minimum=0.0, maximum=10.0),
+        max_alignment_rms_pix=p.number("max_alignment_rms_pix", 0.5, minimum=0.01, maximum=10.0),
+        min_matched_stars=p.number("min_matched_stars", 8, minimum=3, integer=True),
+    )
+    p.finish()
+
+    c = top.section("camera")
+    site = c.raw("site")
+    if site is not None:
+        if (not isinstance(site, dict) or set(site) != {"latitude", "longitude", "height"}
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in site.values())):
+            raise c.error("camera.site must be a mapping with latitude (deg), longitude (deg east) and height (m)")
+        if not (-90 <= site["latitude"] <= 90 and -360 <= site["longitude"] <= 360):
+            raise c.error(f"camera.site latitude/longitude out of range: {site}")
+        site = (float(site["latitude"]), float(site["longitude"]), float(site["height"]))
+    camera = CameraConfig(
+        gain_e_per_adu=c.number("gain_e_per_adu", minimum=0.0, exclusive_minimum=True),
+        read_noise_e=c.number("read_noise_e", minimum=0.0),
+        saturation_adu=c.number("saturation_adu", minimum=0.0, exclusive_minimum=True),
+        units=c.choice("units", ("auto", "adu", "electrons"), "auto"),
+        pixel_scale_arcsec=c.number("pixel_scale_arcsec", minimum=0.0, exclusive_minimum=True, maximum=3600.0),
+        filter_name=c.string("filter_name"),
+        site=site,
+    )
+    c.finish()
+
+    tm = top.section("tom", required=True)
+    upload = tm.boolean("upload", required=True)
+    tom_file = tm.path_value("config_file", base)
+    label = tm.string("data_label", default=name) or name
+    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
+        raise tm.error(f"tom.data_label {label!r} may use only letters, digits and _ . + -")
+    tom = TomSettings(upload=upload, config_file=tom_file, data_label=label,
+                      create_target=tm.boolean("create_target", False),
+                      include_flagged=tm.boolean("include_flagged", False))
+    tm.finish()
+    if upload:
+        if tom_file is None:
+            raise tm.error("tom.config_file is required when tom.upload is true")
+        if check_tom_file:
+            load_tom_config(tom_file)  # fail before any work starts
+    top.finish()
+    return ReductionConfig(path=path, target=target, photometry=phot, camera=camera, tom=tom)
+
+
+# --------------------------------------------------------------------------
+# TOM account file
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TomConfig:
+    """A TOM Toolkit account. The secret never appears in repr() or str()."""
+
+    path: Path
+    url: str
+    username: str | None
+    password: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    #: Warning text when the file can be read by other users (None when private).
+    permission_warning: str | None = None
+
+    def __str__(self) -> str:
+        return f"TomConfig(url={self.url!r}, user={self.username!r})"
+
+
+def load_tom_config(path: str | os.PathLike) -> TomConfig:
+    """Parse the TOM account file (keys ``url``, ``tom_user_id``, ``tom_password``
+    or ``api_token``; optional ``timeout_s``, ``max_retries``)."""
+    path = Path(path)
+    s = _Section(path, _read_yaml(path, "TOM configuration"))
+    url = s.string("url", required=True)
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise s.error(f"url {url!r} must start with http:// or https://")
+    user = s.string("tom_user_id")
+    password = s.raw("tom_password")
+    token = s.raw("api_token")
+    if password is not None and not isinstance(password, (str, int)):
+        raise s.error("tom_password must be a string")
+    if token is not None and not isinstance(token, str):
+        raise s.error("api_token must be a string")
+    if token is None and (user is None or password is None):
+        raise s.error("needs tom_user_id and tom_password, or api_token")
+    cfg_timeout = s.number("timeout_s", 30.0, minimum=0.1, exclusive_minimum=True, maximum=600)
+    retries = s.number("max_retries", 4, minimum=0, maximum=20, integer=True)
+    s.finish()
+    warning = None
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            warning = (f"{path}: TOM configuration holds credentials but can be read by other users "
+                       f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+    except OSError:
+        pass
+    return TomConfig(path=path, url=url.rstrip("/"), username=user,
+                     password=None if password is None else str(password),
+                     api_token=token, timeout_s=cfg_timeout, max_retries=retries,
+                     permission_warning=warning)
+
+
+# --------------------------------------------------------------------------
+# Reduction manager
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    group: str                    # all | date | recent | file
+    file: Path | None = None
+    start_date: dt.date | None = None
+    end_date: dt.date | None = None
+    ndays: float | None = None
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    path: Path
+    log_dir: Path
+    data_reduction_dir: Path
+    software_dir: Path | None     # informational only
+    instrument_list: tuple[str, ...]
+    selection: DatasetSelection
+    max_parallel: int
+
+
+def _date(section: _Section, name: str) -> dt.date | None:
+    value = section.raw(name)
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "none", "null")):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.datetime.strptime(str(value).strip(), "%Y-%m-%d").date()
+    except ValueError:
+        raise section.error(f"{section.key(name)} {value!r} is not a date in %Y-%m-%d form") from None
+
+
+def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
+    """Parse the reduction manager configuration (keys of the workflow spec)."""
+    path = Path(path)
+    base = path.parent
+    top = _Section(path, _read_yaml(path, "reduction manager configuration"))
+    log_dir = top.path_value("log_dir", base, required=True)
+    red = top.path_value("data_reduction_dir", base, required=True)
+    if not red.is_dir():
+        raise top.error(f"data_reduction_dir {str(red)!r} is not a directory")
+    software = top.path_value("software_dir", base)
+    instruments = top.raw("instrument_list", required=True)
+    if isinstance(instruments, str):
+        instruments = [instruments]
+    if (not isinstance(instruments, list) or not instruments
+            or not all(isinstance(i, str) and i.strip() for i in instruments)):
+        raise top.error("instrument_list must be a non-empty list of instrument directory names")
+    for inst in instruments:
+        if "/" in inst or inst in (".", ".."):
+            raise top.error(f"instrument_list entry {inst!r} must be a directory name, not a path")
+    sel = top.section("dataset_selection", required=True)
+    group = sel.choice("group", ("all", "date", "recent", "file"), required=True)
+    sel_file = sel.path_value("file", base)
+    start = _date(sel, "start_date")
+    end = _date(sel, "end_date")
+    ndays = sel.number("ndays", None, minimum=0.0)
+    sel.finish()
+    if group == "file":
+        if sel_file is None:
+            raise sel.error("dataset_selection.file is required when group is 'file'")
+        if not sel_file.is_file():
+            raise sel.error(f"dataset_selection.file {str(sel_file)!r} does not exist")
+    if group == "date":
+        if start is None and end is None:
+            raise sel.error("dataset_selection.start_date or end_date is required when group is 'date'")
+        if start is not None and end is not None and start > end:
+            raise sel.error(f"dataset_selection.start_date {start} is after end_date {end}")
+    if group == "recent" and not ndays:
+        raise sel.error("dataset_selection.ndays must be > 0 when group is 'recent'")
+    max_parallel = top.number("max_parallel", required=True, minimum=1, maximum=1024, integer=True)
+    top.finish()
+    return ManagerConfig(
+        path=path, log_dir=log_dir, data_reduction_dir=red, software_dir=software,
+        instrument_list=tuple(i.strip() for i in instruments),
+        selection=DatasetSelection(group=group, file=sel_file, start_date=start, end_date=end, ndays=ndays),
+        max_parallel=max_parallel,
+    )

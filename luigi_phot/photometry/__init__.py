@@ -1,0 +1,2 @@
+"""The science: frames, background, detection, alignment, PSF, aperture
+photometry, calibration, time, light curves. Nothing here imports Luigi."""
