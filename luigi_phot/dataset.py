@@ -1,0 +1,179 @@
+"""A dataset directory (red_dir) and what the pipeline keeps in it, without Luigi.
+
+Layout of red_dir (inputs are never written to):
+
+    reduction_config.yaml, frames (*.fits, *.fits.fz, ...)     the user's inputs
+    dataset.lock                                               while a reduction runs
+    aperture_pipeline.log                                      appended by every run
+    <target>_<filter>_lc.ecsv / _lc.csv / _lc.png              light curve, TOM CSV, plot
+    <target>_<filter>_noise.png, _fwhm_residuals.png           diagnostics
+    <target>_<filter>_rejected.csv                             frames not used, and why
+    upload_record.json, reduction_record.json                  what was uploaded / reduced
+    photometry/catalogue.fits                                  reference catalogue
+    photometry/frames/<key>/<frame>.phot.fits                  per-frame measurements
+    photometry/<target>_<filter>_all_stars.fits                every star's time series
+
+Every file is written to a hidden temporary name in the same directory and
+renamed into place, so a crash never leaves a partial file under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from .config import REDUCTION_CONFIG_NAME, ReductionConfig
+from .photometry.frames import is_frame_name
+
+__all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION",
+           "frame_stats", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
+           "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir",
+           "resolve_red_dir"]
+
+PRODUCTS_DIR = "photometry"
+RECORD_NAME = "reduction_record.json"
+UPLOAD_RECORD_NAME = "upload_record.json"
+LOG_NAME = "aperture_pipeline.log"
+#: Bumped when a change of the pipeline changes its results: finished datasets are then redone.
+SCHEMA_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+
+
+def resolve_red_dir(red_dir: str | os.PathLike) -> Path:
+    """Absolute, symlink-resolved dataset directory; one-line error if unusable."""
+    p = Path(os.path.expanduser(str(red_dir))).resolve()
+    if not p.is_dir():
+        raise FileNotFoundError(f"{red_dir}: not a directory")
+    return p
+
+
+def catalogue_path(red_dir: Path) -> Path:
+    return red_dir / PRODUCTS_DIR / "catalogue.fits"
+
+
+def measurement_dir(red_dir: Path, key: str) -> Path:
+    return red_dir / PRODUCTS_DIR / "frames" / key
+
+
+def frame_stats(red_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of every frame in red_dir, sorted by name: the identity of
+    the inputs (a frame replaced under the same name has a new size or mtime)."""
+    out = []
+    with os.scandir(red_dir) as it:
+        for e in it:
+            if is_frame_name(e.name):
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                if not os.path.isdir(e.path):
+                    out.append((e.name, st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def fingerprint(cfg: ReductionConfig, frames: list[tuple[str, int, int]]) -> str:
+    """What a finished reduction was made from: configuration, frames, pipeline schema."""
+    text = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.fingerprint_key(), "frames": frames})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a hidden temporary path beside `path` (same extension); on success it is
+    flushed to disk and renamed to `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: dict[str, Path]):
+    """Like atomic_path for several files: yields {name: temporary path}; on success
+    all are renamed into place in the order given (put the file whose existence marks
+    completion last), on error all temporaries are removed."""
+    tmps = {}
+    try:
+        for k, p in paths.items():
+            p = Path(p)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmps[k] = p.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex[:8]}-{p.name}")
+        yield tmps
+        for k, p in paths.items():
+            with open(tmps[k], "rb") as fh:
+                os.fsync(fh.fileno())
+        for k, p in paths.items():
+            os.replace(tmps[k], p)
+    except BaseException:
+        for t in tmps.values():
+            with contextlib.suppress(OSError):
+                t.unlink()
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=str)
+            fh.write("\n")
+
+
+def remove_stale_temporaries(red_dir: Path) -> int:
+    """Remove temporary files left by crashed runs (only call while holding the lock)."""
+    n = 0
+    for d in (red_dir, red_dir / PRODUCTS_DIR, *(red_dir / PRODUCTS_DIR / "frames").glob("*")):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.name.startswith(_TMP_PREFIX) or (p.name.startswith(".dataset.lock.") and d == red_dir):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
+    return n
+
+
+_LOGGERS: dict[str, logging.Logger] = {}
+
+
+def dataset_logger(red_dir: Path) -> logging.Logger:
+    """Logger writing to red_dir/aperture_pipeline.log (appended; one handler per process)."""
+    key = str(red_dir)
+    logger = _LOGGERS.get(key)
+    if logger is None or logger.handlers and getattr(logger.handlers[0], "_pid", None) != os.getpid():
+        logger = logging.getLogger("luigi_phot.dataset." + hashlib.sha1(key.encode()).hexdigest()[:10])
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        handler = logging.FileHandler(red_dir / LOG_NAME, mode="a", encoding="utf-8", delay=True)
+        handler._pid = os.getpid()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        _LOGGERS[key] = logger
+    return logger
+
+
+def config_path(red_dir: Path) -> Path:
+    return red_dir / REDUCTION_CONFIG_NAME

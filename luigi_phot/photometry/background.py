@@ -1,0 +1,156 @@
+"""Sky level and noise: robust statistics over the frame, over a coarse mesh, and
+over many small pixel sets at once (sky annuli).
+
+All values are in the units of the input array (electrons in the pipeline).
+The robust estimator everywhere is the median after iterative 3-sigma
+clipping, with sigma from the 15.87-84.13 percentile range, computed on rows
+that are sorted once: clipping then only moves two indices per row, so
+20,000 annuli of 400 pixels take a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "SkyMesh", "sky_mesh"]
+
+
+def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 3.0,
+                         iterations: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped median, sigma and number of values kept, for each row.
+
+    rows: (N, M) array sorted along axis 1, with invalid entries (NaN) at the end;
+    n_valid: (N,) number of valid entries per row. Rows with fewer than 3 valid
+    values give NaN.
+    """
+    rows = np.asarray(rows)
+    n = rows.shape[0]
+    r = np.arange(n)
+    lo = np.zeros(n, dtype=np.int64)
+    hi = np.asarray(n_valid, dtype=np.int64).copy()
+    med = np.full(n, np.nan)
+    sig = np.full(n, np.nan)
+    ok = hi >= 3
+    for _ in range(iterations):
+        m = np.maximum(hi - lo, 1)
+        top = np.maximum(hi - 1, 0)
+        med = 0.5 * (rows[r, np.minimum(lo + (m - 1) // 2, top)].astype(np.float64)
+                     + rows[r, np.minimum(lo + m // 2, top)])
+        q16 = rows[r, np.minimum(lo + (0.1587 * (m - 1)).astype(np.int64), top)].astype(np.float64)
+        q84 = rows[r, np.minimum(lo + (0.8413 * (m - 1)).astype(np.int64), top)].astype(np.float64)
+        sig = 0.5 * (q84 - q16)
+        lower = (med - nsigma * sig)[:, None]
+        upper = (med + nsigma * sig)[:, None]
+        new_lo = np.count_nonzero(rows < lower, axis=1)
+        new_hi = np.count_nonzero(rows <= upper, axis=1)
+        new_lo = np.where(sig > 0, new_lo, lo)
+        new_hi = np.where(sig > 0, np.minimum(new_hi, hi), hi)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        keep = (new_hi - new_lo) >= 3
+        lo = np.where(keep, new_lo, lo)
+        hi = np.where(keep, new_hi, hi)
+    med = np.where(ok, med, np.nan)
+    sig = np.where(ok, sig, np.nan)
+    return med, sig, np.where(ok, hi - lo, 0)
+
+
+def clipped_stats(values: np.ndarray, nsigma: float = 3.0) -> tuple[float, float, int]:
+    """Sigma-clipped median, sigma and count of a 1-D set of values (NaN ignored)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = np.sort(v[np.isfinite(v)])[None, :]
+    med, sig, n = clipped_stats_sorted(v, np.array([v.shape[1]]), nsigma)
+    return float(med[0]), float(sig[0]), int(n[0])
+
+
+@dataclass(frozen=True)
+class SkyStats:
+    """Frame-wide sky level and per-pixel noise (robust), in the data's units."""
+
+    level: float
+    sigma: float
+    n_samples: int
+
+
+def sky_stats(data: np.ndarray, pixel_flags: np.ndarray | None = None,
+              max_samples: int = 1_000_000) -> SkyStats:
+    """Frame-wide clipped median and sigma from a regular subsample of unflagged pixels."""
+    step = max(1, int(np.sqrt(data.size / max_samples)))
+    sub = data[::step, ::step]
+    if pixel_flags is not None:
+        sub = sub[pixel_flags[::step, ::step] == 0]
+    level, sigma, n = clipped_stats(sub)
+    return SkyStats(level=level, sigma=sigma, n_samples=n)
+
+
+@dataclass(frozen=True)
+class SkyMesh:
+    """Clipped sky level and sigma on a coarse grid of boxes (box x box pixels)."""
+
+    box: int
+    level: np.ndarray   # (ny_box, nx_box)
+    sigma: np.ndarray
+
+    def _grid(self, x, y):
+        gx = np.clip((np.asarray(x, float) + 0.5) / self.box - 0.5, 0, self.level.shape[1] - 1)
+        gy = np.clip((np.asarray(y, float) + 0.5) / self.box - 0.5, 0, self.level.shape[0] - 1)
+        return gx, gy
+
+    def _bilinear(self, grid, x, y):
+        gx, gy = self._grid(x, y)
+        x0 = np.floor(gx).astype(int)
+        y0 = np.floor(gy).astype(int)
+        x1 = np.minimum(x0 + 1, grid.shape[1] - 1)
+        y1 = np.minimum(y0 + 1, grid.shape[0] - 1)
+        fx = gx - x0
+        fy = gy - y0
+        return ((grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx) * (1 - fy)
+                + (grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx) * fy)
+
+    def level_at(self, x, y):
+        return self._bilinear(self.level, x, y)
+
+    def sigma_at(self, x, y):
+        return self._bilinear(self.sigma, x, y)
+
+    def level_image(self, shape) -> np.ndarray:
+        """The sky level interpolated onto every pixel (float32)."""
+        ny, nx = shape
+        gx, _ = self._grid(np.arange(nx), np.zeros(nx))
+        _, gy = self._grid(np.zeros(ny), np.arange(ny))
+        x0 = np.floor(gx).astype(int)
+        x1 = np.minimum(x0 + 1, self.level.shape[1] - 1)
+        fx = (gx - x0).astype(np.float32)
+        rows = (self.level[:, x0] * (1 - fx) + self.level[:, x1] * fx).astype(np.float32)  # (nyb, nx)
+        y0 = np.floor(gy).astype(int)
+        y1 = np.minimum(y0 + 1, self.level.shape[0] - 1)
+        fy = (gy - y0).astype(np.float32)[:, None]
+        return rows[y0] * (1 - fy) + rows[y1] * fy
+
+
+def sky_mesh(data: np.ndarray, pixel_flags: np.ndarray | None = None, box: int = 128,
+             step: int = 4) -> SkyMesh:
+    """Clipped sky in boxes of `box` pixels, each from every `step`-th pixel in x and y.
+    Boxes with too few usable pixels take the median of the others."""
+    ny, nx = data.shape
+    box = int(max(8, min(box, ny, nx)))
+    nby, nbx = max(1, ny // box), max(1, nx // box)
+    step = max(1, min(step, box // 4))
+    sub = data[: nby * box: step, : nbx * box: step].astype(np.float32, copy=True)
+    if pixel_flags is not None:
+        sub[pixel_flags[: nby * box: step, : nbx * box: step] != 0] = np.nan
+    k = box // step
+    blocks = sub.reshape(nby, k, nbx, k).transpose(0, 2, 1, 3).reshape(nby * nbx, k * k)
+    n_valid = np.count_nonzero(np.isfinite(blocks), axis=1)
+    blocks.sort(axis=1)
+    level, sigma, _ = clipped_stats_sorted(blocks, n_valid)
+    bad = ~np.isfinite(level) | (n_valid < 0.25 * k * k)
+    if bad.all():
+        level[:] = np.nanmedian(data)
+        sigma[:] = np.nanstd(data)
+    elif bad.any():
+        level[bad] = np.median(level[~bad])
+        sigma[bad] = np.median(sigma[~bad])
+    return SkyMesh(box=box, level=level.reshape(nby, nbx), sigma=sigma.reshape(nby, nbx))

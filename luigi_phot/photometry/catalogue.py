@@ -1,0 +1,453 @@
+"""The reference frame and the dataset's star catalogue.
+
+- :func:`choose_reference` picks the reference frame: the configured one, or
+  the frame with the best ratio of seeing to sky noise among those with a
+  usable WCS that covers the target (measured on a crop around the target).
+- :func:`build_catalogue` detects stars on the reference (matched filter),
+  fits the reference PSF, measures every star's reference flux by
+  simultaneous PSF photometry, gives each star its sky position through the
+  reference WCS, and puts the target in the catalogue whether or not a star
+  is detected there. An optional external catalogue (CSV/ECSV with ra, dec
+  and a magnitude) corrects the reference WCS and later sets the zero point.
+
+The catalogue is a FITS file: a primary header with the reference frame's
+facts and WCS, and a STARS table. Star ids are row numbers (0-based).
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from .alignment import _voted_shift, fit_affine
+from .background import sky_mesh
+from .detection import find_peaks, peak_sharpness, quick_fwhm, star_sharpness_limit, windowed_centroids
+from .frames import Frame, FrameError, FrameInfo, read_frame_info
+from .psf import MoffatPSF, fit_fluxes, fit_psf
+
+__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
+           "psf_star_candidates"]
+
+CATALOGUE_FORMAT = 1
+
+
+class CatalogueError(Exception):
+    """No catalogue can be built (no usable reference, target not covered, ...)."""
+
+
+@dataclass
+class Catalogue:
+    stars: Table                  # id, x_ref, y_ref, ra, dec, flux_ref, flux_ref_err, snr_ref,
+                                  # saturated_ref, detected, is_target, nn_dist, isolated, cat_mag
+    reference_image: str
+    shape: tuple[int, int]
+    wcs_header: fits.Header
+    pixel_scale_arcsec: float
+    filter_name: str
+    psf: MoffatPSF
+    exptime_s: float
+    mjd_mid: float
+    sky_e: float
+    catalogue_id: str
+    key: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def target_index(self) -> int:
+        return int(np.flatnonzero(self.stars["is_target"])[0])
+
+    @property
+    def wcs(self) -> WCS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return WCS(self.wcs_header, naxis=2)
+
+    def alignment_stars(self, n: int = 500) -> np.ndarray:
+        """Indices of the brightest unsaturated detected stars, brightest first."""
+        s = self.stars
+        ok = np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"])
+                            & np.isfinite(s["flux_ref"]))
+        order = np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")
+        return ok[order[:n]]
+
+    def save(self, path: Path) -> None:
+        hdr = fits.Header()
+        hdr["CATFMT"] = (CATALOGUE_FORMAT, "luigi_phot catalogue format")
+        hdr["CATID"] = (self.catalogue_id, "unique id of this catalogue build")
+        hdr["CATKEY"] = (self.key, "configuration key the catalogue was built for")
+        hdr["REFIMAGE"] = (self.reference_image, "reference frame")
+        hdr["REFNY"], hdr["REFNX"] = self.shape
+        hdr["PIXSCALE"] = (self.pixel_scale_arcsec, "reference pixel scale [arcsec/pix]")
+        hdr["FILTER"] = (self.filter_name, "dataset filter")
+        hdr["EXPTIME"] = (self.exptime_s, "reference exposure [s]")
+        hdr["MJDMID"] = (self.mjd_mid, "reference mid-exposure MJD (UTC)")
+        hdr["SKY_E"] = (self.sky_e, "reference sky [e-/pix]")
+        hdr["TARGIDX"] = (self.target_index, "row of the target")
+        for k, v in self.psf.to_header().items():
+            hdr[k] = v
+        for note in self.notes:
+            hdr.add_history(note[:70])
+        hdr.update(self.wcs_header)
+        table = fits.BinTableHDU(self.stars, name="STARS")
+        fits.HDUList([fits.PrimaryHDU(header=hdr), table]).writeto(path, overwrite=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "Catalogue":
+        with fits.open(path) as hdul:
+            hdr = hdul[0].header
+            stars = Table(hdul["STARS"].data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs_header = WCS(hdr, naxis=2).to_header(relax=True)
+        return cls(stars=stars, reference_image=hdr["REFIMAGE"], shape=(hdr["REFNY"], hdr["REFNX"]),
+                   wcs_header=wcs_header, pixel_scale_arcsec=hdr["PIXSCALE"], filter_name=hdr["FILTER"],
+                   psf=MoffatPSF.from_header(hdr), exptime_s=hdr["EXPTIME"], mjd_mid=hdr["MJDMID"],
+                   sky_e=hdr["SKY_E"], catalogue_id=hdr["CATID"], key=hdr["CATKEY"],
+                   notes=[str(h) for h in hdr.get("HISTORY", [])])
+
+
+# --------------------------------------------------------------------------
+# Reference choice
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceChoice:
+    path: Path
+    info: FrameInfo
+    reason: str
+    rejected: dict[str, str]          # frame name -> why it cannot be the reference
+    filter_name: str
+
+
+def _target_pixel(info: FrameInfo, ra: float, dec: float):
+    x, y = info.wcs.all_world2pix([[ra, dec]], 0)[0]
+    return float(x), float(y)
+
+
+def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
+    """Sky noise and FWHM measured on a crop around (x, y), reading only that crop."""
+    ny, nx = info.shape
+    x0, x1 = int(max(0, x - half)), int(min(nx, x + half))
+    y0, y1 = int(max(0, y - half)), int(min(ny, y + half))
+    with fits.open(info.path, memmap=False) as hdul:
+        hdu = hdul[info.hdu_index]
+        crop = np.asarray(hdu.section[y0:y1, x0:x1], dtype=np.float32) * np.float32(info.to_electrons)
+    flags = np.zeros(crop.shape, dtype=np.uint8)
+    flags[~np.isfinite(crop)] = 1
+    if info.saturation_e is not None:
+        flags[crop >= info.saturation_e * 0.999] |= 2
+    mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))
+    peaks = find_peaks(crop, flags, mesh, nsigma=10.0, max_peaks=400)
+    if len(peaks) == 0:
+        return float(np.median(mesh.sigma)), float("nan"), 0
+    sharp = peak_sharpness(crop, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
+    peaks = peaks.take(np.flatnonzero(sharp < 0.9))
+    return float(np.median(mesh.sigma)), quick_fwhm(crop, peaks, float(np.median(mesh.level))), len(peaks)
+
+
+def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
+                     configured: str | None = None, max_candidates: int = 60,
+                     filter_name: str | None = None, log=None) -> ReferenceChoice:
+    """Pick the reference frame.
+
+    The dataset's filter is the most common one among readable frames (or
+    `filter_name`). Candidates need a usable WCS that puts the target at least
+    50 pixels inside the frame. Among up to `max_candidates` of them (evenly spread
+    over the dataset), the one with the smallest FWHM x sky noise wins, provided it
+    shows at least half as many stars as the best (clouds show fewer)."""
+    infos: dict[Path, FrameInfo] = {}
+    rejected: dict[str, str] = {}
+    for p in frame_paths:
+        try:
+            infos[p] = read_frame_info(p, camera)
+        except FrameError as exc:
+            rejected[p.name] = exc.problem
+    if not infos:
+        raise CatalogueError("no readable frame in the dataset" +
+                             (f" ({len(rejected)} unreadable)" if rejected else ""))
+    if filter_name is None:
+        names = [i.filter_name for i in infos.values()]
+        values, counts = np.unique(names, return_counts=True)
+        filter_name = str(values[np.argmax(counts)])
+
+    if configured is not None:
+        match = [p for p in frame_paths if p.name == configured]
+        if not match:
+            raise CatalogueError(f"photometry.reference_image {configured!r} is not a frame of this dataset")
+        p = match[0]
+        if p not in infos:
+            raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
+        info = infos[p]
+        if info.wcs is None:
+            raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS")
+        return ReferenceChoice(p, info, "configured (photometry.reference_image)", rejected, filter_name)
+
+    usable = []
+    for p, info in infos.items():
+        if info.filter_name != filter_name:
+            continue
+        if info.wcs is None:
+            rejected.setdefault(p.name, "no usable WCS")
+            continue
+        try:
+            x, y = _target_pixel(info, ra, dec)
+        except Exception:
+            rejected.setdefault(p.name, "WCS cannot place the target")
+            continue
+        ny, nx = info.shape
+        if not (50 <= x < nx - 50 and 50 <= y < ny - 50):
+            rejected.setdefault(p.name, "target not on the frame (by its WCS)")
+            continue
+        usable.append((p, info, x, y))
+    if not usable:
+        raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
+                             f"on the frame ({len(infos)} readable frames)")
+    if len(usable) > max_candidates:
+        pick = np.linspace(0, len(usable) - 1, max_candidates).round().astype(int)
+        usable = [usable[i] for i in np.unique(pick)]
+    looks = []
+    for p, info, x, y in usable:
+        try:
+            sky_sigma, fwhm, n_stars = _quick_look(info, x, y)
+        except Exception as exc:  # unreadable pixels: not a candidate
+            rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
+            continue
+        looks.append((p, info, sky_sigma, fwhm, n_stars))
+    looks = [lk for lk in looks if np.isfinite(lk[3]) and lk[4] >= 5]
+    if not looks:
+        raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
+    most = max(lk[4] for lk in looks)
+    good = [lk for lk in looks if lk[4] >= 0.5 * most]
+    best = min(good, key=lambda lk: lk[3] * lk[2])
+    p, info, sky_sigma, fwhm, n_stars = best
+    reason = (f"automatic: FWHM {fwhm * (info.pixel_scale_arcsec or 1):.2f}\" and sky noise {sky_sigma:.1f} e- "
+              f"best of {len(looks)} candidates ({n_stars} stars near the target)")
+    return ReferenceChoice(p, info, reason, rejected, filter_name)
+
+
+# --------------------------------------------------------------------------
+# Catalogue
+# --------------------------------------------------------------------------
+
+
+def _read_external(path: Path, mag_column: str | None):
+    table = Table.read(path, format="ascii.ecsv" if path.suffix.lower() == ".ecsv" else "ascii.csv")
+    cols = {c.lower(): c for c in table.colnames}
+    ra_c = next((cols[c] for c in ("ra", "ra_deg", "raj2000", "ra_icrs") if c in cols), None)
+    dec_c = next((cols[c] for c in ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs") if c in cols), None)
+    if ra_c is None or dec_c is None:
+        raise CatalogueError(f"{path}: needs ra and dec columns in degrees (found {', '.join(table.colnames)})")
+    mag_c = None
+    if mag_column:
+        if mag_column not in table.colnames:
+            raise CatalogueError(f"{path}: no column {mag_column!r} (photometry.catalogue_mag_column)")
+        mag_c = mag_column
+    else:
+        mag_c = next((cols[c] for c in ("mag", "magnitude", "phot_g_mean_mag", "gmag", "imag", "rmag")
+                      if c in cols), None)
+    ra = np.asarray(table[ra_c], float)
+    dec = np.asarray(table[dec_c], float)
+    mag = np.asarray(table[mag_c], float) if mag_c else np.full(ra.size, np.nan)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    return ra[ok], dec[ok], mag[ok], mag_c
+
+
+def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.ndarray:
+    """Rows of bright, isolated, unsaturated stars away from the edges, spread over the
+    frame (the brightest in each cell of a 4x4 grid first)."""
+    x = np.asarray(stars["x_ref"])
+    y = np.asarray(stars["y_ref"])
+    ok = (np.asarray(stars["isolated"]) & ~np.asarray(stars["saturated_ref"]) & np.asarray(stars["detected"])
+          & (np.asarray(stars["snr_ref"]) > 30) & (x > margin) & (y > margin)
+          & (x < shape[1] - margin) & (y < shape[0] - margin))
+    rows = np.flatnonzero(ok)
+    rows = rows[np.argsort(-np.asarray(stars["flux_ref"])[rows])]
+    cell = (np.floor(4 * y[rows] / shape[0]) * 4 + np.floor(4 * x[rows] / shape[1])).astype(int)
+    rank = np.zeros(rows.size, dtype=int)
+    seen: dict[int, int] = {}
+    for k, c in enumerate(cell):
+        rank[k] = seen.get(c, 0)
+        seen[c] = rank[k] + 1
+    return rows[np.lexsort((np.arange(rows.size), rank))][:n]
+
+
+def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None) -> Catalogue:
+    """Detect, measure and place every star of the reference frame; include the target.
+
+    `photometry` is the dataset's PhotometryConfig. Fluxes are total PSF fluxes in
+    electrons on the reference frame."""
+    from scipy.spatial import cKDTree
+
+    notes: list[str] = []
+    info = frame.info
+    data = frame.data_e
+    flags = frame.pixel_flags
+    ny, nx = data.shape
+    if info.wcs is None:
+        raise CatalogueError(f"{info.name}: the reference frame has no usable WCS")
+    scale = info.pixel_scale_arcsec
+    wcs = info.wcs.deepcopy()
+
+    mesh = sky_mesh(data, flags, box=128)
+    sky_level = float(np.median(mesh.level))
+    sky_sigma = float(np.median(mesh.sigma))
+
+    # bright stars: first FWHM guess, then the PSF
+    bright = find_peaks(data, flags, mesh, nsigma=20.0, max_peaks=2000)
+    sharp = peak_sharpness(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y))
+    bright = bright.take(np.flatnonzero((sharp < 0.9) & ~bright.saturated))
+    fwhm0 = quick_fwhm(data, bright, sky_level)
+    if not np.isfinite(fwhm0) or len(bright) < 5:
+        raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")
+    bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y), fwhm0 / 2.355)
+    tree = cKDTree(np.column_stack([bx, by]))
+    nn_d, _ = tree.query(np.column_stack([bx, by]), k=2)
+    iso = np.flatnonzero(nn_d[:, 1] > 3.0 * fwhm0)[:60]
+    if iso.size < 5:
+        iso = np.arange(min(60, bx.size))
+    ok_pix = flags == 0
+    fit = fit_psf(data, bx[iso], by[iso], sky_sigma ** 2, fwhm0, pixel_ok=ok_pix)
+    psf = fit.psf
+    notes.append(f"reference PSF FWHM {psf.fwhm_pix:.2f} px from {fit.n_stars} stars")
+
+    # all stars: matched-filter detection
+    peaks = find_peaks(data, flags, mesh, nsigma=photometry.detection_sigma,
+                       smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
+    phases = []
+    for fx, fy in ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5)):
+        oy, ox = np.mgrid[-3:4, -3:4]
+        phases.append(psf.pixel_values(ox - fx, oy - fy))
+    limit = star_sharpness_limit(phases)
+    sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
+    peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
+    if len(peaks) > photometry.max_catalogue_stars:
+        peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
+    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y), psf.fwhm_pix / 2.355)
+    # two peaks that converged onto one star: keep the higher
+    t = cKDTree(np.column_stack([x, y]))
+    drop = np.zeros(x.size, dtype=bool)
+    for i, j in t.query_pairs(0.5 * psf.fwhm_pix):
+        drop[max(i, j)] = True  # peaks are sorted brightest first
+    keep = ~drop
+    x, y, saturated = x[keep], y[keep], peaks.saturated[keep]
+    detected = np.ones(x.size, dtype=bool)
+
+    # external catalogue: correct the WCS, keep magnitudes for the zero point
+    cat_mag = np.full(x.size, np.nan)
+    if photometry.catalogue_file is not None:
+        e_ra, e_dec, e_mag, mag_col = _read_external(photometry.catalogue_file, photometry.catalogue_mag_column)
+        ex, ey = wcs.all_world2pix(np.column_stack([e_ra, e_dec]), 0).T
+        on = (ex > -20) & (ex < nx + 20) & (ey > -20) & (ey < ny + 20)
+        ex, ey, e_mag, e_ra, e_dec = ex[on], ey[on], e_mag[on], e_ra[on], e_dec[on]
+        det_xy = np.column_stack([x, y])
+        shift, votes = _voted_shift(np.column_stack([ex, ey])[:3000], det_xy[:3000], radius=30.0 / scale, bin_pix=1.0)
+        if shift is not None and votes >= 5:
+            dtree = cKDTree(det_xy)
+            d, j = dtree.query(np.column_stack([ex, ey]) + shift, distance_upper_bound=max(1.5, 0.5 * psf.fwhm_pix))
+            m = np.isfinite(d)
+            if m.sum() >= 5:
+                # refit the WCS pixel->sky relation: detected pixel positions against catalogue sky
+                src = det_xy[j[m]]
+                model = fit_affine(np.column_stack([ex[m], ey[m]]), src)
+                # map catalogue positions into detected positions; invert for the WCS correction
+                lin = model[:, :2]
+                corr = np.linalg.inv(np.vstack([model, [0, 0, 1]]))
+                wcs = _compose_wcs(wcs, corr, (ny, nx))
+                cat_mag[j[m]] = e_mag[m]
+                rms = float(np.sqrt(np.mean(np.sum((src - (np.column_stack([ex[m], ey[m]]) @ lin.T + model[:, 2])) ** 2, 1))))
+                notes.append(f"external catalogue {photometry.catalogue_file.name}: {int(m.sum())} stars matched, "
+                             f"WCS corrected by ({shift[0]:.2f}, {shift[1]:.2f}) px, rms {rms:.2f} px"
+                             + (f"; magnitudes from column {mag_col}" if mag_col else "; no magnitude column"))
+        else:
+            notes.append(f"external catalogue {photometry.catalogue_file.name}: no match with the detected stars")
+
+    # the target: snapped to a detection within target_snap_arcsec, else added
+    tx, ty = wcs.all_world2pix([[ra, dec]], 0)[0]
+    if not (0 <= tx < nx and 0 <= ty < ny):
+        raise CatalogueError(f"{info.name}: the target is not on the reference frame "
+                             f"(pixel {tx:.0f}, {ty:.0f} of {nx}x{ny})")
+    snap = photometry.target_snap_arcsec / scale
+    d = np.hypot(x - tx, y - ty)
+    is_target = np.zeros(x.size, dtype=bool)
+    j = int(np.argmin(d)) if d.size else -1
+    if j >= 0 and d[j] <= snap:
+        is_target[j] = True
+        notes.append(f"target at detected star {j}, {d[j] * scale:.2f}\" from its catalogue position")
+    else:
+        x = np.append(x, tx)
+        y = np.append(y, ty)
+        saturated = np.append(saturated, False)
+        detected = np.append(detected, False)
+        cat_mag = np.append(cat_mag, np.nan)
+        is_target = np.append(is_target, True)
+        notes.append("target not detected on the reference: placed at its catalogue position")
+
+    # reference fluxes by simultaneous PSF photometry
+    level = mesh.level_image(data.shape)
+    variance = np.maximum(data - level, 0) + sky_sigma ** 2
+    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, max(1.5 * psf.fwhm_pix, 2.5), pixel_ok=ok_pix)
+    del level, variance
+    sat_near = np.zeros(x.size, dtype=bool)
+    if (flags & 2).any():
+        from .aperture import pixel_flag_summary
+        sat_near = (pixel_flag_summary(flags & np.uint8(2), x, y, psf.fwhm_pix) & 2) != 0
+    saturated = saturated | sat_near
+
+    # isolation: no neighbour brighter than 2% of the star within 4 FWHM
+    t = cKDTree(np.column_stack([x, y]))
+    nn_d = t.query(np.column_stack([x, y]), k=2)[0][:, 1] if x.size > 1 else np.full(x.size, np.inf)
+    isolated = np.ones(x.size, dtype=bool)
+    fpos = np.where(np.isfinite(flux), np.maximum(flux, 0), 0)
+    for i, j in t.query_pairs(4.0 * psf.fwhm_pix):
+        if fpos[j] > 0.02 * fpos[i]:
+            isolated[i] = False
+        if fpos[i] > 0.02 * fpos[j]:
+            isolated[j] = False
+
+    world = wcs.all_pix2world(np.column_stack([x, y]), 0)
+    stars = Table()
+    stars["id"] = np.arange(x.size, dtype=np.int32)
+    stars["x_ref"] = x.astype(np.float64)
+    stars["y_ref"] = y.astype(np.float64)
+    stars["ra"] = world[:, 0]
+    stars["dec"] = world[:, 1]
+    stars["flux_ref"] = flux
+    stars["flux_ref_err"] = flux_err
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stars["snr_ref"] = np.where(flux_err > 0, flux / flux_err, 0.0)
+    stars["saturated_ref"] = saturated
+    stars["detected"] = detected
+    stars["is_target"] = is_target
+    stars["nn_dist"] = nn_d
+    stars["isolated"] = isolated
+    stars["cat_mag"] = cat_mag
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs_header = wcs.to_header(relax=True)
+    return Catalogue(stars=stars, reference_image=info.name, shape=(ny, nx), wcs_header=wcs_header,
+                     pixel_scale_arcsec=float(scale), filter_name=info.filter_name, psf=psf,
+                     exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=sky_level,
+                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes)
+
+
+def _compose_wcs(wcs: WCS, pix_affine: np.ndarray, shape) -> WCS:
+    """A TAN WCS equivalent to `wcs` applied after the pixel map `pix_affine` (3x3),
+    fitted on a grid (SIP terms, if any, are dropped)."""
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9))
+    pix = np.column_stack([gx.ravel(), gy.ravel()])
+    moved = pix @ pix_affine[:2, :2].T + pix_affine[:2, 2]
+    world = wcs.all_pix2world(moved, 0)
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs.utils import fit_wcs_from_points
+
+    sc = SkyCoord(world[:, 0], world[:, 1], unit="deg")
+    return fit_wcs_from_points((pix[:, 0], pix[:, 1]), sc, projection="TAN")

@@ -1,0 +1,513 @@
+"""Reading frames: pixels in electrons, a pixel-flag plane, and the header facts
+photometry needs (time, exposure, filter, detector, site, WCS).
+
+A frame is the HDU named SCI when there is one, else the first 2-D image; ERR
+and BPM extensions are used when present; ``.fits``, ``.fits.fz`` and gzip
+files are read the same way. Input files are opened read-only and never
+modified.
+
+Anything that makes a frame unusable raises :class:`FrameError` with one line
+naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
+from astropy.wcs import WCS, FITSFixedWarning
+
+from ..config import CameraConfig
+
+__all__ = [
+    "FrameError",
+    "FrameInfo",
+    "Frame",
+    "PIXEL_BAD",
+    "PIXEL_SATURATED",
+    "PIXEL_COSMIC",
+    "FRAME_SUFFIXES",
+    "is_frame_name",
+    "list_frames",
+    "read_frame_info",
+    "load_frame",
+    "LCO_SITES",
+    "DEFAULT_GAIN_E_PER_ADU",
+    "DEFAULT_READ_NOISE_E",
+]
+
+#: Bits of the per-pixel flag plane built for every frame.
+PIXEL_BAD = np.uint8(1)        # BPM bad pixel, non-finite value
+PIXEL_SATURATED = np.uint8(2)  # at or above the saturation level, or BPM saturated
+PIXEL_COSMIC = np.uint8(4)     # cosmic-ray hit (BPM bit 8, or found by our detector)
+
+#: Documented defaults when neither the header nor the configuration gives a value.
+DEFAULT_GAIN_E_PER_ADU = 1.0
+DEFAULT_READ_NOISE_E = 5.0
+
+FRAME_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fits.gz", ".fit.gz", ".fts.gz")
+
+#: LCO sites (latitude deg, longitude deg east, height m), for frames with SITEID only.
+LCO_SITES = {
+    "lsc": (-30.1673833333, -70.8047888889, 2198.0),
+    "cpt": (-32.3806, 20.8101, 1807.0),
+    "coj": (-31.272932, 149.070648, 1116.0),
+    "elp": (30.679923, -104.015173, 2027.0),
+    "ogg": (20.7069444444, -156.2575, 3055.0),
+    "tfn": (28.3, -16.5097, 2330.0),
+    "tlv": (30.595833, 34.763333, 875.0),
+    "sqa": (34.691499, -120.042252, 328.0),
+}
+
+_NO_FILTER = {"", "open", "air", "clear", "none", "empty", "free", "dark", "blank"}
+
+
+class FrameError(Exception):
+    """A frame cannot be used. ``str()`` is one line: '<file>: <problem>'."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{Path(path).name}: {problem}")
+
+
+def is_frame_name(name: str) -> bool:
+    low = name.lower()
+    return not low.startswith(".") and low.endswith(FRAME_SUFFIXES)
+
+
+def list_frames(red_dir: Path) -> list[Path]:
+    """Frames of a dataset: files in red_dir (not in its subdirectories) with a FITS suffix,
+    sorted by name. Our own products live in subdirectories, so they are never listed."""
+    out = []
+    with os.scandir(red_dir) as it:
+        for entry in it:
+            if is_frame_name(entry.name) and entry.is_file():
+                out.append(Path(entry.path))
+    return sorted(out)
+
+
+@dataclass
+class FrameInfo:
+    """Header facts of a frame (cheap: no pixels read)."""
+
+    path: Path
+    hdu_index: int
+    shape: tuple[int, int]
+    header: fits.Header
+    mjd_start: float
+    exptime_s: float
+    mjd_mid: float
+    filter_name: str
+    airmass: float | None
+    wcs: WCS | None
+    pixel_scale_arcsec: float | None
+    units: str                     # 'electrons' or 'adu' (of the file's pixel values)
+    gain_e_per_adu: float
+    read_noise_e: float
+    saturation_e: float | None     # in electrons; None when unknown
+    site: tuple[float, float, float] | None   # lat deg, lon deg east, height m
+    err_hdu: int | None = None
+    bpm_hdu: int | None = None
+    notes: list[str] = field(default_factory=list)   # defaults used, to be logged as warnings
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def to_electrons(self) -> float:
+        """Factor from the file's pixel units to electrons."""
+        return 1.0 if self.units == "electrons" else self.gain_e_per_adu
+
+
+@dataclass
+class Frame:
+    """A frame's pixels in electrons (float32) with its pixel-flag plane (uint8 bits
+    PIXEL_*), the ERR plane in electrons when the file has one, and its FrameInfo."""
+
+    info: FrameInfo
+    data_e: np.ndarray
+    pixel_flags: np.ndarray
+    err_e: np.ndarray | None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+# --------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    """Open read-only; turn every way a file can be broken into a FrameError."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FrameError(path, "file not found") from None
+    except PermissionError:
+        raise FrameError(path, "cannot be read (permission denied)") from None
+    if size == 0:
+        raise FrameError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise FrameError(path, "cannot be read (permission denied)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            hdul = fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=False)
+    except PermissionError:
+        raise FrameError(path, "cannot be read (permission denied)") from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or "END card" in text or "Empty or corrupt" in text:
+            raise FrameError(path, "not a readable FITS file (truncated or corrupt)") from None
+        raise FrameError(path, f"not a readable FITS file ({_short(text)})") from None
+    except Exception as exc:  # astropy raises several types for garbage input
+        raise FrameError(path, f"not a readable FITS file ({_short(str(exc))})") from None
+    return hdul
+
+
+def _short(text: str, n: int = 100) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _image_hdu_index(path: Path, hdul) -> int:
+    names = [h.name.upper() for h in hdul]
+    if "SCI" in names:
+        idx = names.index("SCI")
+        if _is_image(hdul[idx]):
+            return idx
+        raise FrameError(path, "the SCI extension holds no 2-D image")
+    for i, h in enumerate(hdul):
+        if _is_image(h):
+            return i
+    raise FrameError(path, "no 2-D image in the file (only tables or empty HDUs)")
+
+
+def _is_image(hdu) -> bool:
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return False
+    try:
+        naxis = hdu.header.get("ZNAXIS", hdu.header.get("NAXIS", 0)) if isinstance(hdu, fits.CompImageHDU) \
+            else hdu.header.get("NAXIS", 0)
+        shape = _hdu_shape(hdu)
+    except Exception:
+        return False
+    if naxis == 2 and min(shape) > 1:
+        return True
+    # a cube with a single plane counts as an image
+    return naxis == 3 and len(shape) == 3 and shape[0] == 1 and min(shape[1:]) > 1
+
+
+def _hdu_shape(hdu) -> tuple[int, ...]:
+    h = hdu.header
+    if isinstance(hdu, fits.CompImageHDU):
+        n = h.get("ZNAXIS", 0)
+        return tuple(int(h.get(f"ZNAXIS{i}", 0)) for i in range(n, 0, -1))
+    n = h.get("NAXIS", 0)
+    return tuple(int(h.get(f"NAXIS{i}", 0)) for i in range(n, 0, -1))
+
+
+def _merged_header(hdul, idx: int) -> fits.Header:
+    """The image HDU's header, completed with primary-header keys it lacks
+    (LCO puts everything in SCI; other cameras in the primary)."""
+    header = hdul[idx].header.copy()
+    if idx != 0:
+        for card in hdul[0].header.cards:
+            key = card.keyword
+            if key and key not in header and key not in ("COMMENT", "HISTORY", "SIMPLE", "EXTEND", "") \
+                    and not key.startswith("NAXIS") and key not in ("BITPIX", "BSCALE", "BZERO"):
+                try:
+                    header[key] = (card.value, card.comment)
+                except Exception:
+                    pass
+    return header
+
+
+def _number(header, *keys):
+    for key in keys:
+        if key in header:
+            value = header[key]
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    v = float(value)
+                except ValueError:
+                    continue
+                if math.isfinite(v):
+                    return v
+    return None
+
+
+def _angle(value) -> float | None:
+    """Degrees from a number or a sexagesimal string ('+46:52:00.4')."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    m = re.match(r"^\s*([+-])?\s*(\d+)[:\s](\d+)[:\s](\d+(?:\.\d*)?)\s*$", str(value))
+    if m:
+        sign = -1.0 if m.group(1) == "-" else 1.0
+        return sign * (int(m.group(2)) + int(m.group(3)) / 60.0 + float(m.group(4)) / 3600.0)
+    try:
+        v = float(value)
+        return v if math.isfinite(v) else None
+    except ValueError:
+        return None
+
+
+def _time_of(path: Path, header) -> float:
+    """MJD (UTC) of the exposure start."""
+    date_obs = header.get("DATE-OBS", header.get("DATE-BEG"))
+    mjd_obs = _number(header, "MJD-OBS", "MJD-BEG")
+    t_date = None
+    if isinstance(date_obs, str) and date_obs.strip():
+        text = date_obs.strip()
+        if "T" not in text:
+            tod = header.get("TIME-OBS", header.get("UT", header.get("UTSTART", header.get("UT-START"))))
+            if isinstance(tod, str) and re.match(r"^\d{1,2}:\d{2}:\d{2}", tod.strip()):
+                text = f"{text}T{tod.strip()}"
+            else:
+                text = None  # a date without a time of day is not enough
+        if text is not None:
+            try:
+                t_date = Time(text, format="isot", scale="utc").mjd
+            except ValueError:
+                t_date = None
+    if t_date is not None and mjd_obs is not None and abs(t_date - mjd_obs) * 86400 > 2.0:
+        # two start times that disagree: the ISO string keeps the better precision,
+        # but a grossly wrong MJD-OBS means the header cannot be trusted.
+        if abs(t_date - mjd_obs) > 1.0:
+            raise FrameError(path, f"DATE-OBS ({date_obs}) and MJD-OBS ({mjd_obs}) disagree by "
+                                   f"{abs(t_date - mjd_obs):.2f} days")
+    if t_date is not None:
+        return t_date
+    if mjd_obs is not None and 15000.0 < mjd_obs < 100000.0:
+        return mjd_obs
+    if date_obs is not None or mjd_obs is not None:
+        raise FrameError(path, f"exposure start time unreadable (DATE-OBS={date_obs!r}, MJD-OBS={mjd_obs!r})")
+    raise FrameError(path, "no exposure start time (no DATE-OBS or MJD-OBS keyword)")
+
+
+def _filter_of(header, camera: CameraConfig) -> str | None:
+    value = header.get("FILTER")
+    if isinstance(value, str) and value.strip().lower() not in _NO_FILTER:
+        return value.strip()
+    parts = []
+    for key in ("FILTER1", "FILTER2", "FILTER3", "HIERARCH ESO INS FILT1 NAME",
+                "HIERARCH ESO INS FILT2 NAME", "FILTNAME", "FILT", "INSFLNAM"):
+        v = header.get(key)
+        if isinstance(v, str) and v.strip().lower() not in _NO_FILTER and v.strip() not in parts:
+            parts.append(v.strip())
+    if parts:
+        # FILTERn and ESO FILTn NAME often repeat each other; keep distinct names only.
+        return "+".join(parts[:2]) if len(parts) > 1 and parts[0] != parts[1] else parts[0]
+    return camera.filter_name
+
+
+def _site_of(header, camera: CameraConfig):
+    pairs = [("LATITUDE", "LONGITUD", "HEIGHT"), ("SITELAT", "SITELONG", "SITEELEV"),
+             ("SITELAT", "SITELONG", "SITEALT"), ("LAT-OBS", "LONG-OBS", "ALT-OBS"),
+             ("OBSLAT", "OBSLONG", "OBSALT"),
+             ("HIERARCH ESO TEL GEOLAT", "HIERARCH ESO TEL GEOLON", "HIERARCH ESO TEL GEOELEV")]
+    for lat_key, lon_key, h_key in pairs:
+        if lat_key in header and lon_key in header:
+            lat = _angle(header[lat_key])
+            lon = _angle(header[lon_key])
+            height = _number(header, h_key, "HEIGHT", "SITEELEV", "SITEALT") or 0.0
+            if lat is not None and lon is not None and -90 <= lat <= 90:
+                return (lat, lon, height)
+    if all(k in header for k in ("OBSGEO-X", "OBSGEO-Y", "OBSGEO-Z")):
+        from astropy.coordinates import EarthLocation
+        import astropy.units as u
+        try:
+            loc = EarthLocation.from_geocentric(header["OBSGEO-X"], header["OBSGEO-Y"], header["OBSGEO-Z"], unit=u.m)
+            return (loc.lat.deg, loc.lon.deg, loc.height.to_value(u.m))
+        except Exception:
+            pass
+    site = str(header.get("SITEID", "")).strip().lower()
+    if site in LCO_SITES:
+        return LCO_SITES[site]
+    return camera.site
+
+
+def _wcs_of(header):
+    """A celestial WCS from the header, or None when absent or unusable."""
+    if "CTYPE1" not in header or "CTYPE2" not in header:
+        return None, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = WCS(header, naxis=2, relax=True)
+        if not w.has_celestial:
+            return None, None
+        w = w.celestial
+        scales = w.proj_plane_pixel_scales()
+        scale = float(np.sqrt(abs(scales[0].to_value("deg") * scales[1].to_value("deg")))) * 3600.0
+        if not (math.isfinite(scale) and 1e-3 < scale < 3600.0):
+            return None, None
+        # make sure it can actually transform
+        w.all_pix2world([[10.0, 10.0]], 0)
+        return w, scale
+    except Exception:
+        return None, None
+
+
+def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None, hdul=None) -> FrameInfo:
+    """Header facts of a frame (no pixels read). Raises FrameError when unusable."""
+    path = Path(path)
+    camera = camera or CameraConfig()
+    own = hdul is None
+    if own:
+        hdul = _open(path)
+    try:
+        idx = _image_hdu_index(path, hdul)
+        header = _merged_header(hdul, idx)
+        shape = _hdu_shape(hdul[idx])[-2:]
+        names = [h.name.upper() for h in hdul]
+        err_hdu = names.index("ERR") if "ERR" in names else None
+        bpm_hdu = None
+        for cand in ("BPM", "MASK", "DQ"):
+            if cand in names:
+                bpm_hdu = names.index(cand)
+                break
+    finally:
+        if own:
+            hdul.close()
+    notes: list[str] = []
+    mjd_start = _time_of(path, header)
+    exptime = _number(header, "EXPTIME", "EXPOSURE", "ITIME", "EXP_TIME")
+    if exptime is None:
+        raise FrameError(path, "no exposure time (no EXPTIME or EXPOSURE keyword)")
+    if exptime < 0:
+        raise FrameError(path, f"negative exposure time EXPTIME={exptime}")
+    filter_name = _filter_of(header, camera)
+    if filter_name is None:
+        raise FrameError(path, "no filter (no FILTER keyword; set camera.filter_name to assume one)")
+    airmass = _number(header, "AIRMASS", "SECZ")
+    wcs, wcs_scale = _wcs_of(header)
+    pixel_scale = wcs_scale or _number(header, "PIXSCALE", "SECPIX", "PIXSCAL1", "HIERARCH ESO INS PIXSCALE") \
+        or camera.pixel_scale_arcsec
+
+    units = camera.units
+    if units == "auto":
+        bunit = str(header.get("BUNIT", "")).strip().lower()
+        if bunit.startswith("electron") or bunit in ("e", "e-", "e-/pix"):
+            units = "electrons"
+        elif bunit in ("adu", "adus", "count", "counts", "dn"):
+            units = "adu"
+        elif _number(header, "RLEVEL") is not None and _number(header, "RLEVEL") >= 90:
+            units = "electrons"   # LCO BANZAI reduced frames are in electrons
+        else:
+            units = "adu"
+    gain = _number(header, "GAIN", "EGAIN", "CCDGAIN", "HIERARCH ESO DET OUT1 GAIN")
+    if gain is None or gain <= 0:
+        gain = camera.gain_e_per_adu
+        if gain is None:
+            gain = DEFAULT_GAIN_E_PER_ADU
+            if units == "adu":
+                notes.append(f"no GAIN in header or configuration: assumed {gain} e-/ADU")
+    rdnoise = _number(header, "RDNOISE", "READNOIS", "RON", "RDNOISE1", "HIERARCH ESO DET OUT1 RON")
+    if rdnoise is None or rdnoise < 0:
+        rdnoise = camera.read_noise_e
+        if rdnoise is None:
+            rdnoise = DEFAULT_READ_NOISE_E
+            notes.append(f"no RDNOISE in header or configuration: assumed {rdnoise} e-")
+    to_e = 1.0 if units == "electrons" else gain
+    sat = _number(header, "SATURATE", "SATLEVEL", "SATURATION")
+    if sat is not None and sat > 0:
+        saturation_e = sat * to_e
+    elif camera.saturation_adu is not None:
+        saturation_e = camera.saturation_adu * gain
+    else:
+        saturation_e = None
+        notes.append("no SATURATE in header or configuration: saturation only from the bad-pixel mask")
+    site = _site_of(header, camera)
+    return FrameInfo(
+        path=path, hdu_index=idx, shape=(int(shape[0]), int(shape[1])), header=header,
+        mjd_start=mjd_start, exptime_s=exptime, mjd_mid=mjd_start + exptime / 2.0 / 86400.0,
+        filter_name=filter_name, airmass=airmass, wcs=wcs, pixel_scale_arcsec=pixel_scale,
+        units=units, gain_e_per_adu=gain, read_noise_e=rdnoise, saturation_e=saturation_e,
+        site=site, err_hdu=err_hdu, bpm_hdu=bpm_hdu, notes=notes,
+    )
+
+
+def _read_plane(path: Path, hdu, what: str) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            data = hdu.data
+    except (AstropyUserWarning, OSError, ValueError, TypeError, IndexError, EOFError) as exc:
+        raise FrameError(path, f"{what} pixels unreadable (truncated or corrupt file: {_short(str(exc), 60)})") from None
+    if data is None:
+        raise FrameError(path, f"{what} holds no pixels")
+    data = np.asarray(data)
+    if data.ndim == 3:
+        data = data[0]
+    return data
+
+
+def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
+    """Read a frame: SCI (or first image) in electrons as float32, the pixel-flag plane
+    from BPM, non-finite values and saturation, and ERR in electrons when present and
+    the same shape. Raises FrameError when the frame cannot be used."""
+    path = Path(path)
+    camera = camera or CameraConfig()
+    hdul = _open(path)
+    try:
+        info = read_frame_info(path, camera, hdul=hdul)
+        raw = _read_plane(path, hdul[info.hdu_index], "image")
+        if raw.shape != info.shape:
+            raise FrameError(path, f"image shape {raw.shape} does not match its header {info.shape}")
+        data = np.array(raw, dtype=np.float32, copy=True, order="C")
+        del raw
+        if info.to_electrons != 1.0:
+            data *= np.float32(info.to_electrons)
+        flags = np.zeros(data.shape, dtype=np.uint8)
+        finite = np.isfinite(data)
+        if not finite.all():
+            flags[~finite] |= PIXEL_BAD
+        if info.bpm_hdu is not None:
+            bpm = _read_plane(path, hdul[info.bpm_hdu], "BPM")
+            if bpm.shape == data.shape and np.issubdtype(bpm.dtype, np.integer):
+                # BANZAI bits: 1 bad, 2 saturated, 4 low flat signal, 8 cosmic ray
+                flags[(bpm & ~np.asarray(2 | 8, dtype=bpm.dtype)) != 0] |= PIXEL_BAD
+                flags[(bpm & 2) != 0] |= PIXEL_SATURATED
+                flags[(bpm & 8) != 0] |= PIXEL_COSMIC
+            else:
+                info.notes.append(f"BPM extension ignored (shape {bpm.shape} or type {bpm.dtype} unsuitable)")
+        if info.saturation_e is not None:
+            with np.errstate(invalid="ignore"):
+                flags[data >= np.float32(info.saturation_e * 0.999)] |= PIXEL_SATURATED
+        err = None
+        if info.err_hdu is not None:
+            e = _read_plane(path, hdul[info.err_hdu], "ERR")
+            if e.shape == data.shape:
+                err = np.array(e, dtype=np.float32, copy=True)
+                if info.to_electrons != 1.0:
+                    err *= np.float32(info.to_electrons)
+            else:
+                info.notes.append(f"ERR extension ignored (shape {e.shape} differs from the image)")
+    finally:
+        hdul.close()
+
+    good = flags == 0
+    n_good = int(np.count_nonzero(good))
+    if n_good < 0.2 * data.size:
+        raise FrameError(path, f"only {100.0 * n_good / data.size:.1f}% of pixels are usable (all NaN or masked)")
+    sample = data[good][:: max(1, n_good // 200000)]
+    if np.ptp(sample) == 0:
+        raise FrameError(path, f"image is constant (every usable pixel = {sample[0]:g})")
+    return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err)

@@ -1,0 +1,307 @@
+"""Measuring one frame against the dataset's catalogue: the per-image stage.
+
+Steps, in order (each a call into the modules of this package):
+sky mesh -> bright stars detected -> alignment to the catalogue ->
+PSF fitted on isolated stars at their aligned positions -> photometric scale
+against the reference fluxes -> cosmic rays found and bad pixels repaired ->
+aperture sums at every catalogue position -> neighbours' modelled light
+subtracted (optional) -> sky from clipped annuli -> errors and flags.
+
+The result is a table with one row per catalogue star and a header with the
+frame's facts; :class:`FrameRejected` says why a frame cannot be measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import flags as F
+from .alignment import Alignment, AlignmentError, affine_from_wcs, align
+from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, pixel_flag_summary,
+                       repair_pixels)
+from .background import sky_mesh
+from .catalogue import Catalogue, psf_star_candidates
+from .detection import find_cosmic_rays, find_peaks, peak_sharpness, quick_fwhm, star_sharpness_limit, \
+    windowed_centroids
+from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
+from .psf import ApertureKernel, MoffatPSF, fit_psf, render_stars, stamp_radius
+
+__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame"]
+
+#: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
+NEIGHBOUR_MODEL_ERROR = 0.03
+
+
+class FrameRejected(Exception):
+    """The frame cannot be measured; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    aperture_arcsec: float
+    annulus_arcsec: tuple[float, float]
+    aperture_fwhm_multiple: float | None = None
+    subtract_neighbours: bool = True
+    max_alignment_rms_pix: float = 0.5
+    min_matched_stars: int = 8
+
+    @classmethod
+    def from_config(cls, photometry) -> "MeasureSettings":
+        return cls(aperture_arcsec=photometry.aperture_arcsec, annulus_arcsec=photometry.annulus(),
+                   aperture_fwhm_multiple=photometry.aperture_fwhm_multiple,
+                   subtract_neighbours=photometry.subtract_neighbours,
+                   max_alignment_rms_pix=photometry.max_alignment_rms_pix,
+                   min_matched_stars=photometry.min_matched_stars)
+
+
+@dataclass
+class FrameMeasurement:
+    columns: dict[str, np.ndarray]
+    header: dict[str, tuple]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Clock:
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 4)
+        self.t = now
+
+
+def _psf_at_phases(psf: MoffatPSF):
+    oy, ox = np.mgrid[-3:4, -3:4]
+    return [psf.pixel_values(ox - fx, oy - fy) for fx, fy in ((0, 0), (0.5, 0), (0.5, 0.5), (0.25, 0.25))]
+
+
+def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
+    """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
+    when the frame cannot be used. `progress(fraction, message)` is called between steps."""
+    clock = _Clock()
+    notes: list[str] = []
+    info = frame.info
+    data = frame.data_e
+    pflags = frame.pixel_flags
+    ny, nx = data.shape
+    stars = cat.stars
+    report = progress or (lambda f, m: None)
+
+    if info.filter_name != cat.filter_name:
+        raise FrameRejected(f"filter {info.filter_name!r} is not the dataset's {cat.filter_name!r}")
+
+    # --- sky and bright stars
+    mesh = sky_mesh(data, pflags, box=128)
+    sky_level = float(np.median(mesh.level))
+    sky_sigma = float(np.median(mesh.sigma))
+    if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
+        raise FrameRejected("no usable sky (constant or empty image)")
+    peaks = find_peaks(data, pflags, mesh, nsigma=8.0, max_peaks=1500)
+    sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
+    peaks = peaks.take(np.flatnonzero((sharp < 0.9) & ~peaks.saturated))
+    # align on well-measured stars: their centroids, not photon noise, set the residuals
+    strong = np.flatnonzero(peaks.height > 25.0 * sky_sigma)
+    if strong.size >= 40:
+        peaks = peaks.take(strong[:600])
+    fwhm_guess = quick_fwhm(data, peaks, sky_level)
+    if not np.isfinite(fwhm_guess):
+        fwhm_guess = cat.psf.fwhm_pix
+    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                   max(fwhm_guess, 1.0) / 2.355)
+    clock.lap("detect")
+    report(0.2, f"{len(peaks)} stars detected")
+
+    # --- alignment to the catalogue
+    ref_rows = cat.alignment_stars(800)
+    ref_xy = np.column_stack([stars["x_ref"][ref_rows], stars["y_ref"][ref_rows]])
+    guess = None
+    expected_scale = None
+    if info.wcs is not None:
+        guess = affine_from_wcs(cat.wcs, info.wcs, cat.shape)
+        if info.pixel_scale_arcsec:
+            expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
+    elif info.pixel_scale_arcsec:
+        expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
+    if info.name == cat.reference_image:
+        guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    try:
+        aln = align(ref_xy, np.column_stack([px, py]), guess=guess,
+                    search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
+                    min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
+                    expected_scale=expected_scale)
+    except AlignmentError as exc:
+        raise FrameRejected(str(exc)) from None
+    x, y = aln.apply(stars["x_ref"], stars["y_ref"])
+    pixel_scale = cat.pixel_scale_arcsec / aln.scale
+    clock.lap("align")
+    report(0.35, f"aligned: {aln.n_matched} stars, rms {aln.rms_pix:.3f} px")
+
+    t_idx = cat.target_index
+    if not (0 <= x[t_idx] < nx and 0 <= y[t_idx] < ny):
+        raise FrameRejected(f"the field does not cover the target (it would be at pixel "
+                            f"{x[t_idx]:.0f}, {y[t_idx]:.0f} of {nx}x{ny})")
+
+    # --- PSF and photometric scale
+    psf_rows = psf_star_candidates(stars, cat.shape, margin=0, n=400)
+    margin = 3 * fwhm_guess + 5
+    on = (x[psf_rows] > margin) & (x[psf_rows] < nx - margin) & (y[psf_rows] > margin) & (y[psf_rows] < ny - margin)
+    psf_rows = psf_rows[on][:40]
+    if psf_rows.size < 3:
+        raise FrameRejected(f"too few isolated stars for the PSF ({psf_rows.size})")
+    fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fwhm_guess, pixel_ok=(pflags == 0))
+    psf = fit.psf
+    ratio = fit.flux[fit.used] / np.asarray(stars["flux_ref"])[psf_rows][fit.used]
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if ratio.size < 3:
+        raise FrameRejected("photometric scale undetermined (PSF stars unusable)")
+    lr = np.log(ratio)
+    med = np.median(lr)
+    mad = 1.4826 * np.median(np.abs(lr - med))
+    lr = lr[np.abs(lr - med) <= max(3 * mad, 0.02)]
+    scale = float(np.exp(np.mean(lr)))
+    scale_err = float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))
+    clock.lap("psf")
+    report(0.5, f"PSF FWHM {psf.fwhm_pix * pixel_scale:.2f}\"")
+
+    # --- cosmic rays and bad pixels
+    limit = star_sharpness_limit(_psf_at_phases(psf))
+    hits = find_cosmic_rays(data, pflags, sky_level, sky_sigma, limit)
+    if hits.size:
+        pflags.ravel()[hits] |= PIXEL_COSMIC
+    repair = np.flatnonzero((pflags & (PIXEL_BAD | PIXEL_COSMIC)).ravel() != 0)
+    repair_pixels(data, repair, sky_level)
+    clock.lap("cosmics")
+
+    # --- apertures
+    if settings.aperture_fwhm_multiple:
+        r_ap = settings.aperture_fwhm_multiple * psf.fwhm_pix
+        grow = r_ap / (settings.aperture_arcsec / pixel_scale)
+        r_in, r_out = (a / pixel_scale * grow for a in settings.annulus_arcsec)
+    else:
+        r_ap = settings.aperture_arcsec / pixel_scale
+        r_in, r_out = (a / pixel_scale for a in settings.annulus_arcsec)
+    geom = ApertureGeometry(r_ap, r_in, r_out)
+
+    err_plane = None
+    pixel_var_err = None
+    if frame.err_e is not None:
+        sub = frame.err_e[::8, ::8][pflags[::8, ::8] == 0]
+        v_err = float(np.median(sub.astype(np.float64) ** 2)) if sub.size else np.nan
+        v_model = max(sky_level, 0.0) + info.read_noise_e ** 2
+        if np.isfinite(v_err) and 0.7 < v_err / v_model < 3.0:
+            err_plane = frame.err_e
+            pixel_var_err = v_err
+        else:
+            notes.append(f"ERR plane ignored: its background variance {v_err:.3g} e2 disagrees with "
+                         f"sky + read noise {v_model:.3g} e2")
+    total, total_err, area, partial, outside = aperture_sums(data, x, y, r_ap, error=err_plane)
+    clock.lap("aperture")
+    report(0.65, "aperture sums done")
+
+    # --- neighbours
+    flux_ref = np.asarray(stars["flux_ref"], float)
+    model_flux = np.where(np.isfinite(flux_ref) & (flux_ref > 0), flux_ref * scale, 0.0)
+    neighbour = np.zeros(x.size)
+    neighbour_var = np.zeros(x.size)
+    if settings.subtract_neighbours:
+        from scipy.spatial import cKDTree
+
+        reach = r_out + 3.0 * psf.fwhm_pix
+        kernel = ApertureKernel(psf, r_ap, reach)
+        on_frame = np.flatnonzero((x > -reach) & (x < nx + reach) & (y > -reach) & (y < ny + reach))
+        tree = cKDTree(np.column_stack([x[on_frame], y[on_frame]]))
+        pairs = tree.query_pairs(r_ap + reach, output_type="ndarray")
+        if pairs.size:
+            i = on_frame[np.concatenate([pairs[:, 0], pairs[:, 1]])]
+            j = on_frame[np.concatenate([pairs[:, 1], pairs[:, 0]])]
+            light = model_flux[j] * kernel(x[j] - x[i], y[j] - y[i])
+            rel = np.where(flux_ref[j] > 0, np.asarray(stars["flux_ref_err"])[j] / np.where(flux_ref[j] > 0, flux_ref[j], 1), 0)
+            neighbour = np.bincount(i, weights=light, minlength=x.size)
+            neighbour_var = np.bincount(i, weights=light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + np.nan_to_num(rel) ** 2),
+                                        minlength=x.size)
+        # the sky is measured with every catalogue star's modelled light removed
+        radius = stamp_radius(psf, model_flux, threshold=0.2 * sky_sigma, max_radius=min(8.0 * psf.fwhm_pix, 80.0))
+        data -= render_stars(data.shape, x, y, model_flux, psf, radius)
+        clock.lap("neighbours")
+        report(0.8, "neighbours subtracted")
+
+    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom)
+    clock.lap("sky")
+
+    # --- fluxes, errors, flags
+    flux = total - neighbour - sky * area
+    if err_plane is not None:
+        pixel_var = pixel_var_err
+        var = total_err ** 2 + area ** 2 * pixel_var * 0.5 * np.pi / np.maximum(n_sky, 1)
+    else:
+        pixel_var = max(sky_level, 0.0) + info.read_noise_e ** 2
+        if sky_sigma ** 2 > 2.0 * pixel_var:
+            notes.append(f"background noise {sky_sigma:.1f} e- exceeds sky + read noise "
+                         f"({np.sqrt(pixel_var):.1f} e-): errors use the measured background noise")
+            pixel_var = sky_sigma ** 2
+        var = ccd_variance(flux, area, pixel_var, n_sky)
+    var = var + neighbour_var
+    flux_err = np.sqrt(var)
+
+    pix_summary = pixel_flag_summary(pflags, x, y, r_ap)
+    flag = np.zeros(x.size, dtype=np.int32)
+    flag |= np.where(pix_summary & PIXEL_SATURATED, F.SATURATED, 0)
+    flag |= np.where(pix_summary & PIXEL_BAD, F.BAD_PIXELS, 0)
+    flag |= np.where(pix_summary & PIXEL_COSMIC, F.COSMIC_RAY, 0)
+    flag |= np.where(partial | ann_edge, F.NEAR_EDGE, 0)
+    nominal = np.pi * (r_out ** 2 - r_in ** 2)
+    poor = (n_sky < 0.3 * nominal) | ~np.isfinite(sky) | (sky_sig > 3.0 * sky_sigma)
+    flag |= np.where(poor, F.POOR_SKY, 0)
+    flag |= np.where(outside, F.OUTSIDE_FRAME, 0)
+    own = np.maximum(flux, 0)
+    flag |= np.where(neighbour > np.maximum(own, 1e-9), F.CROWDED, 0)
+    flux = np.where(outside, np.nan, flux)
+    flux_err = np.where(outside, np.nan, flux_err)
+    clock.lap("errors")
+
+    columns = {
+        "x": x.astype(np.float32), "y": y.astype(np.float32),
+        "flux": flux.astype(np.float32), "flux_err": flux_err.astype(np.float32),
+        "sky": sky.astype(np.float32), "sky_sigma": sky_sig.astype(np.float32),
+        "n_sky": n_sky.astype(np.int16), "neighbour_flux": neighbour.astype(np.float32),
+        "flags": flag.astype(np.int16),
+    }
+    header = {
+        "IMAGE": (info.name, "frame measured"),
+        "MJDSTART": (info.mjd_start, "exposure start MJD (UTC)"),
+        "MJDMID": (info.mjd_mid, "mid-exposure MJD (UTC)"),
+        "EXPTIME": (info.exptime_s, "exposure time [s]"),
+        "FILTER": (info.filter_name, "filter"),
+        "AIRMASS": (info.airmass if info.airmass is not None else np.nan, "airmass"),
+        "GAIN": (info.gain_e_per_adu, "gain used [e-/ADU]"),
+        "RDNOISE": (info.read_noise_e, "read noise used [e-]"),
+        "UNITS_IN": (info.units, "pixel units of the file"),
+        "PIXSCALE": (pixel_scale, "pixel scale [arcsec/pix] (reference scale / alignment)"),
+        "SKY_E": (sky_level, "median sky [e-/pix]"),
+        "SKYSIG_E": (sky_sigma, "median background noise [e-/pix]"),
+        "PIXVAR": (pixel_var, "background pixel variance used in errors [e2]"),
+        "ERRPLANE": (err_plane is not None, "errors from the ERR extension"),
+        "FWHMPIX": (psf.fwhm_pix, "PSF FWHM [pix]"),
+        "FWHMAS": (psf.fwhm_pix * pixel_scale, "PSF FWHM [arcsec]"),
+        "PSFCHI2": (fit.chi2_per_dof, "PSF fit chi2 per dof"),
+        "PSFNSTAR": (fit.n_stars, "stars in the PSF fit"),
+        "PHSCALE": (scale, "frame/reference flux ratio from PSF stars"),
+        "PHSCALEE": (scale_err, "its uncertainty"),
+        "NCOSMIC": (int(hits.size), "pixels flagged as cosmic-ray hits (grown)"),
+        "NEIGHSUB": (bool(settings.subtract_neighbours), "neighbour light subtracted"),
+        "SITELAT": (info.site[0] if info.site else np.nan, "site latitude [deg]"),
+        "SITELON": (info.site[1] if info.site else np.nan, "site longitude [deg E]"),
+        "SITEALT": (info.site[2] if info.site else np.nan, "site height [m]"),
+        "CATID": (cat.catalogue_id, "catalogue measured against"),
+    }
+    for k, v in psf.to_header().items():
+        header[k] = v
+    header.update(aln.to_header())
+    header.update(geom.to_header())
+    return FrameMeasurement(columns=columns, header=header, timings=clock.laps, notes=notes)

@@ -1,0 +1,155 @@
+"""What every dataset stage shares: its parameters, configuration, log, lock check,
+and one-line failure messages for the errors users cause."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import luigi
+
+from ..config import ConfigError, ReductionConfig, load_reduction_config
+from ..dataset import config_path, dataset_logger
+from ..lock import LockHeldError, read_lock
+
+__all__ = ["DatasetStage", "StageError", "USER_ERRORS", "load_config", "run_owner_pid", "register_run_owner",
+           "install_console_filter"]
+
+
+class StageError(RuntimeError):
+    """A stage cannot do its work (the message says why, in one line)."""
+
+
+def _user_errors():
+    from ..photometry.catalogue import CatalogueError
+    from ..photometry.frames import FrameError
+
+    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError]
+    try:
+        from ..tom import TomError
+        errors.append(TomError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+USER_ERRORS: tuple = ()
+
+
+def user_errors() -> tuple:
+    global USER_ERRORS
+    if not USER_ERRORS:
+        USER_ERRORS = _user_errors()
+    return USER_ERRORS
+
+
+_CONFIGS: dict[str, tuple[int, ReductionConfig]] = {}
+
+
+def load_config(red_dir: Path) -> ReductionConfig:
+    """The dataset's configuration (parsed once per process while the file is unchanged)."""
+    path = config_path(red_dir)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: reduction configuration not found "
+                          f"(copy luigi_phot/examples/reduction_config.yaml there and edit it)") from None
+    cached = _CONFIGS.get(str(path))
+    if cached and cached[0] == mtime:
+        return cached[1]
+    cfg = load_reduction_config(path)
+    _CONFIGS[str(path)] = (mtime, cfg)
+    return cfg
+
+
+# The process that runs ReduceDataset.run() owns the lock of its run; stages forked
+# from it inherit this table and record that pid in the lock file.
+_RUN_OWNERS: dict[str, int] = {}
+
+
+def register_run_owner(run_id: str) -> None:
+    _RUN_OWNERS[run_id] = os.getpid()
+
+
+def run_owner_pid(run_id: str) -> int:
+    return _RUN_OWNERS.get(run_id, os.getpid())
+
+
+class DatasetStage(luigi.Task):
+    """A stage of one dataset's reduction, run under that run's lock."""
+
+    red_dir = luigi.Parameter(description="dataset directory")
+    run_id = luigi.Parameter(description="the reduction run this stage belongs to")
+
+    @property
+    def red(self) -> Path:
+        return Path(self.red_dir)
+
+    @property
+    def config(self) -> ReductionConfig:
+        return load_config(self.red)
+
+    @property
+    def log(self) -> logging.Logger:
+        return dataset_logger(self.red)
+
+    def note(self, message: str, level: int = logging.INFO) -> None:
+        self.log.log(level, f"[{self.run_id}] {self.task_family}: {message}")
+
+    def check_lock(self) -> None:
+        """Refuse to write unless this run holds the dataset's lock."""
+        holder = read_lock(self.red)
+        if holder is None or holder.run_id != self.run_id:
+            who = holder.describe() if holder else "nobody"
+            raise StageError(f"{self.red}: run {self.run_id} does not hold the dataset lock (held by {who})")
+
+    def on_failure(self, exception):
+        """One line for errors users cause (shown in the visualiser and the log)."""
+        if isinstance(exception, user_errors()):
+            message = str(exception)
+        else:
+            message = f"{type(exception).__name__}: {exception}"
+        try:
+            self.note(f"FAILED: {message}", logging.ERROR)
+        except Exception:
+            pass
+        return message if isinstance(exception, user_errors()) else super().on_failure(exception)
+
+    def timed(self):
+        return _Timer()
+
+
+class _Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        return False
+
+
+class _OneLineUserErrors(logging.Filter):
+    """Luigi logs task failures with a traceback; for errors the user caused (bad
+    configuration, held lock, ...) the message alone says everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, user_errors()):
+            record.msg = f"{record.getMessage()}: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_FILTER_INSTALLED = False
+
+
+def install_console_filter() -> None:
+    global _FILTER_INSTALLED
+    if not _FILTER_INSTALLED:
+        logging.getLogger("luigi-interface").addFilter(_OneLineUserErrors())
+        _FILTER_INSTALLED = True

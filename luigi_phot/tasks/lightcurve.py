@@ -1,0 +1,142 @@
+"""BuildLightcurve: measure every frame (dynamic dependencies), calibrate, write the
+light curve, the TOM CSV, the all-stars time series, the rejected list and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import luigi
+
+import numpy as np
+
+from ..dataset import PRODUCTS_DIR, atomic_paths, catalogue_path, frame_stats, measurement_dir, write_json_atomic
+from .base import DatasetStage, StageError
+from .catalogue import BuildCatalogue
+from .lock import LockDataset
+from .measure import MeasureImage, measurement_key
+
+__all__ = ["BuildLightcurve", "ecsv_meta_value"]
+
+
+def ecsv_meta_value(path, key: str) -> str | None:
+    """Read one scalar meta value (written as '# - {key: value}') from an ECSV header
+    without parsing the table."""
+    pattern = re.compile(rf"[{{\s]{re.escape(key)}:\s*'?([^,'}}\s]+)")
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                m = pattern.search(line)
+                if m:
+                    return m.group(1)
+    except OSError:
+        return None
+    return None
+
+
+class _LightcurveTarget(luigi.LocalTarget):
+    def __init__(self, path, key):
+        super().__init__(str(path))
+        self.key = key
+
+    def exists(self) -> bool:
+        return ecsv_meta_value(self.path, "input_key") == self.key
+
+
+class BuildLightcurve(DatasetStage):
+    """All frames measured, then calibrated into light curves."""
+
+    def requires(self):
+        return {"lock": LockDataset(red_dir=self.red_dir, run_id=self.run_id),
+                "catalogue": BuildCatalogue(red_dir=self.red_dir, run_id=self.run_id)}
+
+    def _names(self):
+        from ..photometry.catalogue import Catalogue  # noqa: F401 (keeps imports lazy)
+        from ..photometry.lightcurve import product_names
+
+        hdr_filter = self._catalogue_filter()
+        return product_names(self.config.target.name, hdr_filter or "unknown")
+
+    def _catalogue_filter(self):
+        from .catalogue import catalogue_header
+
+        hdr = catalogue_header(catalogue_path(self.red))
+        return None if hdr is None else str(hdr.get("FILTER"))
+
+    @property
+    def index_path(self) -> Path:
+        return self.red / PRODUCTS_DIR / "frame_index.json"
+
+    def input_key(self) -> str:
+        cfg = self.config
+        text = json.dumps({"lc": cfg.lightcurve_key(), "measure": measurement_key(self.red, cfg),
+                           "frames": frame_stats(self.red), "tom_flagged": cfg.tom.include_flagged})
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def output(self):
+        return _LightcurveTarget(self.red / self._names()["lc_ecsv"], self.input_key())
+
+    def run(self):
+        self.check_lock()
+        names = [n for n, _, _ in frame_stats(self.red)]
+        measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
+        self.check_lock()
+        self._build([Path(m.path) for m in measures], names)
+
+    def _build(self, paths, names):
+        from ..photometry import plots
+        from ..photometry.catalogue import Catalogue
+        from ..photometry.lightcurve import build_lightcurve, read_measurement, write_products
+
+        cfg = self.config
+        with self.timed() as t:
+            records = []
+            for k, p in enumerate(paths):
+                records.append(read_measurement(p))
+                if k % 25 == 0:
+                    self.set_progress_percentage(int(60 * k / max(len(paths), 1)))
+                    self.set_status_message(f"reading measurements {k}/{len(paths)}")
+            cat = Catalogue.load(catalogue_path(self.red))
+            self.set_status_message("calibrating")
+            try:
+                products = build_lightcurve(records, cat, cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
+                                            cfg.photometry.default_zero_point)
+            except ValueError as exc:
+                raise StageError(f"{self.red}: {exc}") from None
+            products.lightcurve.meta["input_key"] = self.input_key()
+            products.lightcurve.meta["neighbour_subtraction"] = cfg.photometry.subtract_neighbours
+            files = self._names()
+            # the .ecsv is renamed last: its input_key marks the stage complete
+            order = ["all_stars", "lc_csv", "rejected", "lc_png", "noise_png", "crowding_png", "lc_ecsv"]
+            final = {k: self.red / files[k] for k in order}
+            self.set_progress_percentage(70)
+            self.set_status_message("writing products")
+            title = f"{cfg.target.name} {cat.filter_name}"
+            comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
+            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"), "rejected": r.rejected} for r in records},
+                     "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
+                     "lightcurve": files["lc_ecsv"]}
+            write_json_atomic(self.index_path, index)
+            with atomic_paths(final) as tmp:
+                write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)
+                plots.plot_lightcurve(products.lightcurve, tmp["lc_png"], title)
+                plots.plot_noise(products.stars, tmp["noise_png"], title + ": constant stars")
+                plots.plot_fwhm_residuals(products.frames, products.lightcurve, products.flux, comparison,
+                                          tmp["crowding_png"], title + ": residuals against seeing")
+            # measurements made under other settings or catalogues are no longer needed
+            keep = measurement_dir(self.red, measurement_key(self.red, cfg))
+            for d in (self.red / PRODUCTS_DIR / "frames").glob("*"):
+                if d.is_dir() and d != keep:
+                    shutil.rmtree(d, ignore_errors=True)
+        lc = products.lightcurve
+        self.note(f"light curve of {len(lc)} points ({products.meta['n_measured']} frames measured, "
+                  f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
+                  f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
+        for row in products.rejected:
+            self.note(f"rejected {row['image']}: {row['reason']}", 30)
+        self.set_progress_percentage(100)

@@ -1,0 +1,104 @@
+"""MeasureImage: one frame measured against the catalogue (or its rejection recorded)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import luigi
+
+from ..dataset import atomic_path, catalogue_path, measurement_dir
+from .base import DatasetStage
+from .catalogue import BuildCatalogue, catalogue_header
+from .lock import LockDataset
+
+__all__ = ["MeasureImage", "measurement_key"]
+
+_KEYS: dict[tuple, str] = {}
+
+
+def measurement_key(red_dir: Path, cfg) -> str:
+    """Key of the per-frame results: the measurement settings and the catalogue build."""
+    cpath = catalogue_path(red_dir)
+    try:
+        mtime = cpath.stat().st_mtime_ns
+    except FileNotFoundError:
+        mtime = None
+    cache_key = (str(cpath), mtime, cfg.measurement_key())
+    if cache_key not in _KEYS:
+        hdr = catalogue_header(cpath) if mtime is not None else None
+        cat_id = hdr.get("CATID", "none") if hdr is not None else "none"
+        _KEYS[cache_key] = hashlib.sha256(f"{cfg.measurement_key()}:{cat_id}".encode()).hexdigest()[:12]
+    return _KEYS[cache_key]
+
+
+class _FreshTarget(luigi.LocalTarget):
+    """A measurement file at least as new as the frame it was made from."""
+
+    def __init__(self, path, source):
+        super().__init__(str(path))
+        self.source = source
+
+    def exists(self) -> bool:
+        try:
+            return os.stat(self.path).st_mtime_ns >= os.stat(self.source).st_mtime_ns
+        except OSError:
+            return False
+
+
+class MeasureImage(DatasetStage):
+    """Measure every catalogue star on one frame."""
+
+    image = luigi.Parameter(description="frame file name inside red_dir")
+
+    def requires(self):
+        return {"lock": LockDataset(red_dir=self.red_dir, run_id=self.run_id),
+                "catalogue": BuildCatalogue(red_dir=self.red_dir, run_id=self.run_id)}
+
+    def output(self):
+        key = measurement_key(self.red, self.config)
+        return _FreshTarget(measurement_dir(self.red, key) / f"{self.image}.phot.fits", self.red / self.image)
+
+    def run(self):
+        from ..photometry.catalogue import Catalogue
+        from ..photometry.frames import FrameError, load_frame
+        from ..photometry.lightcurve import write_measurement, write_rejection
+        from ..photometry.measure import FrameRejected, MeasureSettings, measure_frame
+
+        self.check_lock()
+        cfg = self.config
+        out = Path(self.output().path)
+        path = self.red / self.image
+
+        def progress(fraction, message):
+            self.set_progress_percentage(int(100 * fraction))
+            self.set_status_message(f"{self.image}: {message}")
+
+        with self.timed() as t:
+            progress(0.0, "reading")
+            info = None
+            try:
+                frame = load_frame(path, cfg.camera)
+                info = frame.info
+                for n in info.notes:
+                    self.note(f"{self.image}: {n}", 30)
+                cat = Catalogue.load(catalogue_path(self.red))
+                m = measure_frame(frame, cat, MeasureSettings.from_config(cfg.photometry), progress=progress)
+                del frame
+            except (FrameError, FrameRejected) as exc:
+                reason = exc.problem if isinstance(exc, FrameError) else str(exc)
+                with atomic_path(out) as tmp:
+                    write_rejection(tmp, self.image, reason, mjd_mid=info.mjd_mid if info else None)
+                self.note(f"{self.image}: rejected: {reason}", 30)
+                return
+            with atomic_path(out) as tmp:
+                write_measurement(tmp, m.columns, m.header)
+        for n in m.notes:
+            self.note(f"{self.image}: {n}", 30)
+        h = m.header
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in m.timings.items())
+        self.note(f"{self.image}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "
+                  f"(aligned {h['ALN_METH'][0]} rms {h['ALN_RMS'][0]:.3f} px on {h['ALN_N'][0]} stars, "
+                  f"FWHM {h['FWHMAS'][0]:.2f}\", scale {h['PHSCALE'][0]:.3f}; {steps})")
+        progress(1.0, "done")

@@ -1,0 +1,136 @@
+"""ReduceDataset: one dataset, from lock to release, as one scheduled unit.
+
+The run holds one unit of the scheduler resource ``luigi_phot_dataset`` for its
+whole duration (the manager sets its limit to max_parallel), and runs its
+stages - LockDataset, BuildCatalogue, MeasureImage (one per frame),
+BuildLightcurve, UploadToTOM, ReleaseLock - as their own Luigi tasks through
+the same scheduler, so the visualiser shows each one and its progress.
+"""
+
+from __future__ import annotations
+
+import luigi
+
+from .. import lock
+from ..config import ConfigError
+from ..dataset import LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir
+from .base import StageError, install_console_filter, load_config, register_run_owner
+from .lock import ReleaseLock
+
+__all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE"]
+
+DATASET_RESOURCE = "luigi_phot_dataset"
+
+
+def dataset_is_current(red_dir) -> bool:
+    """True when the last finished reduction was made from the current frames and
+    configuration and no reduction holds the lock."""
+    try:
+        red = resolve_red_dir(red_dir)
+        cfg = load_config(red)
+    except (ConfigError, OSError):
+        return False
+    rec = read_json(red / RECORD_NAME)
+    if rec is None or lock.read_lock(red) is not None:
+        return False
+    return rec.get("fingerprint") == fingerprint(cfg, frame_stats(red))
+
+
+class ReduceDataset(luigi.Task):
+    """Reduce the dataset in red_dir (its reduction_config.yaml says how)."""
+
+    red_dir = luigi.Parameter(description="dataset directory with frames and reduction_config.yaml")
+    dataset_workers = luigi.IntParameter(default=0, significant=False,
+                                 description="workers for this dataset's stages (0: the command's --workers)")
+    if_locked = luigi.ChoiceParameter(choices=["fail", "skip"], default="fail", significant=False,
+                                      description="when another reduction holds the lock: fail, or skip quietly")
+
+    resources = {DATASET_RESOURCE: 1}
+
+    def complete(self):
+        return dataset_is_current(self.red_dir)
+
+    def on_failure(self, exception):
+        from .base import user_errors
+
+        if isinstance(exception, user_errors()):
+            return str(exception)
+        return super().on_failure(exception)
+
+    def run(self):
+        install_console_filter()
+        red = resolve_red_dir(self.red_dir)
+        log = dataset_logger(red)
+        try:
+            cfg = load_config(red)
+        except ConfigError as exc:
+            log.error(f"configuration error: {exc}")
+            raise
+        run_id = lock.new_run_id()
+        holder = lock.read_lock(red)
+        if holder is not None and lock.holder_state(holder) != "dead":
+            message = lock.LockHeldError(lock._held_message(red, holder, lock.holder_state(holder)))
+            if self.if_locked == "skip":
+                log.info(f"skipped: {message}")
+                return
+            raise message
+        register_run_owner(run_id)
+        n_frames = len(frame_stats(red))
+        log.info(f"========== run {run_id}: reducing {red} ({n_frames} frames, target {cfg.target.name}) ==========")
+        workers = self.dataset_workers or luigi.interface.core().workers
+        _release_inherited_fork_lock()
+        _preload_science()
+        result = None
+        try:
+            result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
+                                 detailed_summary=True, no_lock=True)
+        finally:
+            if lock.release(red, run_id):
+                log.warning(f"[{run_id}] run ended unfinished: lock released")
+        ok = result is not None and result.status in (luigi.LuigiStatusCode.SUCCESS,
+                                                      luigi.LuigiStatusCode.SUCCESS_WITH_RETRY)
+        if not ok:
+            status = result.status.name if result is not None else "not run"
+            failed = _failure_summary(red, run_id)
+            log.error(f"[{run_id}] reduction failed ({status}){': ' + failed if failed else ''}")
+            raise StageError(f"{red}: reduction failed ({status}){': ' + failed if failed else ''}")
+        log.info(f"[{run_id}] reduction finished")
+
+
+def _preload_science() -> None:
+    """Stages run in processes forked from this one: importing the science stack here,
+    once, saves every MeasureImage the import time."""
+    import numpy as np
+    from photutils.aperture import AperturePhotometry, CircularAperture
+
+    from ..photometry import catalogue, lightcurve, measure, plots  # noqa: F401
+    from scipy import ndimage, optimize, signal, sparse, spatial  # noqa: F401
+
+    plots._pyplot()
+    AperturePhotometry(np.zeros((8, 8)), CircularAperture([(4.0, 4.0)], r=2.0)).flux
+
+
+def _release_inherited_fork_lock() -> None:
+    """Luigi forks a task process while holding luigi.worker.fork_lock, so the child
+    starts with that lock taken by a thread that does not exist in it. The stages'
+    build forks again and would wait on it forever: give the child a fresh lock."""
+    import threading
+
+    import luigi.worker
+
+    if luigi.worker.fork_lock.locked():
+        luigi.worker.fork_lock = threading.Lock()
+
+
+def _failure_summary(red, run_id: str) -> str:
+    """The one-line reasons its stages logged when they failed (they may run in other processes)."""
+    try:
+        with open(red / LOG_NAME, encoding="utf-8", errors="replace") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 200_000))
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    marker = f"[{run_id}] "
+    reasons = [ln.split(marker, 1)[1] for ln in lines if marker in ln and "FAILED: " in ln]
+    return "; ".join(dict.fromkeys(reasons))[:1000]

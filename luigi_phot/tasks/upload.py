@@ -1,0 +1,82 @@
+"""UploadToTOM: publish the light curve to the TOM, or record why not."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import luigi
+
+from ..dataset import UPLOAD_RECORD_NAME, read_json, write_json_atomic
+from .base import DatasetStage
+from .lightcurve import BuildLightcurve
+from .lock import LockDataset
+
+__all__ = ["UploadToTOM"]
+
+
+def _sha256(path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class _UploadTarget(luigi.LocalTarget):
+    """The upload record matches the current light curve and TOM settings."""
+
+    def __init__(self, path, key):
+        super().__init__(str(path))
+        self.key = key
+
+    def exists(self) -> bool:
+        rec = read_json(self.path)
+        return rec is not None and rec.get("key") == self.key
+
+
+class UploadToTOM(DatasetStage):
+    """Replace the dataset's data product on the TOM with the current light curve."""
+
+    def requires(self):
+        return {"lock": LockDataset(red_dir=self.red_dir, run_id=self.run_id),
+                "lightcurve": BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)}
+
+    def _csv(self):
+        return self.red / BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)._names()["lc_csv"]
+
+    def _key(self) -> str:
+        return hashlib.sha256(f"{self.config.tom_key()}:{_sha256(self._csv())}".encode()).hexdigest()[:16]
+
+    def output(self):
+        return _UploadTarget(self.red / UPLOAD_RECORD_NAME, self._key())
+
+    def run(self):
+        self.check_lock()
+        cfg = self.config
+        csv = self._csv()
+        record = {"key": self._key(), "csv": csv.name, "sha256": _sha256(csv),
+                  "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        previous = read_json(self.red / UPLOAD_RECORD_NAME) or {}
+        if not cfg.tom.upload:
+            record.update(status="skipped", reason="tom.upload is false")
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+            self.note("upload skipped (tom.upload is false)")
+            return
+        from ..config import load_tom_config
+        from ..tom import publish_photometry
+
+        tom = load_tom_config(cfg.tom.config_file)
+        filter_name = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)._catalogue_filter()
+        product = f"{cfg.tom.data_label}_{filter_name}"
+        self.set_status_message(f"uploading {csv.name} to {tom.url}")
+        with self.timed() as t:
+            result = publish_photometry(
+                tom, cfg.target.name, csv, product,
+                previous_product_id=previous.get("product_id"), create_target=cfg.tom.create_target,
+                ra_deg=cfg.target.ra_deg, dec_deg=cfg.target.dec_deg, logger=self.log)
+        record.update(status="uploaded", url=tom.url, target_id=result.target_id, product_id=result.product_id,
+                      product_name=product, n_points=result.n_points)
+        write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+        self.note(f"uploaded {csv.name} to {tom.url} as data product {result.product_id} "
+                  f"({result.n_points} points) in {t.seconds:.1f} s")
