@@ -617,9 +617,9 @@ def _plan_times(cfg: SyntheticConfig, rng, target_ra: float, target_dec: float):
     for night, n in enumerate(per_night):
         if n == 0:
             continue
-        day = first + dt.timedelta(days=night * cfg.night_step_days)
-        # local mean midnight after the evening of DAY-OBS
-        midnight = _mjd_of_date(day) + 1.0 - site.longitude_deg / 360.0 + (night * cfg.night_step_days) % 1.0
+        day = first + dt.timedelta(days=math.floor(night * cfg.night_step_days))
+        # local mean midnight after the evening of the first DAY-OBS, one step per night
+        midnight = _mjd_of_date(first) + 1.0 - site.longitude_deg / 360.0 + night * cfg.night_step_days
         grid = midnight + np.linspace(-cfg.night_hours / 48.0, cfg.night_hours / 48.0, 193)
         am = airmass_at(grid, target_ra, target_dec, site)
         ok = am <= max(cfg.airmass_max, np.min(am) + 0.2)
@@ -1173,6 +1173,15 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
         "site": dataclasses.asdict(LCO_SITES[cfg.site]),
         "bpm_bits": {"1": "bad pixel (hot pixels, bad column)", "2": "saturated (incl. bleed trails)",
                      "8": "cosmic ray (only when bpm_marks_cosmics)"},
+        "psf_rendering": "elliptical Moffat integrated over each pixel (5x5 sub-samples); a star's stamp "
+                         "ends where flux x PSF density < psf_stamp_floor_e e-/pix (target: radius >= 64 px, "
+                         "all: <= psf_stamp_max_radius_pix); light beyond a stamp is dropped, not "
+                         "redistributed. FWHM grows by up to psf_field_variation towards the corners.",
+        "noise": "photon noise: Poisson below poisson_exact_below_e e-, Gaussian with variance = "
+                 "expectation above; Gaussian read noise; cosmic rays added after, not PSF-convolved",
+        "header_notes": "SATURATE is in electrons like the data; GAIN is the detector's (do not apply "
+                        "it again); L1FWHM = seeing x (1 + N(0, 0.05)), a pipeline-like estimate; "
+                        "CAT-RA/CAT-DEC = true target position",
     })
     truth_path, stars_path = red_dir / TRUTH_NAME, red_dir / STARS_NAME
     truth.write(truth_path, format="ascii.ecsv")
