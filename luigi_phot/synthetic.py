@@ -48,7 +48,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -744,7 +744,8 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
         m_sat = cfg.zero_point_mag - 2.5 * math.log10(need_e_per_s)
         sx = rng_sky.uniform(0, nx - 1, cfg.n_saturated * 20)
         sy = rng_sky.uniform(0, ny - 1, cfg.n_saturated * 20)
-        far = np.hypot(sx - tx, sy - ty) * cfg.pixel_scale_arcsec > 40.0
+        # away from the target, and off its columns: bleed trails run along columns
+        far = (np.hypot(sx - tx, sy - ty) * cfg.pixel_scale_arcsec > 40.0) & (np.abs(sx - tx) > 40)
         if cfg.bad_column is not None:
             far &= np.abs(sx - cfg.bad_column) > 10
         sx, sy = sx[far][:cfg.n_saturated], sy[far][:cfg.n_saturated]
@@ -1301,21 +1302,24 @@ def series_from_real_frame(real_path, red_dir, n_frames: int = 8, seed: int = 1,
     Poisson noise only when ``star_gain_e_per_adu`` is given.
 
     The header is the input header with DATE-OBS, MJD-OBS (and JD-OBS when
-    present) set to each frame's start (one frame per ``cadence_days``, a few
-    minutes of jitter), and with CRPIX1/2 moved by the shift when ``shift_wcs``
-    (a stale WCS stays stale).  Nothing else is added or removed: frames without
-    GAIN/RDNOISE stay without them.  Integer images stay integer (rounded and
-    clipped to the type's range).
+    present) set to each frame's start (one frame per ``cadence_days`` after the
+    input's start, ±10 min, at the input's DATE-OBS precision), and with
+    CRPIX1/2 moved by the shift when ``shift_wcs`` (a stale WCS stays stale).
+    Nothing else is added or removed: frames without GAIN/RDNOISE stay without
+    them, and other time-like keywords (UTC, LST, HA, AIRMASS, ...) keep their
+    input values.  Integer images stay integer (rounded and clipped to the
+    type's range); the input's own noise is common to all frames.
 
     RA/Dec of the injected star come from the header WCS, or from ``wcs_path``
     (a header holding the correct WCS, e.g. eyuma_thumbnail_wcs.fit) when given.
     The input files are only read.
     """
+    params = dict(locals())  # the arguments, passed on unchanged
     with warnings.catch_warnings():
         # the input's own non-standard cards and deprecated keywords are its quirks, not news
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         warnings.simplefilter("ignore", FITSFixedWarning)
-        return _series_from_real_frame(**{k: v for k, v in locals().items()})
+        return _series_from_real_frame(**params)
 
 
 def _series_from_real_frame(real_path, red_dir, n_frames, seed, wcs_path, target_name, star_xy_pix,
