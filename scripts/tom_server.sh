@@ -199,8 +199,11 @@ do_start() {
         echo "TOM already running at $(server_url) (pid $pid); credentials in $DATA/tom_config.yaml"
         return 0
     fi
+    # SO_REUSEADDR as the server itself binds: connections of an earlier run
+    # in TIME_WAIT do not make the port busy.
     "$VPY" -c 'import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError as e:
