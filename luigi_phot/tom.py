@@ -31,6 +31,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import requests
+from requests.auth import AuthBase, HTTPBasicAuth
 
 from luigi_phot.config import TomConfig
 
@@ -124,25 +125,63 @@ def _stored_name(product: dict) -> str:
     return unquote(urlsplit(str(product.get("data") or "")).path.rsplit("/", 1)[-1])
 
 
-def _read_light_curve(csv_path: Path) -> tuple[bytes, int]:
-    """The CSV's bytes and its number of points; raises TomError when the file
-    cannot be published (unreadable, no ``time`` column, no points)."""
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+@dataclass(frozen=True)
+class _LightCurve:
+    content: bytes            # what is uploaded
+    n_points: int
+    integer_columns: tuple[str, ...]  # written as floats in ``content``
+
+
+def _read_light_curve(csv_path: Path) -> _LightCurve:
+    """The CSV as it is uploaded, and its number of points; raises TomError when
+    it cannot be published (unreadable, no ``time`` column, no points).
+
+    The TOM (3.1) fails on any column its CSV reader types as integer (time,
+    or an extra column such as flags: numpy int64 is not JSON-serialisable),
+    so the values of such columns are uploaded with a '.0' appended.
+    """
     try:
-        content = csv_path.read_bytes()
+        text = csv_path.read_bytes().decode("utf-8")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TomError(f"{csv_path}: cannot read the light curve ({reason})") from None
-    rows = [row for row in csv.reader(io.StringIO(content.decode("utf-8", errors="replace")))
-            if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")]
+    except UnicodeDecodeError:
+        raise TomError(f"{csv_path}: the light curve is not UTF-8 text") from None
+    lines = text.splitlines()
+    is_row = [bool(line.strip()) and not line.lstrip().startswith("#") for line in lines]
+    rows = list(csv.reader(line for line, keep in zip(lines, is_row) if keep))
     if not rows or "time" not in [cell.strip() for cell in rows[0]]:
         raise TomError(f"{csv_path}: no 'time' column in the header (the TOM needs time in MJD)")
-    if len(rows) < 2:
+    header, points = rows[0], rows[1:]
+    if not points:
         raise TomError(f"{csv_path}: the light curve has no points; nothing published")
-    return content, len(rows) - 1
+    integer = [j for j in range(len(header))
+               if any(j < len(row) and row[j].strip() for row in points)
+               and all(_INTEGER.fullmatch(row[j]) for row in points if j < len(row) and row[j].strip())]
+    if not integer:
+        return _LightCurve(text.encode("utf-8"), len(points), ())
+    for row in points:
+        for j in integer:
+            if j < len(row) and row[j].strip():
+                row[j] = row[j].strip() + ".0"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    parsed = iter(rows)
+    for line, keep in zip(lines, is_row):
+        if keep:
+            writer.writerow(next(parsed))
+        else:
+            out.write(line + "\n")
+    return _LightCurve(out.getvalue().encode("utf-8"), len(points),
+                       tuple(header[j].strip() for j in integer))
 
 
 def _answer_detail(response: requests.Response) -> str:
-    """The TOM's own message from an error answer (DRF JSON), else the status line."""
+    """The TOM's own message from an error answer (DRF JSON), else the HTTP reason
+    (an HTML error page is not worth a log line)."""
     try:
         body = response.json()
     except ValueError:
@@ -156,7 +195,7 @@ def _answer_detail(response: requests.Response) -> str:
         return "; ".join(parts)
     if isinstance(body, list) and body:
         return "; ".join(map(str, body))
-    return f"{response.status_code} {response.reason}"
+    return response.reason or "no message"
 
 
 def _failure_reason(exc: requests.RequestException, timeout_s: float) -> str:
@@ -174,6 +213,18 @@ def _failure_reason(exc: requests.RequestException, timeout_s: float) -> str:
     return f"connection failed ({type(exc).__name__})"
 
 
+class _TokenAuth(AuthBase):
+    """``Authorization: Token <key>``. An auth object rather than a header, so
+    that requests never replaces it with credentials from ~/.netrc."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Token {self._token}"
+        return request
+
+
 class _Client:
     """Requests to one TOM, with retries, typed errors and credential hygiene."""
 
@@ -183,14 +234,13 @@ class _Client:
         self._own_session = session is None
         self.session = requests.Session() if session is None else session
         self._secrets = [s for s in (tom.password, tom.api_token) if s]
+        self.who = f"user {tom.username}" if tom.username else "the API token's user"
         if tom.api_token:
-            self._auth = None
-            self._headers = {"Authorization": f"Token {tom.api_token}"}
-            self.who = "the API token" + (f" of user {tom.username}" if tom.username else "")
+            self._auth = _TokenAuth(tom.api_token)
+            self.credentials = "the API token" + (f" of user {tom.username}" if tom.username else "")
         else:
-            self._auth = requests.auth.HTTPBasicAuth(tom.username or "", tom.password or "")
-            self._headers = {}
-            self.who = f"user {tom.username}"
+            self._auth = HTTPBasicAuth(tom.username or "", tom.password or "")
+            self.credentials = f"the credentials of user {tom.username}"
         self._retry_depth = 0
 
     def __enter__(self) -> "_Client":
@@ -223,8 +273,7 @@ class _Client:
         failure = None
         try:
             response = self.session.request(
-                method, url, auth=self._auth, headers=self._headers,
-                timeout=self.tom.timeout_s, allow_redirects=False, **kwargs)
+                method, url, auth=self._auth, timeout=self.tom.timeout_s, allow_redirects=False, **kwargs)
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             failure = _failure_reason(exc, self.tom.timeout_s)
@@ -241,12 +290,12 @@ class _Client:
         detail = _answer_detail(response)
         if status >= 500:
             if "Data processing error" in detail:
-                raise self.error(TomRejected, f"TOM at {self.tom.url} could not turn the file of {what} "
-                                              f"into photometry points: {detail}", status)
+                raise self.error(TomRejected, f"TOM at {self.tom.url} could not read photometry points from "
+                                              f"the file in the {what}: {detail}", status)
             raise _Transient(f"answered {status}: {detail}", status)
         if status == 401:
-            raise self.error(TomAuthError, f"TOM at {self.tom.url} refused the credentials of "
-                                           f"{self.who}: {detail}", status)
+            raise self.error(TomAuthError, f"TOM at {self.tom.url} refused {self.credentials}: {detail}",
+                             status)
         if status == 403:
             raise self.error(TomAuthError, f"TOM at {self.tom.url} did not allow {self.who} "
                                            f"the {what}: {detail}", status)
@@ -419,7 +468,10 @@ def publish_photometry(tom: TomConfig, target_name: str, csv_path: str | Path, p
     log = logger or _log
     csv_path = Path(csv_path)
     file_name = _file_name(product_name)
-    content, n_csv = _read_light_curve(csv_path)
+    light_curve = _read_light_curve(csv_path)
+    if light_curve.integer_columns:
+        log.debug("%s: integer column(s) %s uploaded as floats (the TOM cannot store integers)",
+                  csv_path, ", ".join(light_curve.integer_columns))
     if create_target and (ra_deg is None or dec_deg is None):
         raise ValueError("create_target needs ra_deg and dec_deg")
     if tom.permission_warning:
@@ -434,7 +486,7 @@ def publish_photometry(tom: TomConfig, target_name: str, csv_path: str | Path, p
                                                       "to create it from the dataset's RA and Dec)")
             target = client.create_target(target_name, ra_deg, dec_deg)
         deleted = client.delete_dataset_products(target, file_name, previous_product_id)
-        product = client.upload(target, file_name, content)
+        product = client.upload(target, file_name, light_curve.content)
         n_points = client.count_photometry(f"count of the points of data product {product['id']}",
                                            data_product__id=product["id"])
 
@@ -442,10 +494,10 @@ def publish_photometry(tom: TomConfig, target_name: str, csv_path: str | Path, p
     if not _is_dataset_file(stored, file_name):
         log.warning("TOM at %s stored %s as %s; a later upload will not recognise it as this dataset's",
                     tom.url, file_name, stored)
-    if n_points != n_csv:
+    if n_points != light_curve.n_points:
         log.warning("TOM at %s holds %d of the %d points of %s for target %s (it drops points identical "
                     "to ones it already holds for the target, e.g. from another data product)",
-                    tom.url, n_points, n_csv, csv_path.name, target["name"])
+                    tom.url, n_points, light_curve.n_points, csv_path.name, target["name"])
     log.info("Published %s (%d points) to target %s (id %s) on the TOM at %s as data product %s",
              csv_path.name, n_points, target["name"], target["id"], tom.url, product["id"])
     return PublishResult(target_id=int(target["id"]), product_id=int(product["id"]), n_points=n_points,
