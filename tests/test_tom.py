@@ -19,12 +19,10 @@ import pytest
 import requests
 
 from luigi_phot import tom as tom_api
-from luigi_phot.config import TomConfig
+from luigi_phot.config import ConfigError, TomConfig, load_tom_config
 from luigi_phot.tom import (TomAuthError, TomError, TomRejected, TomTargetNotFound, TomUnavailable,
                             count_photometry, find_target, publish_photometry)
 from tests.tom_server import free_port, tom_server  # noqa: F401  (tom_server: fixture, until conftest has it)
-
-pytestmark = pytest.mark.tom
 
 FILTER = "ip"
 
@@ -128,6 +126,7 @@ def api(tom_server):  # noqa: F811
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.tom
 def test_first_upload_creates_one_product_holding_every_point(tom_server, api, tmp_path):  # noqa: F811
     target_id = api.create_target("TEST-FIRST-0001")
     lc = write_light_curve(tmp_path / "lc.csv", 12)
@@ -142,6 +141,7 @@ def test_first_upload_creates_one_product_holding_every_point(tom_server, api, t
     assert api.magnitudes(target_id) == csv_magnitudes(lc)
 
 
+@pytest.mark.tom
 def test_reupload_replaces_the_datasets_product_and_keeps_other_datasets(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-REPLACE-0001"
     target_id = api.create_target(name)
@@ -173,6 +173,7 @@ def test_reupload_replaces_the_datasets_product_and_keeps_other_datasets(tom_ser
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.tom
 def test_wrong_password_is_a_clear_error_and_uploads_nothing(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-AUTH-0001"
     target_id = api.create_target(name)
@@ -192,6 +193,7 @@ def test_wrong_password_is_a_clear_error_and_uploads_nothing(tom_server, api, tm
     assert len(api.points(target_id)) == 7
 
 
+@pytest.mark.tom
 def test_api_token_authenticates(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-TOKEN-0001"
     target_id = api.create_target(name)
@@ -221,6 +223,7 @@ def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path)
     assert adapter.sent == [("GET", "/api/targets/")] * 3
 
 
+@pytest.mark.tom
 def test_stopped_server_gives_unavailable_and_the_next_call_after_restart_uploads(tom_server, api,  # noqa: F811
                                                                                   tmp_path):
     name = "TEST-RESTART-0001"
@@ -271,6 +274,7 @@ def test_5xx_answers_are_retried_then_reported(tmp_path):
     assert str(info.value).endswith("failed 4 time(s), last: answered 503: Service Unavailable")
 
 
+@pytest.mark.tom
 def test_absent_target_is_an_error_unless_create_target(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-NEW-0001"
     lc = write_light_curve(tmp_path / "lc.csv", 8)
@@ -289,6 +293,7 @@ def test_absent_target_is_an_error_unless_create_target(tom_server, api, tmp_pat
     assert len(api.points(result.target_id)) == 8
 
 
+@pytest.mark.tom
 def test_exact_alias_finds_the_target(tom_server, api, tmp_path):  # noqa: F811
     target_id = api.create_target("KMT-2026-BLG-0123", aliases=("TEST-ALIAS-0001",))
 
@@ -304,6 +309,7 @@ def test_exact_alias_finds_the_target(tom_server, api, tmp_path):  # noqa: F811
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.tom
 def test_targets_whose_names_contain_ours_are_never_touched(tom_server, api, tmp_path):  # noqa: F811
     ours = "OGLE-2026-BLG-0001"
     product = f"{ours}_{FILTER}"
@@ -340,6 +346,7 @@ def test_targets_whose_names_contain_ours_are_never_touched(tom_server, api, tmp
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.tom
 def test_credentials_appear_in_no_log_record_and_no_error(tom_server, api, tmp_path, caplog):  # noqa: F811
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="urllib3")
@@ -375,6 +382,7 @@ def test_credentials_appear_in_no_log_record_and_no_error(tom_server, api, tmp_p
         assert not [t for t in texts if secret in t]
 
 
+@pytest.mark.tom
 def test_permission_warning_is_logged(tom_server, api, tmp_path, caplog):  # noqa: F811
     name = "TEST-PERM-0001"
     api.create_target(name)
@@ -386,11 +394,23 @@ def test_permission_warning_is_logged(tom_server, api, tmp_path, caplog):  # noq
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning]
 
 
+def test_tom_config_file_refuses_credentials_in_the_url_and_reads_backoff(tmp_path):
+    path = tmp_path / "tom_config.yaml"
+    path.write_text("url: 'https://me:s3cret-pw@tom.example.org'\ntom_user_id: me\ntom_password: x\n")
+    with pytest.raises(ConfigError, match="url must not contain a user name or password") as info:
+        load_tom_config(path)
+    assert "s3cret-pw" not in str(info.value)
+
+    path.write_text("url: 'https://tom.example.org/'\napi_token: abc\nbackoff_s: 0.25\n")
+    assert (load_tom_config(path).url, load_tom_config(path).backoff_s) == ("https://tom.example.org", 0.25)
+
+
 # --------------------------------------------------------------------------
 # 8: refusals are not retried
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.tom
 def test_4xx_answers_are_not_retried_and_carry_the_toms_message(tom_server, api, tmp_path):  # noqa: F811
     lc = write_light_curve(tmp_path / "lc.csv", 3)
     config = tom_server.config(max_retries=3, backoff_s=0.01)
@@ -414,6 +434,7 @@ def test_4xx_answers_are_not_retried_and_carry_the_toms_message(tom_server, api,
     assert adapter.sent == [("POST", "/api/dataproducts/")]
 
 
+@pytest.mark.tom
 def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-BADFILE-0001"
     target_id = api.create_target(name)
@@ -430,6 +451,7 @@ def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom_ser
     assert api.points(target_id) == []
 
 
+@pytest.mark.tom
 def test_a_light_curve_without_points_changes_nothing_on_the_tom(tom_server, api, tmp_path):  # noqa: F811
     name = "TEST-EMPTY-0001"
     target_id = api.create_target(name)

@@ -14,6 +14,7 @@ targets), so tests never see or change what a user uploaded to ``.tom/data``.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -54,9 +55,15 @@ def _script(*args: str, timeout_s: float) -> str:
 
 
 def setup_tom(directory: Path | None = None) -> Path:
-    """Install and configure the TOM in ``directory`` unless already done; returns it."""
+    """Install and configure the TOM in ``directory`` unless already done; returns it.
+
+    Concurrent test sessions (or pytest-xdist workers) wait for one another
+    here rather than installing into the same directory at once."""
     directory = Path(directory or tom_dir())
-    _script("setup", str(directory), timeout_s=SETUP_TIMEOUT_S)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _script("setup", str(directory), timeout_s=SETUP_TIMEOUT_S)
     return directory
 
 
