@@ -50,11 +50,13 @@ def csv_magnitudes(path: Path) -> list[float]:
 
 
 class Api:
-    """Plain requests to the TOM, for arranging and checking, independent of luigi_phot.tom."""
+    """Plain requests to the TOM, for arranging and checking, independent of luigi_phot.tom.
+    Token authentication: with Basic, the TOM spends about 0.3 s hashing the
+    password on every request."""
 
     def __init__(self, server):
         self.url = server.url
-        self.auth = (server.username, server.password)
+        self.auth = TokenAuth(server.api_token)
 
     def get_all(self, path: str, **params) -> list[dict]:
         results = []
@@ -95,6 +97,15 @@ class Api:
 
     def magnitudes(self, target_id: int) -> list[float]:
         return sorted(p[1] for p in self.points(target_id))
+
+
+class TokenAuth(requests.auth.AuthBase):
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Token {self.token}"
+        return request
 
 
 class CountingAdapter(requests.adapters.HTTPAdapter):
