@@ -52,12 +52,11 @@ while [ $# -gt 0 ]; do
 done
 case $PORT in ''|*[!0-9]*) die "--port must be a number, not '$PORT'" ;; esac
 DIR=${DIR:-$REPO/.tom}
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd)
+[ "$CMD" != setup ] || mkdir -p "$DIR"
+DIR=$(cd "$DIR" 2>/dev/null && pwd) || die "no TOM directory $DIR; run: $0 setup $DIR"
 DATA=${DATA:-$DIR/data}
 case $DATA in /*) ;; *) DATA=$PWD/$DATA ;; esac
 VPY=$DIR/venv/bin/python
-MANAGE=$DIR/$PROJECT/manage.py
 
 python_version_ok() {   # Python 3.10-3.13 with venv
     "$1" -c 'import sys, venv; sys.exit(0 if (3, 10) <= sys.version_info[:2] < (3, 14) else 1)' 2>/dev/null
