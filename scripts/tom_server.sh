@@ -53,7 +53,8 @@ done
 case $PORT in ''|*[!0-9]*) die "--port must be a number, not '$PORT'" ;; esac
 DIR=${DIR:-$REPO/.tom}
 [ "$CMD" != setup ] || mkdir -p "$DIR"
-DIR=$(cd "$DIR" 2>/dev/null && pwd) || die "no TOM directory $DIR; run: $0 setup $DIR"
+abs=$(cd "$DIR" 2>/dev/null && pwd) || die "no TOM directory $DIR; run: $0 setup $DIR"
+DIR=$abs
 DATA=${DATA:-$DIR/data}
 case $DATA in /*) ;; *) DATA=$PWD/$DATA ;; esac
 VPY=$DIR/venv/bin/python
