@@ -505,6 +505,8 @@ class TomConfig:
     api_token: str | None = field(default=None, repr=False)
     timeout_s: float = 30.0
     max_retries: int = 4
+    #: Wait before the first retry; each further retry waits twice as long.
+    backoff_s: float = 1.0
     #: Warning text when the file can be read by other users (None when private).
     permission_warning: str | None = None
 
@@ -514,12 +516,17 @@ class TomConfig:
 
 def load_tom_config(path: str | os.PathLike) -> TomConfig:
     """Parse the TOM account file (keys ``url``, ``tom_user_id``, ``tom_password``
-    or ``api_token``; optional ``timeout_s``, ``max_retries``)."""
+    or ``api_token``; optional ``timeout_s``, ``max_retries``, ``backoff_s``)."""
     path = Path(path)
     s = _Section(path, _read_yaml(path, "TOM configuration"))
     url = s.string("url", required=True)
     if not re.match(r"^https?://[^\s/]+", url):
         raise s.error(f"url {url!r} must start with http:// or https://")
+    if "@" in url.split("/")[2]:
+        # Not echoed: the text before '@' is a password. Credentials in the URL
+        # would also end up in every message that names the TOM.
+        raise s.error("url must not contain a user name or password "
+                      "(use tom_user_id and tom_password, or api_token)")
     user = s.string("tom_user_id")
     password = s.raw("tom_password")
     token = s.raw("api_token")
@@ -531,6 +538,7 @@ def load_tom_config(path: str | os.PathLike) -> TomConfig:
         raise s.error("needs tom_user_id and tom_password, or api_token")
     cfg_timeout = s.number("timeout_s", 30.0, minimum=0.1, exclusive_minimum=True, maximum=600)
     retries = s.number("max_retries", 4, minimum=0, maximum=20, integer=True)
+    backoff = s.number("backoff_s", 1.0, minimum=0.0, maximum=60)
     s.finish()
     warning = None
     try:
@@ -542,7 +550,7 @@ def load_tom_config(path: str | os.PathLike) -> TomConfig:
         pass
     return TomConfig(path=path, url=url.rstrip("/"), username=user,
                      password=None if password is None else str(password),
-                     api_token=token, timeout_s=cfg_timeout, max_retries=retries,
+                     api_token=token, timeout_s=cfg_timeout, max_retries=retries, backoff_s=backoff,
                      permission_warning=warning)
 
 
