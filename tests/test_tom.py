@@ -22,7 +22,7 @@ from luigi_phot import tom as tom_api
 from luigi_phot.config import ConfigError, TomConfig, load_tom_config
 from luigi_phot.tom import (TomAuthError, TomError, TomRejected, TomTargetNotFound, TomUnavailable,
                             count_photometry, find_target, publish_photometry)
-from tests.tom_server import free_port, tom_server  # noqa: F401  (tom_server: fixture, until conftest has it)
+from tests.tom_server import free_port
 
 FILTER = "ip"
 

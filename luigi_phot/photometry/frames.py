@@ -197,24 +197,24 @@ def _is_image(hdu) -> bool:
     if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         return False
     try:
-        naxis = hdu.header.get("ZNAXIS", hdu.header.get("NAXIS", 0)) if isinstance(hdu, fits.CompImageHDU) \
-            else hdu.header.get("NAXIS", 0)
         shape = _hdu_shape(hdu)
     except Exception:
         return False
-    if naxis == 2 and min(shape) > 1:
+    if len(shape) == 2 and min(shape) > 1:
         return True
     # a cube with a single plane counts as an image
-    return naxis == 3 and len(shape) == 3 and shape[0] == 1 and min(shape[1:]) > 1
+    return len(shape) == 3 and shape[0] == 1 and min(shape[1:]) > 1
 
 
 def _hdu_shape(hdu) -> tuple[int, ...]:
+    """Shape (numpy order) from the header, without reading pixels. For a compressed
+    HDU astropy presents the image header (NAXISn); ZNAXISn is the fallback."""
     h = hdu.header
-    if isinstance(hdu, fits.CompImageHDU):
-        n = h.get("ZNAXIS", 0)
-        return tuple(int(h.get(f"ZNAXIS{i}", 0)) for i in range(n, 0, -1))
-    n = h.get("NAXIS", 0)
-    return tuple(int(h.get(f"NAXIS{i}", 0)) for i in range(n, 0, -1))
+    n = int(h.get("NAXIS", 0) or 0)
+    prefix = "NAXIS"
+    if isinstance(hdu, fits.CompImageHDU) and n == 0 and "ZNAXIS" in h:
+        n, prefix = int(h["ZNAXIS"]), "ZNAXIS"
+    return tuple(int(h.get(f"{prefix}{i}", 0)) for i in range(n, 0, -1))
 
 
 def _merged_header(hdul, idx: int) -> fits.Header:

@@ -81,6 +81,71 @@ def _psf_at_phases(psf: MoffatPSF):
     return [psf.pixel_values(ox - fx, oy - fy) for fx, fy in ((0, 0), (0.5, 0), (0.5, 0.5), (0.25, 0.25))]
 
 
+class NeighbourModel:
+    """Every catalogue star's light on a frame, modelled from its reference flux, the
+    frame's photometric scale and PSF: how much of it falls in each other star's
+    aperture (from an aperture-convolved PSF table, pairs within reach), and an image
+    of it to subtract before the sky annuli are measured."""
+
+    def __init__(self, x, y, model_flux, rel_err, psf: MoffatPSF, r_ap: float, r_out: float,
+                 sky_sigma: float, shape):
+        from scipy.spatial import cKDTree
+
+        self.x, self.y, self.psf, self.shape = x, y, psf, shape
+        self.flux = np.where(np.isfinite(model_flux) & (model_flux > 0), model_flux, 0.0)
+        self.rel_err = np.nan_to_num(np.where(self.flux > 0, rel_err, 0.0), nan=0.0, posinf=0.0)
+        self.sky_sigma = sky_sigma
+        self.max_radius = min(8.0 * psf.fwhm_pix, 80.0)
+        self.reach = r_out + 3.0 * psf.fwhm_pix
+        self.r_out = r_out
+        self.kernel = ApertureKernel(psf, r_ap, self.reach)
+        self.own_fraction = float(self.kernel(0.0, 0.0))
+        ny, nx = shape
+        on = np.flatnonzero((x > -self.reach) & (x < nx + self.reach) & (y > -self.reach) & (y < ny + self.reach))
+        self.tree = cKDTree(np.column_stack([x[on], y[on]]))
+        self.on = on
+        pairs = self.tree.query_pairs(r_ap + self.reach, output_type="ndarray")
+        self.i = on[np.concatenate([pairs[:, 0], pairs[:, 1]])] if pairs.size else np.zeros(0, int)
+        self.j = on[np.concatenate([pairs[:, 1], pairs[:, 0]])] if pairs.size else np.zeros(0, int)
+        self.fraction = self.kernel(x[self.j] - x[self.i], y[self.j] - y[self.i])
+
+    def contamination(self):
+        """Light of each star's neighbours inside its aperture, and its variance (PSF-model
+        error and the neighbours' reference-flux errors)."""
+        n = self.x.size
+        light = self.flux[self.j] * self.fraction
+        var = light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + self.rel_err[self.j] ** 2)
+        return np.bincount(self.i, weights=light, minlength=n), np.bincount(self.i, weights=var, minlength=n)
+
+    def _radius(self, flux):
+        return stamp_radius(self.psf, np.abs(flux), threshold=0.2 * self.sky_sigma, max_radius=self.max_radius)
+
+    def subtract_from(self, data, rows=None, flux=None):
+        rows = np.arange(self.x.size) if rows is None else rows
+        flux = self.flux[rows] if flux is None else flux
+        data -= render_stars(data.shape, self.x[rows], self.y[rows], flux, self.psf, self._radius(flux))
+
+    def update_variables(self, flux, flux_err, usable, data) -> np.ndarray:
+        """Re-model stars whose measured flux departs from the model by more than 5 sigma
+        and 5%; subtract the difference from `data`; return the stars whose aperture or
+        annulus that changes."""
+        est = flux / self.own_fraction
+        sig = flux_err / self.own_fraction
+        delta = est - self.flux
+        with np.errstate(invalid="ignore"):
+            changed = np.flatnonzero(usable & np.isfinite(delta) & (np.abs(delta) > 5 * sig)
+                                     & (np.abs(delta) > 0.05 * self.flux))
+        if changed.size == 0:
+            return changed
+        d = delta[changed]
+        self.subtract_from(data, changed, d)
+        self.flux[changed] += d
+        self.rel_err[changed] = np.nan_to_num(sig[changed] / np.maximum(self.flux[changed], 1e-9))
+        near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]),
+                                          r=self.r_out + self.max_radius)
+        return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
+
+
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
     """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
     when the frame cannot be used. `progress(fraction, message)` is called between steps."""
@@ -204,52 +269,56 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     clock.lap("aperture")
     report(0.65, "aperture sums done")
 
-    # --- neighbours
+    # --- neighbours, sky, fluxes
+    pix_summary = pixel_flag_summary(pflags, x, y, r_ap)
     flux_ref = np.asarray(stars["flux_ref"], float)
-    model_flux = np.where(np.isfinite(flux_ref) & (flux_ref > 0), flux_ref * scale, 0.0)
     neighbour = np.zeros(x.size)
     neighbour_var = np.zeros(x.size)
+    model = None
     if settings.subtract_neighbours:
-        from scipy.spatial import cKDTree
-
-        reach = r_out + 3.0 * psf.fwhm_pix
-        kernel = ApertureKernel(psf, r_ap, reach)
-        on_frame = np.flatnonzero((x > -reach) & (x < nx + reach) & (y > -reach) & (y < ny + reach))
-        tree = cKDTree(np.column_stack([x[on_frame], y[on_frame]]))
-        pairs = tree.query_pairs(r_ap + reach, output_type="ndarray")
-        if pairs.size:
-            i = on_frame[np.concatenate([pairs[:, 0], pairs[:, 1]])]
-            j = on_frame[np.concatenate([pairs[:, 1], pairs[:, 0]])]
-            light = model_flux[j] * kernel(x[j] - x[i], y[j] - y[i])
-            rel = np.where(flux_ref[j] > 0, np.asarray(stars["flux_ref_err"])[j] / np.where(flux_ref[j] > 0, flux_ref[j], 1), 0)
-            neighbour = np.bincount(i, weights=light, minlength=x.size)
-            neighbour_var = np.bincount(i, weights=light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + np.nan_to_num(rel) ** 2),
-                                        minlength=x.size)
+        model = NeighbourModel(x, y, flux_ref * scale, np.asarray(stars["flux_ref_err"], float) / np.abs(flux_ref),
+                               psf, r_ap, r_out, sky_sigma, (ny, nx))
+        neighbour, neighbour_var = model.contamination()
         # the sky is measured with every catalogue star's modelled light removed
-        radius = stamp_radius(psf, model_flux, threshold=0.2 * sky_sigma, max_radius=min(8.0 * psf.fwhm_pix, 80.0))
-        data -= render_stars(data.shape, x, y, model_flux, psf, radius)
+        model.subtract_from(data)
         clock.lap("neighbours")
         report(0.8, "neighbours subtracted")
-
     sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom)
     clock.lap("sky")
 
-    # --- fluxes, errors, flags
-    flux = total - neighbour - sky * area
     if err_plane is not None:
         pixel_var = pixel_var_err
-        var = total_err ** 2 + area ** 2 * pixel_var * 0.5 * np.pi / np.maximum(n_sky, 1)
     else:
         pixel_var = max(sky_level, 0.0) + info.read_noise_e ** 2
         if sky_sigma ** 2 > 2.0 * pixel_var:
             notes.append(f"background noise {sky_sigma:.1f} e- exceeds sky + read noise "
                          f"({np.sqrt(pixel_var):.1f} e-): errors use the measured background noise")
             pixel_var = sky_sigma ** 2
-        var = ccd_variance(flux, area, pixel_var, n_sky)
-    var = var + neighbour_var
-    flux_err = np.sqrt(var)
 
-    pix_summary = pixel_flag_summary(pflags, x, y, r_ap)
+    def fluxes():
+        f = total - neighbour - sky * area
+        if err_plane is not None:
+            v = total_err ** 2 + area ** 2 * pixel_var * 0.5 * np.pi / np.maximum(n_sky, 1)
+        else:
+            v = ccd_variance(f, area, pixel_var, n_sky)
+        return f, np.sqrt(v + neighbour_var)
+
+    flux, flux_err = fluxes()
+    if model is not None:
+        # stars far from their reference brightness (variables, the target during its
+        # event): model them at their measured brightness, then measure again
+        clean = (pix_summary & (PIXEL_SATURATED | PIXEL_BAD)) == 0
+        for _ in range(2):
+            affected = model.update_variables(flux, flux_err, clean & ~outside, data)
+            if affected.size == 0:
+                break
+            neighbour, neighbour_var = model.contamination()
+            sky[affected], sky_sig[affected], n_sky[affected], ann_edge[affected] = \
+                annulus_sky(data, pflags, x[affected], y[affected], geom)
+            flux, flux_err = fluxes()
+        clock.lap("variables")
+
+    # --- flags
     flag = np.zeros(x.size, dtype=np.int32)
     flag |= np.where(pix_summary & PIXEL_SATURATED, F.SATURATED, 0)
     flag |= np.where(pix_summary & PIXEL_BAD, F.BAD_PIXELS, 0)

@@ -46,7 +46,10 @@ class UploadToTOM(DatasetStage):
         return self.red / BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)._names()["lc_csv"]
 
     def _key(self) -> str:
-        return hashlib.sha256(f"{self.config.tom_key()}:{_sha256(self._csv())}".encode()).hexdigest()[:16]
+        # the light curve's own input key: when anything upstream changes, this stage
+        # is incomplete too (Luigi then visits BuildLightcurve before it)
+        lc_key = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id).input_key()
+        return hashlib.sha256(f"{self.config.tom_key()}:{lc_key}".encode()).hexdigest()[:16]
 
     def output(self):
         return _UploadTarget(self.red / UPLOAD_RECORD_NAME, self._key())
@@ -63,6 +66,14 @@ class UploadToTOM(DatasetStage):
             write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
             self.note("upload skipped (tom.upload is false)")
             return
+        if (previous.get("status") in ("uploaded", "unchanged") and previous.get("sha256") == record["sha256"]
+                and previous.get("tom_key") == cfg.tom_key()):
+            record.update(status="unchanged", reason="identical light curve already on the TOM",
+                          **{k: previous.get(k) for k in ("url", "target_id", "product_id", "product_name", "n_points")})
+            record["tom_key"] = cfg.tom_key()
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+            self.note("light curve unchanged since the last upload: not uploaded again")
+            return
         from ..config import load_tom_config
         from ..tom import publish_photometry
 
@@ -75,7 +86,7 @@ class UploadToTOM(DatasetStage):
                 tom, cfg.target.name, csv, product,
                 previous_product_id=previous.get("product_id"), create_target=cfg.tom.create_target,
                 ra_deg=cfg.target.ra_deg, dec_deg=cfg.target.dec_deg, logger=self.log)
-        record.update(status="uploaded", url=tom.url, target_id=result.target_id, product_id=result.product_id,
+        record.update(status="uploaded", tom_key=cfg.tom_key(), url=tom.url, target_id=result.target_id, product_id=result.product_id,
                       product_name=product, n_points=result.n_points)
         write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
         self.note(f"uploaded {csv.name} to {tom.url} as data product {result.product_id} "
