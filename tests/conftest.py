@@ -26,7 +26,7 @@ SMALL = SyntheticConfig(seed=11, n_frames=14, shape=(768, 768), n_stars=1800, co
 def run_luigi(*args: str, cwd: Path | None = None, env: dict | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed `luigi` command (as a user would) and capture its output."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {"LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg"), **os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run([str(LUIGI), *args], cwd=str(cwd) if cwd else None, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
