@@ -1286,7 +1286,8 @@ def series_from_real_frame(real_path, red_dir, n_frames: int = 8, seed: int = 1,
                            t0_mjd: float | None = None, tE_days: float | None = None, u0: float = 0.3,
                            cadence_days: float = 1.0, max_shift_pix: int = 5,
                            noise_sigma: float | None = None, star_gain_e_per_adu: float | None = None,
-                           shift_wcs: bool = True, overwrite: bool = False) -> GeneratedDataset:
+                           shift_wcs: bool = True, solved_wcs_in_header: bool = False,
+                           overwrite: bool = False) -> GeneratedDataset:
     """A short time series from one real frame, with one injected star of known light curve.
 
     Each output frame is the input image shifted by whole pixels (uniform in
@@ -1312,7 +1313,8 @@ def series_from_real_frame(real_path, red_dir, n_frames: int = 8, seed: int = 1,
 
     RA/Dec of the injected star come from the header WCS, or from ``wcs_path``
     (a header holding the correct WCS, e.g. eyuma_thumbnail_wcs.fit) when given.
-    The input files are only read.
+    With ``solved_wcs_in_header`` the frames carry that correct WCS instead of the
+    input's (as after plate-solving them). The input files are only read.
     """
     params = dict(locals())  # the arguments, passed on unchanged
     with warnings.catch_warnings():
@@ -1325,7 +1327,7 @@ def series_from_real_frame(real_path, red_dir, n_frames: int = 8, seed: int = 1,
 def _series_from_real_frame(real_path, red_dir, n_frames, seed, wcs_path, target_name, star_xy_pix,
                             fwhm_pix, moffat_beta, baseline_flux, baseline_snr, t0_mjd, tE_days, u0,
                             cadence_days, max_shift_pix, noise_sigma, star_gain_e_per_adu, shift_wcs,
-                            overwrite) -> GeneratedDataset:
+                            solved_wcs_in_header, overwrite) -> GeneratedDataset:
     real_path = Path(real_path)
     red_dir = Path(red_dir)
     raw = real_path.read_bytes()
@@ -1362,6 +1364,13 @@ def _series_from_real_frame(real_path, red_dir, n_frames, seed, wcs_path, target
         wcs_source = f"{real_path.name} header"
     wcs = WCS(wcs_header, naxis=2)
     ra, dec = (float(v) for v in wcs.all_pix2world([[sx, sy]], 0)[0])
+    if solved_wcs_in_header and wcs_path is not None:
+        header0 = header0.copy()
+        wcs_key = re.compile(r"^(CTYPE|CRPIX|CRVAL|CDELT|CUNIT|CROTA)\d$|^(CD|PC)\d_\d$|^(A|B|AP|BP)_(\d+_\d+|ORDER)$"
+                             r"|^(LONPOLE|LATPOLE|RADESYS|EQUINOX|WCSAXES)$")
+        for key in [k for k in header0.keys() if wcs_key.match(k)]:
+            del header0[key]
+        header0.update(wcs.to_header(relax=True))
     pixscale_arcsec = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
     exptime = float(header0.get("EXPTIME", header0.get("EXPOSURE", 0.0)) or 0.0)

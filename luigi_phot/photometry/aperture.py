@@ -21,7 +21,7 @@ import numpy as np
 from .background import clipped_stats_sorted
 
 __all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary",
-           "repair_pixels", "ccd_variance"]
+           "repair_pixels", "NoiseModel", "noise_model", "ccd_variance"]
 
 
 @dataclass(frozen=True)
@@ -144,9 +144,45 @@ def repair_pixels(image: np.ndarray, pixel_idx: np.ndarray, fill_value: float, r
     flat[pixel_idx] = np.where(count > 0, total / np.maximum(count, 1), fill_value)
 
 
+@dataclass(frozen=True)
+class NoiseModel:
+    """Per-pixel background variance and the Poisson variance per unit of source signal,
+    both in (data units)^2 and data units: 1.0 when the data are truly in electrons."""
+
+    pixel_var: float
+    source_factor: float
+    note: str | None = None
+
+
+def noise_model(sky_level: float, sky_sigma: float, read_noise_e: float, gain_known: bool) -> NoiseModel:
+    """The CCD noise model (sky + read noise; Poisson with the frame's gain), checked
+    against the measured background noise.
+
+    When the two disagree by more than a factor 2 the measured noise is used for the
+    background. If, moreover, the gain was only assumed and the frame still has its sky,
+    the disagreement means the assumed gain is wrong (the photon-transfer relation):
+    the source's Poisson term is scaled by the same ratio (an effective gain)."""
+    model = max(sky_level, 0.0) + read_noise_e ** 2
+    measured = sky_sigma ** 2
+    if not (np.isfinite(measured) and measured > 0) or model <= 0:
+        return NoiseModel(model if model > 0 else measured, 1.0)
+    ratio = measured / model
+    if 0.5 <= ratio <= 2.0:
+        return NoiseModel(model, 1.0)
+    has_sky = sky_level > 3.0 * sky_sigma
+    if not gain_known and has_sky:
+        return NoiseModel(measured, ratio,
+                          f"background noise {sky_sigma:.3g} is {np.sqrt(ratio):.2f} x the CCD model with the assumed "
+                          f"gain: using the measured noise and an effective gain of {1.0 / ratio:.3g} e-/unit")
+    return NoiseModel(measured, 1.0,
+                      f"background noise {sky_sigma:.3g} e- differs from sky + read noise "
+                      f"({np.sqrt(model):.3g} e-) by {np.sqrt(ratio):.2f}x: errors use the measured background noise")
+
+
 def ccd_variance(flux_e: np.ndarray, area_pix: np.ndarray, pixel_var_e2: np.ndarray | float,
-                 n_sky: np.ndarray) -> np.ndarray:
+                 n_sky: np.ndarray, source_factor: float = 1.0) -> np.ndarray:
     """Variance (e^2) of a sky-subtracted aperture flux: source Poisson noise, background
     and read noise over the aperture, and the error of the (median) sky estimate."""
     n_sky = np.maximum(np.asarray(n_sky, float), 1.0)
-    return (np.maximum(flux_e, 0.0) + area_pix * pixel_var_e2 * (1.0 + 0.5 * np.pi * area_pix / n_sky))
+    return (source_factor * np.maximum(flux_e, 0.0)
+            + area_pix * pixel_var_e2 * (1.0 + 0.5 * np.pi * area_pix / n_sky))

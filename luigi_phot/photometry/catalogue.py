@@ -28,7 +28,8 @@ from astropy.wcs import WCS
 
 from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
-from .detection import find_peaks, peak_sharpness, quick_fwhm, star_sharpness_limit, windowed_centroids
+from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
+                        windowed_centroids)
 from .frames import Frame, FrameError, FrameInfo, read_frame_info
 from .psf import MoffatPSF, fit_fluxes, fit_psf
 
@@ -149,7 +150,7 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
     if len(peaks) == 0:
         return float(np.median(mesh.sigma)), float("nan"), 0
     sharp = peak_sharpness(crop, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(sharp < 0.9))
+    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp)))
     return float(np.median(mesh.sigma)), quick_fwhm(crop, peaks, float(np.median(mesh.level))), len(peaks)
 
 
@@ -303,7 +304,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     # bright stars: first FWHM guess, then the PSF
     bright = find_peaks(data, flags, mesh, nsigma=20.0, max_peaks=2000)
     sharp = peak_sharpness(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y))
-    bright = bright.take(np.flatnonzero((sharp < 0.9) & ~bright.saturated))
+    bright = bright.take(np.flatnonzero(not_cosmic(sharp) & ~bright.saturated))
     fwhm0 = quick_fwhm(data, bright, sky_level)
     if not np.isfinite(fwhm0) or len(bright) < 5:
         raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .background import SkyMesh
 
-__all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "find_cosmic_rays",
+__all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
            "star_sharpness_limit", "quick_fwhm"]
 
 
@@ -152,6 +152,19 @@ def peak_sharpness(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky) -> np.nd
     h = flat[idx] - sky
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(h > 0, d / h, 0.0)
+
+
+def not_cosmic(sharpness: np.ndarray, n_reference: int = 100) -> np.ndarray:
+    """Peaks that are not single-pixel hits, judged without a PSF model.
+
+    Most bright peaks are stars: the cut sits above the sharpness of the typical
+    bright peak (peaks are sorted brightest first), so well-sampled frames drop
+    peaks sharper than 0.9 while undersampled frames, whose stars are as sharp as
+    hits, keep them all."""
+    if sharpness.size == 0:
+        return np.zeros(0, dtype=bool)
+    typical = np.percentile(sharpness[:n_reference], 70)
+    return sharpness < max(0.9, typical + 0.05)
 
 
 def star_sharpness_limit(psf_pixels_at_phases) -> float:

@@ -115,6 +115,7 @@ class FrameInfo:
     read_noise_e: float
     saturation_e: float | None     # in electrons; None when unknown
     site: tuple[float, float, float] | None   # lat deg, lon deg east, height m
+    gain_known: bool = True        # False when the documented default gain was assumed
     err_hdu: int | None = None
     bpm_hdu: int | None = None
     notes: list[str] = field(default_factory=list)   # defaults used, to be logged as warnings
@@ -413,10 +414,12 @@ def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None,
         else:
             units = "adu"
     gain = _number(header, "GAIN", "EGAIN", "CCDGAIN", "HIERARCH ESO DET OUT1 GAIN")
+    gain_known = True
     if gain is None or gain <= 0:
         gain = camera.gain_e_per_adu
         if gain is None:
             gain = DEFAULT_GAIN_E_PER_ADU
+            gain_known = units == "electrons"
             if units == "adu":
                 notes.append(f"no GAIN in header or configuration: assumed {gain} e-/ADU")
     rdnoise = _number(header, "RDNOISE", "READNOIS", "RON", "RDNOISE1", "HIERARCH ESO DET OUT1 RON")
@@ -433,14 +436,23 @@ def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None,
         saturation_e = camera.saturation_adu * gain
     else:
         saturation_e = None
-        notes.append("no SATURATE in header or configuration: saturation only from the bad-pixel mask")
+        bitpix = header.get("BITPIX")
+        if isinstance(bitpix, int) and not isinstance(bitpix, bool) and bitpix in (8, 16, 32):
+            # integer pixels: the digitiser's largest value is saturated
+            top = 255 if bitpix == 8 else 2 ** (bitpix - 1) - 1
+            top_value = top * float(_number(header, "BSCALE") or 1.0) + float(_number(header, "BZERO") or 0.0)
+            saturation_e = top_value * to_e
+            notes.append(f"no SATURATE in header or configuration: pixels at the digitiser maximum "
+                         f"({top_value:g}) are taken as saturated")
+        else:
+            notes.append("no SATURATE in header or configuration: saturation only from the bad-pixel mask")
     site = _site_of(header, camera)
     return FrameInfo(
         path=path, hdu_index=idx, shape=(int(shape[0]), int(shape[1])), header=header,
         mjd_start=mjd_start, exptime_s=exptime, mjd_mid=mjd_start + exptime / 2.0 / 86400.0,
         filter_name=filter_name, airmass=airmass, wcs=wcs, pixel_scale_arcsec=pixel_scale,
         units=units, gain_e_per_adu=gain, read_noise_e=rdnoise, saturation_e=saturation_e,
-        site=site, err_hdu=err_hdu, bpm_hdu=bpm_hdu, notes=notes,
+        site=site, gain_known=gain_known, err_hdu=err_hdu, bpm_hdu=bpm_hdu, notes=notes,
     )
 
 

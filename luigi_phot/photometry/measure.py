@@ -20,12 +20,12 @@ import numpy as np
 
 from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
-from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, pixel_flag_summary,
-                       repair_pixels)
+from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_model,
+                       pixel_flag_summary, repair_pixels)
 from .background import sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import find_cosmic_rays, find_peaks, peak_sharpness, quick_fwhm, star_sharpness_limit, \
-    windowed_centroids
+from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
+                        star_sharpness_limit, windowed_centroids)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, fit_psf, render_stars, stamp_radius
 
@@ -169,7 +169,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         raise FrameRejected("no usable sky (constant or empty image)")
     peaks = find_peaks(data, pflags, mesh, nsigma=8.0, max_peaks=1500)
     sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero((sharp < 0.9) & ~peaks.saturated))
+    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp) & ~peaks.saturated))
     # align on well-measured stars: their centroids, not photon noise, set the residuals
     strong = np.flatnonzero(peaks.height > 25.0 * sky_sigma)
     if strong.size >= 40:
@@ -286,21 +286,17 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom)
     clock.lap("sky")
 
-    if err_plane is not None:
-        pixel_var = pixel_var_err
-    else:
-        pixel_var = max(sky_level, 0.0) + info.read_noise_e ** 2
-        if sky_sigma ** 2 > 2.0 * pixel_var:
-            notes.append(f"background noise {sky_sigma:.1f} e- exceeds sky + read noise "
-                         f"({np.sqrt(pixel_var):.1f} e-): errors use the measured background noise")
-            pixel_var = sky_sigma ** 2
+    noise = noise_model(sky_level, sky_sigma, info.read_noise_e, info.gain_known)
+    if noise.note and err_plane is None:
+        notes.append(noise.note)
+    pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
 
     def fluxes():
         f = total - neighbour - sky * area
         if err_plane is not None:
             v = total_err ** 2 + area ** 2 * pixel_var * 0.5 * np.pi / np.maximum(n_sky, 1)
         else:
-            v = ccd_variance(f, area, pixel_var, n_sky)
+            v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor)
         return f, np.sqrt(v + neighbour_var)
 
     flux, flux_err = fluxes()
@@ -355,6 +351,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "SKY_E": (sky_level, "median sky [e-/pix]"),
         "SKYSIG_E": (sky_sigma, "median background noise [e-/pix]"),
         "PIXVAR": (pixel_var, "background pixel variance used in errors [e2]"),
+        "SRCVARF": (noise.source_factor, "source Poisson variance per electron used in errors"),
         "ERRPLANE": (err_plane is not None, "errors from the ERR extension"),
         "FWHMPIX": (psf.fwhm_pix, "PSF FWHM [pix]"),
         "FWHMAS": (psf.fwhm_pix * pixel_scale, "PSF FWHM [arcsec]"),

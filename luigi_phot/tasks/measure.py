@@ -81,8 +81,8 @@ class MeasureImage(DatasetStage):
             try:
                 frame = load_frame(path, cfg.camera)
                 info = frame.info
-                for n in info.notes:
-                    self.note(f"{self.image}: {n}", 30)
+                if info.notes:
+                    self.note(f"{self.image}: " + "; ".join(info.notes), 30)
                 cat = Catalogue.load(catalogue_path(self.red))
                 m = measure_frame(frame, cat, MeasureSettings.from_config(cfg.photometry), progress=progress)
                 del frame
@@ -94,8 +94,8 @@ class MeasureImage(DatasetStage):
                 return
             with atomic_path(out) as tmp:
                 write_measurement(tmp, m.columns, m.header)
-        for n in m.notes:
-            self.note(f"{self.image}: {n}", 30)
+        if m.notes:
+            self.note(f"{self.image}: " + "; ".join(m.notes), 30)
         h = m.header
         steps = ", ".join(f"{k} {v:.2f}" for k, v in m.timings.items())
         self.note(f"{self.image}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "
