@@ -18,40 +18,50 @@ __all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "Sk
 
 
 def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 3.0,
-                         iterations: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         iterations: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sigma-clipped median, sigma and number of values kept, for each row.
 
     rows: (N, M) array sorted along axis 1, with invalid entries (NaN) at the end;
     n_valid: (N,) number of valid entries per row. Rows with fewer than 3 valid
-    values give NaN.
-    """
+    values give NaN. Each iteration works only on the rows whose window moved."""
     rows = np.asarray(rows)
     n = rows.shape[0]
-    r = np.arange(n)
     lo = np.zeros(n, dtype=np.int64)
     hi = np.asarray(n_valid, dtype=np.int64).copy()
+    ok = hi >= 3
     med = np.full(n, np.nan)
     sig = np.full(n, np.nan)
-    ok = hi >= 3
+    active = np.flatnonzero(ok)
     for _ in range(iterations):
-        m = np.maximum(hi - lo, 1)
-        top = np.maximum(hi - 1, 0)
-        med = 0.5 * (rows[r, np.minimum(lo + (m - 1) // 2, top)].astype(np.float64)
-                     + rows[r, np.minimum(lo + m // 2, top)])
-        q16 = rows[r, np.minimum(lo + (0.1587 * (m - 1)).astype(np.int64), top)].astype(np.float64)
-        q84 = rows[r, np.minimum(lo + (0.8413 * (m - 1)).astype(np.int64), top)].astype(np.float64)
-        sig = 0.5 * (q84 - q16)
-        lower = (med - nsigma * sig)[:, None]
-        upper = (med + nsigma * sig)[:, None]
-        new_lo = np.count_nonzero(rows < lower, axis=1)
-        new_hi = np.count_nonzero(rows <= upper, axis=1)
-        new_lo = np.where(sig > 0, new_lo, lo)
-        new_hi = np.where(sig > 0, np.minimum(new_hi, hi), hi)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+        if active.size == 0:
             break
-        keep = (new_hi - new_lo) >= 3
-        lo = np.where(keep, new_lo, lo)
-        hi = np.where(keep, new_hi, hi)
+        a_lo, a_hi = lo[active], hi[active]
+        k = np.maximum(a_hi - a_lo, 1)
+        top = np.maximum(a_hi - 1, 0)
+        sub = rows[active]
+        idx = np.arange(active.size)
+        m = 0.5 * (sub[idx, np.minimum(a_lo + (k - 1) // 2, top)].astype(np.float64)
+                   + sub[idx, np.minimum(a_lo + k // 2, top)])
+        q16 = sub[idx, np.minimum(a_lo + (0.1587 * (k - 1)).astype(np.int64), top)].astype(np.float64)
+        q84 = sub[idx, np.minimum(a_lo + (0.8413 * (k - 1)).astype(np.int64), top)].astype(np.float64)
+        s = 0.5 * (q84 - q16)
+        med[active], sig[active] = m, s
+        lower = (m - nsigma * s).astype(sub.dtype)[:, None]
+        upper = (m + nsigma * s).astype(sub.dtype)[:, None]
+        new_lo = np.count_nonzero(sub < lower, axis=1)
+        new_hi = np.minimum(np.count_nonzero(sub <= upper, axis=1), a_hi)
+        moved = (s > 0) & ((new_hi - new_lo) >= 3) & ((new_lo != a_lo) | (new_hi != a_hi))
+        lo[active[moved]] = new_lo[moved]
+        hi[active[moved]] = new_hi[moved]
+        active = active[moved]
+    if active.size:  # not converged within `iterations`: statistics of the last window
+        a_lo, a_hi = lo[active], hi[active]
+        k = np.maximum(a_hi - a_lo, 1)
+        top = np.maximum(a_hi - 1, 0)
+        sub = rows[active]
+        idx = np.arange(active.size)
+        med[active] = 0.5 * (sub[idx, np.minimum(a_lo + (k - 1) // 2, top)].astype(np.float64)
+                             + sub[idx, np.minimum(a_lo + k // 2, top)])
     med = np.where(ok, med, np.nan)
     sig = np.where(ok, sig, np.nan)
     return med, sig, np.where(ok, hi - lo, 0)

@@ -207,35 +207,45 @@ def stamp_radius(psf: MoffatPSF, flux: np.ndarray, threshold: float, max_radius:
 
 
 def render_stars(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarray,
-                 psf: MoffatPSF, radius: np.ndarray, oversample: int | None = None) -> np.ndarray:
+                 psf: MoffatPSF, radius: np.ndarray, phases: int = 8) -> np.ndarray:
     """An image (float32) of stars of total `flux` at (x, y), each drawn out to its own
-    `radius` (pixels). Stars are grouped by radius so that each group is one
-    vectorised evaluation; pixels are accumulated with one bincount."""
+    `radius` (pixels).
+
+    The pixel-integrated PSF is computed once per stamp size at phases x phases
+    sub-pixel offsets; each star adds the stamp of its nearest phase (positions
+    quantised to 1/phases pixel), scaled by its flux, to its slice of the image."""
     ny, nx = shape
+    out = np.zeros(shape, dtype=np.float32)
     flux = np.asarray(flux, float)
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
     sel = np.isfinite(flux) & (flux != 0) & np.isfinite(x) & np.isfinite(y)
-    x, y, flux, radius = np.asarray(x)[sel], np.asarray(y)[sel], flux[sel], np.asarray(radius)[sel]
-    half = np.ceil(radius).astype(int)
-    idx_parts, val_parts = [], []
-    for h in np.unique(half):
-        g = np.flatnonzero(half == h)
-        oy, ox = np.mgrid[-h: h + 1, -h: h + 1]
-        disk = (ox * ox + oy * oy) <= (h + 0.5) ** 2
-        ox, oy = ox[disk], oy[disk]
-        for chunk in np.array_split(g, max(1, g.size * ox.size // 2_000_000 + 1)):
-            xi = np.rint(x[chunk]).astype(np.int64)
-            yi = np.rint(y[chunk]).astype(np.int64)
-            px = xi[:, None] + ox[None, :]
-            py = yi[:, None] + oy[None, :]
-            v = psf.pixel_values(px - x[chunk, None], py - y[chunk, None], oversample) * flux[chunk, None]
-            inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-            idx_parts.append((py * nx + px)[inside])
-            val_parts.append(v[inside])
-    if not idx_parts:
-        return np.zeros(shape, dtype=np.float32)
-    idx = np.concatenate(idx_parts)
-    val = np.concatenate(val_parts)
-    return np.bincount(idx, weights=val, minlength=ny * nx).astype(np.float32).reshape(shape)
+    half = np.ceil(np.asarray(radius, float)).astype(int)
+    sel &= (x > -half - 1) & (x < nx + half) & (y > -half - 1) & (y < ny + half)
+    idx = np.flatnonzero(sel)
+    if idx.size == 0:
+        return out
+    xi = np.rint(x[idx]).astype(int)
+    yi = np.rint(y[idx]).astype(int)
+    px = np.clip(np.rint((x[idx] - xi + 0.5) * phases).astype(int), 0, phases)
+    py = np.clip(np.rint((y[idx] - yi + 0.5) * phases).astype(int), 0, phases)
+    # one library at the largest radius; smaller stamps are its central crops
+    hmax = int(half[idx].max())
+    off = np.arange(-hmax, hmax + 1)
+    frac = np.arange(phases + 1) / phases - 0.5
+    library = psf.pixel_values(off[None, None, None, :] - frac[None, :, None, None],
+                               off[None, None, :, None] - frac[:, None, None, None]).astype(np.float32)
+    for k, star in enumerate(idx):
+        h = half[star]
+        lib = library[:, :, hmax - h: hmax + h + 1, hmax - h: hmax + h + 1]
+        stamp = lib[py[k], px[k]]
+        x0, y0 = xi[k] - h, yi[k] - h
+        xa, ya = max(x0, 0), max(y0, 0)
+        xb, yb = min(x0 + 2 * h + 1, nx), min(y0 + 2 * h + 1, ny)
+        if xa >= xb or ya >= yb:
+            continue
+        out[ya:yb, xa:xb] += np.float32(flux[star]) * stamp[ya - y0: yb - y0, xa - x0: xb - x0]
+    return out
 
 
 class ApertureKernel:
