@@ -131,10 +131,11 @@ def _refine(m0, ref_xy, frm_xy, tree, tols=(4.0, 2.0, 1.0)) -> tuple[np.ndarray,
         i, j = _match(_apply(m, ref_xy), tree, tol)
         if i.size < 4:
             return m, np.inf, int(i.size), i, j
-        for _ in range(3):
+        for _ in range(4):
             m = fit_affine(ref_xy[i], frm_xy[j])
             r = np.hypot(*(_apply(m, ref_xy[i]) - frm_xy[j]).T)
-            lim = max(3.0 * 1.4826 * np.median(r), 0.05)
+            # 2-D residual radii: a median of 0.83 sigma (Rayleigh); blended stars are the tail
+            lim = max(2.5 * np.median(r) / 0.83, 0.05)
             good = r <= lim
             if good.all() or good.sum() < 4:
                 break

@@ -4,12 +4,12 @@ sigma-clipped annulus, pixel-flag summaries and the CCD-equation error.
 Everything is in electrons. The error of a sky-subtracted aperture flux F
 over A pixels, with the sky estimated from N_sky annulus pixels, is
 
-    var = F + A * v_pix * (1 + (pi/2) * A / N_sky)
+    var = F + A * v_pix * (1 + k * A / N_sky)
 
 where v_pix is the variance of one background pixel (sky electrons plus
 read noise squared, or the frame's ERR plane when that is used), the first
 term is the source's Poisson noise and the last is the uncertainty of the
-sky estimate itself (a clipped median, hence pi/2).
+sky estimate itself (k = 1 for a clipped mean, pi/2 for a clipped median).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 
 from .background import clipped_stats_sorted
 
-__all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary",
-           "repair_pixels", "NoiseModel", "noise_model", "ccd_variance"]
+__all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary", "repaired_light_fraction",
+           "repair_pixels", "NoiseModel", "noise_model", "sky_estimate_factor", "ccd_variance"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,14 @@ def _disk_offsets(r_min: float, r_max: float):
 
 
 def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np.ndarray,
-                geometry: ApertureGeometry, nsigma: float = 3.0):
-    """Clipped-median sky per pixel in each star's annulus.
+                geometry: ApertureGeometry, nsigma: float = 3.0, estimator: str = "median"):
+    """Sky per pixel in each star's annulus: the median or the mean of the pixels kept
+    by iterative 3-sigma clipping.
 
+    The median resists neighbours' light; on an image whose catalogue stars have been
+    subtracted the mean is better: the faint unresolved stars left in it make the
+    pixel distribution skewed, and the median of a skewed distribution moves with the
+    seeing while its mean (the light that also sits in the aperture) does not.
     Pixels outside the frame or with any pixel flag are left out. Returns
     (sky, sky_sigma, n_sky, crosses_edge), arrays of len(x)."""
     ny, nx = image.shape
@@ -75,7 +80,7 @@ def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np
         vals[bad] = np.nan
         n_valid = ox.size - np.count_nonzero(bad, axis=1)
         vals.sort(axis=1)
-        m, s, k = clipped_stats_sorted(vals, n_valid, nsigma)
+        m, s, k = clipped_stats_sorted(vals, n_valid, nsigma, mean=(estimator == "mean"))
         sky[chunk], sig[chunk], nsky[chunk] = m, s, k
     far = (xi < -h) | (xi >= nx + h) | (yi < -h) | (yi >= ny + h)
     edge |= far
@@ -113,6 +118,26 @@ def pixel_flag_summary(pixel_flags: np.ndarray, x: np.ndarray, y: np.ndarray, r_
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
         vals = np.where(inside, flat[np.where(inside, py * nx + px, 0)], 0)
         out[chunk] = np.bitwise_or.reduce(vals, axis=1)
+    return out
+
+
+def repaired_light_fraction(pixel_flags: np.ndarray, bits: int, x: np.ndarray, y: np.ndarray,
+                            r_pix: float, psf) -> np.ndarray:
+    """For each star, the fraction of its light (per the PSF model) that falls on pixels
+    carrying `bits` inside its aperture: how much of its flux rests on repaired values."""
+    ny, nx = pixel_flags.shape
+    oy, ox = _disk_offsets(0.0, r_pix)
+    xi = np.rint(x).astype(np.int64)
+    yi = np.rint(y).astype(np.int64)
+    px = xi[:, None] + ox[None, :]
+    py = yi[:, None] + oy[None, :]
+    inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+    hit = inside & ((pixel_flags.ravel()[np.where(inside, py * nx + px, 0)] & bits) != 0)
+    out = np.zeros(xi.size)
+    rows = np.flatnonzero(hit.any(axis=1))
+    if rows.size:
+        light = psf.pixel_values(px[rows] - x[rows, None], py[rows] - y[rows, None])
+        out[rows] = np.where(hit[rows], light, 0.0).sum(axis=1)
     return out
 
 
@@ -179,10 +204,17 @@ def noise_model(sky_level: float, sky_sigma: float, read_noise_e: float, gain_kn
                       f"({np.sqrt(model):.3g} e-) by {np.sqrt(ratio):.2f}x: errors use the measured background noise")
 
 
+def sky_estimate_factor(estimator: str) -> float:
+    """Variance of the sky estimate in units of pixel variance / N_sky: 1 for a mean,
+    pi/2 for a median."""
+    return 0.5 * np.pi if estimator == "median" else 1.0
+
+
 def ccd_variance(flux_e: np.ndarray, area_pix: np.ndarray, pixel_var_e2: np.ndarray | float,
-                 n_sky: np.ndarray, source_factor: float = 1.0) -> np.ndarray:
+                 n_sky: np.ndarray, source_factor: float = 1.0, sky_factor: float = 0.5 * np.pi) -> np.ndarray:
     """Variance (e^2) of a sky-subtracted aperture flux: source Poisson noise, background
-    and read noise over the aperture, and the error of the (median) sky estimate."""
+    and read noise over the aperture, and the error of the sky estimate itself
+    (sky_factor: see sky_estimate_factor)."""
     n_sky = np.maximum(np.asarray(n_sky, float), 1.0)
     return (source_factor * np.maximum(flux_e, 0.0)
-            + area_pix * pixel_var_e2 * (1.0 + 0.5 * np.pi * area_pix / n_sky))
+            + area_pix * pixel_var_e2 * (1.0 + sky_factor * area_pix / n_sky))

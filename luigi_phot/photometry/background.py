@@ -18,8 +18,9 @@ __all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "Sk
 
 
 def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 3.0,
-                         iterations: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma-clipped median, sigma and number of values kept, for each row.
+                         iterations: int = 8, mean: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped median (or, with `mean`, the mean of the values kept), sigma and
+    number of values kept, for each row.
 
     rows: (N, M) array sorted along axis 1, with invalid entries (NaN) at the end;
     n_valid: (N,) number of valid entries per row. Rows with fewer than 3 valid
@@ -62,6 +63,11 @@ def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 
         idx = np.arange(active.size)
         med[active] = 0.5 * (sub[idx, np.minimum(a_lo + (k - 1) // 2, top)].astype(np.float64)
                              + sub[idx, np.minimum(a_lo + k // 2, top)])
+    if mean:
+        cs = np.zeros((n, rows.shape[1] + 1))
+        np.cumsum(np.nan_to_num(rows, nan=0.0), axis=1, dtype=np.float64, out=cs[:, 1:])
+        r = np.arange(n)
+        med = (cs[r, hi] - cs[r, lo]) / np.maximum(hi - lo, 1)
     med = np.where(ok, med, np.nan)
     sig = np.where(ok, sig, np.nan)
     return med, sig, np.where(ok, hi - lo, 0)

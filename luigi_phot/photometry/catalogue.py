@@ -71,12 +71,17 @@ class Catalogue:
             return WCS(self.wcs_header, naxis=2)
 
     def alignment_stars(self, n: int = 500) -> np.ndarray:
-        """Indices of the brightest unsaturated detected stars, brightest first."""
+        """Indices of the brightest unsaturated detected stars, brightest first; isolated
+        stars first (a neighbour pulls a centroid when the seeing is poor), the others
+        only when fewer than 60 are isolated."""
         s = self.stars
         ok = np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"])
                             & np.isfinite(s["flux_ref"]))
-        order = np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")
-        return ok[order[:n]]
+        ok = ok[np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")]
+        iso = np.asarray(s["isolated"])[ok]
+        if iso.sum() >= 60:
+            return ok[iso][:n]
+        return np.concatenate([ok[iso], ok[~iso]])[:n]
 
     def save(self, path: Path) -> None:
         hdr = fits.Header()

@@ -13,6 +13,7 @@ frame's facts; :class:`FrameRejected` says why a frame cannot be measured.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ import numpy as np
 from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
 from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_model,
-                       pixel_flag_summary, repair_pixels)
+                       pixel_flag_summary, repair_pixels, repaired_light_fraction, sky_estimate_factor)
 from .background import sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
 from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
@@ -33,6 +34,10 @@ __all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_fram
 
 #: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
 NEIGHBOUR_MODEL_ERROR = 0.03
+#: Fractional uncertainty of light on repaired (interpolated) pixels, and the fraction of a
+#: star's light on such pixels above which its measurement is flagged LARGE_REPAIR.
+REPAIR_ERROR = 0.2
+LARGE_REPAIR_FRACTION = 0.05
 
 
 class FrameRejected(Exception):
@@ -83,11 +88,12 @@ def _psf_at_phases(psf: MoffatPSF):
 
 class NeighbourModel:
     """Every catalogue star's light on a frame, modelled from its reference flux, the
-    frame's photometric scale and PSF: how much of it falls in each other star's
-    aperture (from an aperture-convolved PSF table, pairs within reach), and an image
-    of it to subtract before the sky annuli are measured."""
+    frame's photometric scale and PSF (whose size may change across the frame): how
+    much of it falls in each other star's aperture (aperture-convolved PSF tables at a
+    few PSF sizes, interpolated; pairs within reach), and an image of it to subtract
+    before the sky annuli are measured."""
 
-    def __init__(self, x, y, model_flux, rel_err, psf: MoffatPSF, r_ap: float, r_out: float,
+    def __init__(self, x, y, model_flux, rel_err, psf: MoffatPSF, size, r_ap: float, r_out: float,
                  sky_sigma: float, shape):
         from scipy.spatial import cKDTree
 
@@ -95,19 +101,37 @@ class NeighbourModel:
         self.flux = np.where(np.isfinite(model_flux) & (model_flux > 0), model_flux, 0.0)
         self.rel_err = np.nan_to_num(np.where(self.flux > 0, rel_err, 0.0), nan=0.0, posinf=0.0)
         self.sky_sigma = sky_sigma
-        self.max_radius = min(8.0 * psf.fwhm_pix, 80.0)
-        self.reach = r_out + 3.0 * psf.fwhm_pix
-        self.r_out = r_out
-        self.kernel = ApertureKernel(psf, r_ap, self.reach)
-        self.own_fraction = float(self.kernel(0.0, 0.0))
         ny, nx = shape
+        self.scale = size.scale_at(x, y) if size is not None and size.varies else np.ones(x.size)
+        on_scale = self.scale[(x >= 0) & (x < nx) & (y >= 0) & (y < ny)]
+        lo, hi = (float(on_scale.min()), float(on_scale.max())) if on_scale.size else (1.0, 1.0)
+        self.levels = np.linspace(lo, hi, 5) if hi - lo > 0.005 else np.array([float(np.median(self.scale))])
+        self.psfs = [dataclasses.replace(psf, fwhm_pix=psf.fwhm_pix * lv) for lv in self.levels]
+        widest = self.psfs[-1]
+        self.max_radius = min(8.0 * widest.fwhm_pix, 80.0)
+        self.reach = r_out + 3.0 * widest.fwhm_pix
+        self.r_out = r_out
+        self.kernels = [ApertureKernel(q, r_ap, self.reach) for q in self.psfs]
+        self.own_fraction = self._interpolate(np.array([[float(k(0.0, 0.0))] for k in self.kernels]), self.scale)
         on = np.flatnonzero((x > -self.reach) & (x < nx + self.reach) & (y > -self.reach) & (y < ny + self.reach))
         self.tree = cKDTree(np.column_stack([x[on], y[on]]))
         self.on = on
         pairs = self.tree.query_pairs(r_ap + self.reach, output_type="ndarray")
         self.i = on[np.concatenate([pairs[:, 0], pairs[:, 1]])] if pairs.size else np.zeros(0, int)
         self.j = on[np.concatenate([pairs[:, 1], pairs[:, 0]])] if pairs.size else np.zeros(0, int)
-        self.fraction = self.kernel(x[self.j] - x[self.i], y[self.j] - y[self.i])
+        dx, dy = x[self.j] - x[self.i], y[self.j] - y[self.i]
+        self.fraction = self._interpolate(np.array([k(dx, dy) for k in self.kernels]), self.scale[self.j])
+
+    def _interpolate(self, table: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Linear interpolation in PSF size between tables computed at self.levels
+        (table: (levels, n) or (levels, 1) broadcast)."""
+        if len(self.levels) == 1:
+            return np.broadcast_to(table[0], scale.shape).copy()
+        pos = np.clip(np.interp(scale, self.levels, np.arange(len(self.levels))), 0, len(self.levels) - 1)
+        k = np.minimum(np.floor(pos).astype(int), len(self.levels) - 2)
+        f = pos - k
+        cols = np.arange(scale.size) if table.shape[1] == scale.size else np.zeros(scale.size, dtype=int)
+        return table[k, cols] * (1 - f) + table[k + 1, cols] * f
 
     def contamination(self):
         """Light of each star's neighbours inside its aperture, and its variance (PSF-model
@@ -117,24 +141,31 @@ class NeighbourModel:
         var = light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + self.rel_err[self.j] ** 2)
         return np.bincount(self.i, weights=light, minlength=n), np.bincount(self.i, weights=var, minlength=n)
 
-    def _radius(self, flux):
-        return stamp_radius(self.psf, np.abs(flux), threshold=0.2 * self.sky_sigma, max_radius=self.max_radius)
-
     def subtract_from(self, data, rows=None, flux=None):
         rows = np.arange(self.x.size) if rows is None else rows
         flux = self.flux[rows] if flux is None else flux
-        data -= render_stars(data.shape, self.x[rows], self.y[rows], flux, self.psf, self._radius(flux))
+        level = np.abs(self.scale[rows][:, None] - self.levels[None, :]).argmin(axis=1)
+        for k, q in enumerate(self.psfs):
+            g = np.flatnonzero(level == k)
+            if g.size:
+                radius = stamp_radius(q, np.abs(flux[g]), threshold=0.2 * self.sky_sigma,
+                                      max_radius=self.max_radius)
+                data -= render_stars(data.shape, self.x[rows[g]], self.y[rows[g]], flux[g], q, radius)
 
-    def update_variables(self, flux, flux_err, usable, data) -> np.ndarray:
+    def update_variables(self, flux, flux_err, usable, data, always=()) -> np.ndarray:
         """Re-model stars whose measured flux departs from the model by more than 5 sigma
-        and 5%; subtract the difference from `data`; return the stars whose aperture or
+        and 5% (and the stars in `always`, e.g. the target, whenever it departs by more than
+        2 sigma); subtract the difference from `data`; return the stars whose aperture or
         annulus that changes."""
         est = flux / self.own_fraction
         sig = flux_err / self.own_fraction
         delta = est - self.flux
         with np.errstate(invalid="ignore"):
-            changed = np.flatnonzero(usable & np.isfinite(delta) & (np.abs(delta) > 5 * sig)
-                                     & (np.abs(delta) > 0.05 * self.flux))
+            big = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
+            chosen = np.zeros(delta.size, dtype=bool)
+            chosen[list(always)] = True
+            big |= chosen & (np.abs(delta) > 2 * sig)
+            changed = np.flatnonzero(usable & np.isfinite(delta) & big)
         if changed.size == 0:
             return changed
         d = delta[changed]
@@ -171,14 +202,17 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(not_cosmic(sharp) & ~peaks.saturated))
     # align on well-measured stars: their centroids, not photon noise, set the residuals
-    strong = np.flatnonzero(peaks.height > 25.0 * sky_sigma)
-    if strong.size >= 40:
-        peaks = peaks.take(strong[:600])
+    for level in (60.0, 25.0):
+        strong = np.flatnonzero(peaks.height > level * sky_sigma)
+        if strong.size >= 30:
+            peaks = peaks.take(strong[:400])
+            break
     fwhm_guess = quick_fwhm(data, peaks, sky_level)
     if not np.isfinite(fwhm_guess):
         fwhm_guess = cat.psf.fwhm_pix
+    # a window narrower than the star keeps neighbours' wings out of the centroid
     px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                   max(fwhm_guess, 1.0) / 2.355)
+                                   0.8 * max(fwhm_guess, 1.0) / 2.355)
     clock.lap("detect")
     report(0.2, f"{len(peaks)} stars detected")
 
@@ -232,7 +266,9 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     scale = float(np.exp(np.mean(lr)))
     scale_err = float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))
     clock.lap("psf")
-    report(0.5, f"PSF FWHM {psf.fwhm_pix * pixel_scale:.2f}\"")
+    size = fit.size
+    fwhm_centre = psf.fwhm_pix * (float(size.scale_at((nx - 1) / 2, (ny - 1) / 2)) if size is not None else 1.0)
+    report(0.5, f"PSF FWHM {fwhm_centre * pixel_scale:.2f}\"")
 
     # --- cosmic rays and bad pixels
     limit = star_sharpness_limit(_psf_at_phases(psf))
@@ -265,6 +301,8 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         else:
             notes.append(f"ERR plane ignored: its background variance {v_err:.3g} e2 disagrees with "
                          f"sky + read noise {v_model:.3g} e2")
+    if err_plane is not None:
+        repair_pixels(err_plane, repair, float(np.sqrt(pixel_var_err)))
     total, total_err, area, partial, outside = aperture_sums(data, x, y, r_ap, error=err_plane)
     clock.lap("aperture")
     report(0.65, "aperture sums done")
@@ -277,13 +315,16 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     model = None
     if settings.subtract_neighbours:
         model = NeighbourModel(x, y, flux_ref * scale, np.asarray(stars["flux_ref_err"], float) / np.abs(flux_ref),
-                               psf, r_ap, r_out, sky_sigma, (ny, nx))
+                               psf, fit.size, r_ap, r_out, sky_sigma, (ny, nx))
         neighbour, neighbour_var = model.contamination()
         # the sky is measured with every catalogue star's modelled light removed
         model.subtract_from(data)
         clock.lap("neighbours")
         report(0.8, "neighbours subtracted")
-    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom)
+    # with the catalogue stars removed, the mean of the clipped annulus is unbiased
+    estimator = "mean" if model is not None else "median"
+    sky_factor = sky_estimate_factor(estimator)
+    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom, estimator=estimator)
     clock.lap("sky")
 
     noise = noise_model(sky_level, sky_sigma, info.read_noise_e, info.gain_known)
@@ -291,12 +332,20 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         notes.append(noise.note)
     pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
 
+    # light resting on repaired pixels: its uncertainty (taken as 20%) joins the error
+    repaired = np.zeros(x.size)
+    touched = np.flatnonzero((pix_summary & (PIXEL_BAD | PIXEL_COSMIC)) != 0)
+    if touched.size:
+        repaired[touched] = repaired_light_fraction(pflags, PIXEL_BAD | PIXEL_COSMIC, x[touched], y[touched],
+                                                    r_ap, psf)
+
     def fluxes():
         f = total - neighbour - sky * area
         if err_plane is not None:
-            v = total_err ** 2 + area ** 2 * pixel_var * 0.5 * np.pi / np.maximum(n_sky, 1)
+            v = total_err ** 2 + area ** 2 * pixel_var * sky_factor / np.maximum(n_sky, 1)
         else:
-            v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor)
+            v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor, sky_factor)
+        v = v + (REPAIR_ERROR * repaired * np.maximum(f, 0.0)) ** 2
         return f, np.sqrt(v + neighbour_var)
 
     flux, flux_err = fluxes()
@@ -305,12 +354,12 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # event): model them at their measured brightness, then measure again
         clean = (pix_summary & (PIXEL_SATURATED | PIXEL_BAD)) == 0
         for _ in range(2):
-            affected = model.update_variables(flux, flux_err, clean & ~outside, data)
+            affected = model.update_variables(flux, flux_err, clean & ~outside, data, always=(t_idx,))
             if affected.size == 0:
                 break
             neighbour, neighbour_var = model.contamination()
             sky[affected], sky_sig[affected], n_sky[affected], ann_edge[affected] = \
-                annulus_sky(data, pflags, x[affected], y[affected], geom)
+                annulus_sky(data, pflags, x[affected], y[affected], geom, estimator=estimator)
             flux, flux_err = fluxes()
         clock.lap("variables")
 
@@ -326,6 +375,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     flag |= np.where(outside, F.OUTSIDE_FRAME, 0)
     own = np.maximum(flux, 0)
     flag |= np.where(neighbour > np.maximum(own, 1e-9), F.CROWDED, 0)
+    flag |= np.where(repaired > LARGE_REPAIR_FRACTION, F.LARGE_REPAIR, 0)
     flux = np.where(outside, np.nan, flux)
     flux_err = np.where(outside, np.nan, flux_err)
     clock.lap("errors")
@@ -353,14 +403,16 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "PIXVAR": (pixel_var, "background pixel variance used in errors [e2]"),
         "SRCVARF": (noise.source_factor, "source Poisson variance per electron used in errors"),
         "ERRPLANE": (err_plane is not None, "errors from the ERR extension"),
-        "FWHMPIX": (psf.fwhm_pix, "PSF FWHM [pix]"),
-        "FWHMAS": (psf.fwhm_pix * pixel_scale, "PSF FWHM [arcsec]"),
+        "FWHMPIX": (fwhm_centre, "PSF FWHM at the frame centre [pix]"),
+        "FWHMAS": (fwhm_centre * pixel_scale, "PSF FWHM at the frame centre [arcsec]"),
+        "PSFVARY": (bool(size is not None and size.varies), "PSF size varies across the frame"),
         "PSFCHI2": (fit.chi2_per_dof, "PSF fit chi2 per dof"),
         "PSFNSTAR": (fit.n_stars, "stars in the PSF fit"),
         "PHSCALE": (scale, "frame/reference flux ratio from PSF stars"),
         "PHSCALEE": (scale_err, "its uncertainty"),
         "NCOSMIC": (int(hits.size), "pixels flagged as cosmic-ray hits (grown)"),
         "NEIGHSUB": (bool(settings.subtract_neighbours), "neighbour light subtracted"),
+        "SKYEST": (estimator, "annulus sky: clipped mean or clipped median"),
         "SITELAT": (info.site[0] if info.site else np.nan, "site latitude [deg]"),
         "SITELON": (info.site[1] if info.site else np.nan, "site longitude [deg E]"),
         "SITEALT": (info.site[2] if info.site else np.nan, "site height [m]"),
@@ -368,6 +420,9 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     }
     for k, v in psf.to_header().items():
         header[k] = v
+    if size is not None:
+        for k, c in enumerate(size.coeffs):
+            header[f"PSFSZ{k}"] = (c, "ln(FWHM/PSFFWHM) quadratic in u,v (see docs)")
     header.update(aln.to_header())
     header.update(geom.to_header())
     return FrameMeasurement(columns=columns, header=header, timings=clock.laps, notes=notes)

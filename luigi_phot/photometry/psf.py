@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MoffatPSF", "PSFFit", "fit_psf", "render_stars", "ApertureKernel", "fit_fluxes",
+__all__ = ["MoffatPSF", "PSFFit", "SizeField", "fit_psf", "render_stars", "ApertureKernel", "fit_fluxes",
            "stamp_radius"]
 
 
@@ -109,6 +109,31 @@ class PSFFit:
     used: np.ndarray        # bool: star kept after outlier rejection
     chi2_per_dof: float     # of the kept stars
     n_stars: int
+    size: "SizeField | None" = None
+
+
+@dataclass(frozen=True)
+class SizeField:
+    """How the PSF's size changes across the frame: FWHM(x, y) = psf.fwhm_pix * exp(poly(u, v)),
+    u, v the pixel coordinates scaled to [-1, 1]; a quadratic (focus, tilt) or a constant."""
+
+    coeffs: tuple[float, ...]          # (c0, cu, cv, cuu, cuv, cvv)
+    shape: tuple[int, int]
+
+    def scale_at(self, x, y) -> np.ndarray:
+        ny, nx = self.shape
+        u = (np.asarray(x, float) - (nx - 1) / 2) / (nx / 2)
+        v = (np.asarray(y, float) - (ny - 1) / 2) / (ny / 2)
+        c = self.coeffs
+        return np.exp(c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v)
+
+    @property
+    def varies(self) -> bool:
+        return any(abs(c) > 0 for c in self.coeffs[1:])
+
+
+def _size_terms(u, v):
+    return np.column_stack([np.ones_like(u), u, v, u * u, u * v, v * v])
 
 
 def _gather(data, var, xi, yi, half):
@@ -192,8 +217,52 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
     full_flux[inside] = flux
     full_used = np.zeros(inside.size, dtype=bool)
     full_used[np.flatnonzero(inside)[keep]] = True
+    size = _fit_size_field(p, solve, x[keep], y[keep], np.flatnonzero(keep), data.shape) if keep.sum() >= 12 else None
     return PSFFit(psf=_params_to_psf(p), flux=full_flux, used=full_used, chi2_per_dof=chi2,
-                  n_stars=int(keep.sum()))
+                  n_stars=int(keep.sum()), size=size)
+
+
+def _fit_size_field(p, solve, x, y, rows, shape) -> "SizeField":
+    """Each star's best size factor (a grid of trial FWHMs with the shape held), then a
+    quadratic surface through them, kept only if the stars' sizes really differ."""
+    steps = np.linspace(-0.12, 0.12, 13)
+    chi = np.empty((steps.size, rows.size))
+    for k, st in enumerate(steps):
+        q = np.array(p, float)
+        q[0] += st
+        _, r = solve(q, rows)
+        chi[k] = (r ** 2).sum(1)
+    best = np.clip(np.argmin(chi, axis=0), 1, steps.size - 2)
+    c0, c1, c2 = (chi[best + d, np.arange(rows.size)] for d in (-1, 0, 1))
+    curv = (c0 - 2 * c1 + c2) / (steps[1] - steps[0]) ** 2
+    shift = np.where(curv > 0, 0.5 * (c0 - c2) / np.where(curv > 0, curv, 1) / (steps[1] - steps[0]), 0.0)
+    ln_s = steps[best] + shift * (steps[1] - steps[0]) ** 2
+    err = np.where(curv > 0, np.sqrt(2.0 / np.where(curv > 0, curv, 1)), np.inf)
+    good = np.isfinite(err) & (np.abs(ln_s) < 0.115)
+    flat = SizeField((0.0,) * 6, shape)
+    if good.sum() < 12:
+        return flat
+    ny, nx = shape
+    u = (x[good] - (nx - 1) / 2) / (nx / 2)
+    v = (y[good] - (ny - 1) / 2) / (ny / 2)
+    a = _size_terms(u, v)
+    wt = 1.0 / np.maximum(err[good], 0.003) ** 2
+    val = ln_s[good]
+    sel = np.ones(val.size, dtype=bool)
+    for _ in range(3):
+        coef = np.linalg.lstsq(a[sel] * np.sqrt(wt[sel])[:, None], val[sel] * np.sqrt(wt[sel]), rcond=None)[0]
+        res = val - a @ coef
+        scatter = 1.4826 * np.median(np.abs(res[sel])) + 1e-4
+        sel = np.abs(res) < 3 * max(scatter, 0.005)
+    mean = np.average(val[sel], weights=wt[sel])
+    chi_const = float((wt[sel] * (val[sel] - mean) ** 2).sum())
+    chi_quad = float((wt[sel] * (val[sel] - a[sel] @ coef) ** 2).sum())
+    uu, vv = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
+    span = np.ptp(_size_terms(uu.ravel(), vv.ravel()) @ coef)
+    # keep the surface when it explains the sizes much better and changes the FWHM by > 1%
+    if sel.sum() >= 12 and chi_const - chi_quad > 25.0 and span > 0.01:
+        return SizeField(tuple(float(c) for c in coef), shape)
+    return SizeField((float(mean),) + (0.0,) * 5, shape)
 
 
 def stamp_radius(psf: MoffatPSF, flux: np.ndarray, threshold: float, max_radius: float) -> np.ndarray:
