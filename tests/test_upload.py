@@ -113,6 +113,17 @@ def reduce(red: Path, *extra: str):
         return done, fh.read().splitlines()
 
 
+def upload_first(red: Path, target: str, account: Path, **tom_keys):
+    """Configure red for target and reduce it once, successfully; returns
+    (CompletedProcess, upload_record.json)."""
+    configure(red, target, account, **tom_keys)
+    done, _ = reduce(red)
+    assert done.returncode == 0, ok(done)
+    record = read_json(red / UPLOAD_RECORD_NAME)
+    assert record["status"] == "uploaded"
+    return done, record
+
+
 def ok(done) -> str:
     return f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
@@ -216,10 +227,7 @@ def test_one_more_frame_replaces_the_product_with_one_holding_one_more_point(
         dataset, fresh_template, tom_server, api, account):
     name = "UPL-REPLACE-0001"
     tid = api.create_target(name)
-    configure(dataset, name, account)
-    first, _ = reduce(dataset)
-    assert first.returncode == 0, ok(first)
-    first_record = read_json(dataset / UPLOAD_RECORD_NAME)
+    first, first_record = upload_first(dataset, name, account)
     n_first = len(csv_points(dataset, name))
 
     shutil.copy2(spare_frame(fresh_template), dataset)
@@ -240,10 +248,7 @@ def test_one_more_frame_replaces_the_product_with_one_holding_one_more_point(
 def test_unchanged_light_curve_is_not_uploaded_again(dataset, tom_server, api, account):
     name = "UPL-SAME-0001"
     tid = api.create_target(name)
-    configure(dataset, name, account)
-    first, _ = reduce(dataset)
-    assert first.returncode == 0, ok(first)
-    uploaded = read_json(dataset / UPLOAD_RECORD_NAME)
+    first, uploaded = upload_first(dataset, name, account)
     csv_before = csv_path(dataset, name).read_bytes()
 
     # A frame touched: it is measured again and the light curve rebuilt, to the same content.
@@ -265,6 +270,7 @@ def test_unchanged_light_curve_is_not_uploaded_again(dataset, tom_server, api, a
     assert third.returncode == 0, ok(third)
     assert lines == []
     assert read_json(dataset / UPLOAD_RECORD_NAME) == record
+    assert_no_secret(dataset, secrets_of(tom_server), first, second, third)
 
 
 def test_light_curve_reduced_for_another_target_is_uploaded_to_it(dataset, tom_server, api, account):
@@ -273,10 +279,7 @@ def test_light_curve_reduced_for_another_target_is_uploaded_to_it(dataset, tom_s
     label = "UPL-MOVE"
     first_name, second_name = "UPL-MOVE-0001", "UPL-MOVE-0002"
     first_id, second_id = api.create_target(first_name), api.create_target(second_name)
-    configure(dataset, first_name, account, data_label=label)
-    first, _ = reduce(dataset)
-    assert first.returncode == 0, ok(first)
-    first_record = read_json(dataset / UPLOAD_RECORD_NAME)
+    first, first_record = upload_first(dataset, first_name, account, data_label=label)
 
     configure(dataset, second_name, account, data_label=label)
     second, lines = reduce(dataset)
@@ -290,16 +293,14 @@ def test_light_curve_reduced_for_another_target_is_uploaded_to_it(dataset, tom_s
     # The first target is another target: left as it was.
     assert the_product(api, first_id, first_name, label) == first_record["product_id"]
     assert tom_points(api, first_id) == csv_points(dataset, first_name)
+    assert_no_secret(dataset, secrets_of(tom_server), first, second)
 
 
 def test_account_file_pointed_at_another_address_uploads_there(dataset, tom_server, api, account):
     """Editing url in the account file (same file, same light curve) is noticed."""
     name = "UPL-ADDRESS-0001"
     tid = api.create_target(name)
-    configure(dataset, name, account)
-    first, _ = reduce(dataset)
-    assert first.returncode == 0, ok(first)
-    first_record = read_json(dataset / UPLOAD_RECORD_NAME)
+    first, first_record = upload_first(dataset, name, account)
 
     # The same TOM under another address stands in for another TOM.
     other_url = tom_server.url.replace("127.0.0.1", "localhost")
@@ -313,6 +314,7 @@ def test_account_file_pointed_at_another_address_uploads_there(dataset, tom_serv
     assert record["product_id"] != first_record["product_id"]
     assert the_product(api, tid, name) == record["product_id"]
     assert tom_points(api, tid) == csv_points(dataset, name)
+    assert_no_secret(dataset, secrets_of(tom_server), first, second)
 
 
 # --------------------------------------------------------------------------
