@@ -326,6 +326,9 @@ class TomSettings:
     create_target: bool = False
     #: Upload flagged points too (they are always in the .ecsv light curve).
     include_flagged: bool = False
+    #: The TOM's address from the account file (None when not read): pointing the
+    #: same account file at another TOM makes the next run upload there.
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,7 @@ class ReductionConfig:
 
     def tom_key(self) -> str:
         t = self.tom
-        return _digest({"upload": t.upload, "config": str(t.config_file), "label": t.data_label,
+        return _digest({"upload": t.upload, "config": str(t.config_file), "url": t.url, "label": t.data_label,
                         "create": t.create_target, "flagged": t.include_flagged})
 
     def fingerprint_key(self) -> str:
@@ -476,15 +479,17 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     label = tm.string("data_label", default=name) or name
     if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
         raise tm.error(f"tom.data_label {label!r} may use only letters, digits and _ . + -")
-    tom = TomSettings(upload=upload, config_file=tom_file, data_label=label,
-                      create_target=tm.boolean("create_target", False),
-                      include_flagged=tm.boolean("include_flagged", False))
+    create = tm.boolean("create_target", False)
+    flagged = tm.boolean("include_flagged", False)
     tm.finish()
+    tom_url = None
     if upload:
         if tom_file is None:
             raise tm.error("tom.config_file is required when tom.upload is true")
         if check_tom_file:
-            load_tom_config(tom_file)  # fail before any work starts
+            tom_url = load_tom_config(tom_file).url  # fail before any work starts
+    tom = TomSettings(upload=upload, config_file=tom_file, data_label=label, create_target=create,
+                      include_flagged=flagged, url=tom_url)
     top.finish()
     return ReductionConfig(path=path, target=target, photometry=phot, camera=camera, tom=tom)
 

@@ -45,11 +45,19 @@ def user_errors() -> tuple:
     return USER_ERRORS
 
 
-_CONFIGS: dict[str, tuple[int, ReductionConfig]] = {}
+_CONFIGS: dict[str, tuple[tuple, ReductionConfig]] = {}
+
+
+def _mtime_ns(path: Path | None) -> int | None:
+    try:
+        return None if path is None else path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def load_config(red_dir: Path) -> ReductionConfig:
-    """The dataset's configuration (parsed once per process while the file is unchanged)."""
+    """The dataset's configuration (parsed once per process while neither the file
+    nor the TOM account file it names changes)."""
     path = config_path(red_dir)
     try:
         mtime = path.stat().st_mtime_ns
@@ -57,10 +65,10 @@ def load_config(red_dir: Path) -> ReductionConfig:
         raise ConfigError(f"{path}: reduction configuration not found "
                           f"(copy luigi_phot/examples/reduction_config.yaml there and edit it)") from None
     cached = _CONFIGS.get(str(path))
-    if cached and cached[0] == mtime:
+    if cached and cached[0] == (mtime, _mtime_ns(cached[1].tom.config_file)):
         return cached[1]
     cfg = load_reduction_config(path)
-    _CONFIGS[str(path)] = (mtime, cfg)
+    _CONFIGS[str(path)] = ((mtime, _mtime_ns(cfg.tom.config_file)), cfg)
     return cfg
 
 

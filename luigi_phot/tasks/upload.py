@@ -1,4 +1,12 @@
-"""UploadToTOM: publish the light curve to the TOM, or record why not."""
+"""UploadToTOM: publish the light curve to the TOM, or record why not.
+
+upload_record.json says what the last attempt did: 'uploaded'; 'unchanged' (the
+same CSV content is already the product of the same target, under the same
+name, on the same TOM: not sent again); 'skipped' (tom.upload is false); or
+'failed', with the TOM's one-line error. Its ``key`` (TOM settings and the light
+curve's inputs) marks the stage complete; a failed record has none, so the next
+run retries the upload, and only the upload.
+"""
 
 from __future__ import annotations
 
@@ -66,28 +74,42 @@ class UploadToTOM(DatasetStage):
             write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
             self.note("upload skipped (tom.upload is false)")
             return
-        if (previous.get("status") in ("uploaded", "unchanged") and previous.get("sha256") == record["sha256"]
-                and previous.get("tom_key") == cfg.tom_key()):
-            record.update(status="unchanged", reason="identical light curve already on the TOM",
-                          **{k: previous.get(k) for k in ("url", "target_id", "product_id", "product_name", "n_points")})
-            record["tom_key"] = cfg.tom_key()
-            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
-            self.note("light curve unchanged since the last upload: not uploaded again")
-            return
         from ..config import load_tom_config
-        from ..tom import publish_photometry
+        from ..tom import TomError, publish_photometry
 
         tom = load_tom_config(cfg.tom.config_file)
         filter_name = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)._catalogue_filter()
-        product = f"{cfg.tom.data_label}_{filter_name}"
+        # where the light curve goes: the same content sent elsewhere is a new upload
+        destination = {"url": tom.url, "target": cfg.target.name,
+                       "product_name": f"{cfg.tom.data_label}_{filter_name}"}
+        same_place = all(previous.get(k) == v for k, v in destination.items())
+        if (same_place and previous.get("status") in ("uploaded", "unchanged")
+                and previous.get("sha256") == record["sha256"]):
+            record.update(destination, status="unchanged", reason="identical light curve already on the TOM",
+                          **{k: previous.get(k) for k in ("target_id", "product_id", "n_points")})
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+            self.note("light curve unchanged since the last upload: not uploaded again")
+            return
+        # A product id is only meaningful on the TOM that gave it.
+        previous_product_id = previous.get("product_id") if previous.get("url") == tom.url else None
         self.set_status_message(f"uploading {csv.name} to {tom.url}")
-        with self.timed() as t:
-            result = publish_photometry(
-                tom, cfg.target.name, csv, product,
-                previous_product_id=previous.get("product_id"), create_target=cfg.tom.create_target,
-                ra_deg=cfg.target.ra_deg, dec_deg=cfg.target.dec_deg, logger=self.log)
-        record.update(status="uploaded", tom_key=cfg.tom_key(), url=tom.url, target_id=result.target_id, product_id=result.product_id,
-                      product_name=product, n_points=result.n_points)
+        try:
+            with self.timed() as t:
+                result = publish_photometry(
+                    tom, cfg.target.name, csv, destination["product_name"],
+                    previous_product_id=previous_product_id, create_target=cfg.tom.create_target,
+                    ra_deg=cfg.target.ra_deg, dec_deg=cfg.target.dec_deg, logger=self.log)
+        except Exception as exc:
+            # The previous product may be deleted already (it goes first): the old record
+            # must not stand for what the TOM holds. This one marks the stage incomplete
+            # and keeps the previous product's id for the next attempt to delete.
+            error = str(exc) if isinstance(exc, TomError) else type(exc).__name__
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, {
+                "status": "failed", "error": error, "csv": csv.name, "sha256": record["sha256"],
+                "time_utc": record["time_utc"], **destination, "product_id": previous_product_id})
+            raise
+        record.update(destination, status="uploaded", target_id=result.target_id, product_id=result.product_id,
+                      n_points=result.n_points)
         write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
         self.note(f"uploaded {csv.name} to {tom.url} as data product {result.product_id} "
                   f"({result.n_points} points) in {t.seconds:.1f} s")
