@@ -47,7 +47,8 @@ def _disk_offsets(r_min: float, r_max: float):
 
 
 def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np.ndarray,
-                geometry: ApertureGeometry, nsigma: float = 3.0, estimator: str = "median"):
+                geometry: ApertureGeometry, nsigma: float = 3.0, estimator: str = "median",
+                avoid: np.ndarray | None = None):
     """Sky per pixel in each star's annulus: the median or the mean of the pixels kept
     by iterative 3-sigma clipping.
 
@@ -55,7 +56,9 @@ def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np
     subtracted the mean is better: the faint unresolved stars left in it make the
     pixel distribution skewed, and the median of a skewed distribution moves with the
     seeing while its mean (the light that also sits in the aperture) does not.
-    Pixels outside the frame or with any pixel flag are left out. Returns
+    Pixels outside the frame or with any pixel flag are left out, and so are the
+    pixels of the boolean image `avoid` (e.g. where a subtracted neighbour's core was)
+    unless that would leave fewer than 30% of the annulus. Returns
     (sky, sky_sigma, n_sky, crosses_edge), arrays of len(x)."""
     ny, nx = image.shape
     oy, ox = _disk_offsets(geometry.r_in_pix, geometry.r_out_pix)
@@ -77,6 +80,10 @@ def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np
         idx = np.where(inside, py * nx + px, 0)
         vals = flat[idx].astype(np.float32)
         bad = ~inside | (fflat[idx] != 0) | ~np.isfinite(vals)
+        if avoid is not None:
+            soft = bad | avoid.ravel()[idx]
+            enough = (ox.size - np.count_nonzero(soft, axis=1)) >= max(0.3 * ox.size, 20)
+            bad = np.where(enough[:, None], soft, bad)
         vals[bad] = np.nan
         n_valid = ox.size - np.count_nonzero(bad, axis=1)
         vals.sort(axis=1)

@@ -120,7 +120,28 @@ class NeighbourModel:
         self.i = on[np.concatenate([pairs[:, 0], pairs[:, 1]])] if pairs.size else np.zeros(0, int)
         self.j = on[np.concatenate([pairs[:, 1], pairs[:, 0]])] if pairs.size else np.zeros(0, int)
         dx, dy = x[self.j] - x[self.i], y[self.j] - y[self.i]
-        self.fraction = self._interpolate(np.array([k(dx, dy) for k in self.kernels]), self.scale[self.j])
+        self.full_fraction = self._interpolate(np.array([k(dx, dy) for k in self.kernels]), self.scale[self.j])
+        self.distance = np.hypot(dx, dy)
+        self.level = np.abs(self.scale[:, None] - self.levels[None, :]).argmin(axis=1)
+        self.beyond = [_LightBeyond(q, r_ap, self.reach + r_ap, self.max_radius) for q in self.psfs]
+        self.radius = np.zeros(x.size)
+        self._set_radius(np.arange(x.size))
+
+    def _set_radius(self, rows) -> None:
+        """Each star is drawn out to where it adds less than 0.2 sigma of sky noise a pixel;
+        its light beyond that radius stays in the image, like the sky, so it is left out of
+        its neighbours' apertures too (else it would be subtracted twice: once there, once
+        with the sky). Updates the pair fractions of the stars in `rows`."""
+        for k, q in enumerate(self.psfs):
+            g = rows[self.level[rows] == k]
+            if g.size:
+                self.radius[g] = stamp_radius(q, np.abs(self.flux[g]), threshold=0.2 * self.sky_sigma,
+                                              max_radius=self.max_radius)
+        self.fraction = self.full_fraction.copy()
+        for k, lb in enumerate(self.beyond):
+            sel = self.level[self.j] == k
+            self.fraction[sel] -= lb(self.distance[sel], self.radius[self.j[sel]])
+        np.maximum(self.fraction, 0.0, out=self.fraction)
 
     def _interpolate(self, table: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Linear interpolation in PSF size between tables computed at self.levels
@@ -141,40 +162,111 @@ class NeighbourModel:
         var = light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + self.rel_err[self.j] ** 2)
         return np.bincount(self.i, weights=light, minlength=n), np.bincount(self.i, weights=var, minlength=n)
 
-    def subtract_from(self, data, rows=None, flux=None):
+    def subtract_from(self, data, rows=None, flux=None, cores_above: float | None = None):
+        """Subtract the model of stars `rows` (all) with `flux` (their model fluxes). With
+        `cores_above`, return the boolean image of pixels where the model exceeds it."""
         rows = np.arange(self.x.size) if rows is None else rows
         flux = self.flux[rows] if flux is None else flux
-        level = np.abs(self.scale[rows][:, None] - self.levels[None, :]).argmin(axis=1)
+        cores = np.zeros(data.shape, dtype=bool) if cores_above is not None else None
         for k, q in enumerate(self.psfs):
-            g = np.flatnonzero(level == k)
+            g = np.flatnonzero(self.level[rows] == k)
             if g.size:
-                radius = stamp_radius(q, np.abs(flux[g]), threshold=0.2 * self.sky_sigma,
-                                      max_radius=self.max_radius)
-                data -= render_stars(data.shape, self.x[rows[g]], self.y[rows[g]], flux[g], q, radius)
+                image = render_stars(data.shape, self.x[rows[g]], self.y[rows[g]], flux[g], q, self.radius[rows[g]])
+                data -= image
+                if cores is not None:
+                    cores |= image > cores_above
+        return cores
 
-    def update_variables(self, flux, flux_err, usable, data, always=()) -> np.ndarray:
-        """Re-model stars whose measured flux departs from the model by more than 5 sigma
-        and 5% (and the stars in `always`, e.g. the target, whenever it departs by more than
-        2 sigma); subtract the difference from `data`; return the stars whose aperture or
+    def update_variables(self, flux, flux_err, usable, data, pixel_ok, pixel_var, always=()) -> np.ndarray:
+        """Re-model the stars whose light departs from the model: candidates are stars whose
+        aperture flux departs by more than 5 sigma and 5% (and the stars in `always`, e.g.
+        the target); for each, the change of its total flux is fitted with the PSF on the
+        residual image `data` (the same way its reference flux and the frame's scale were
+        measured, so its wings are modelled consistently) and applied when significant.
+        The difference is subtracted from `data`; returns the stars whose aperture or
         annulus that changes."""
         est = flux / self.own_fraction
         sig = flux_err / self.own_fraction
         delta = est - self.flux
         with np.errstate(invalid="ignore"):
-            big = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
-            chosen = np.zeros(delta.size, dtype=bool)
-            chosen[list(always)] = True
-            big |= chosen & (np.abs(delta) > 2 * sig)
-            changed = np.flatnonzero(usable & np.isfinite(delta) & big)
+            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
+            cand[list(always)] = True
+            cand = np.flatnonzero(cand & usable & np.isfinite(delta))
+        if cand.size == 0:
+            return cand
+        d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
+        forced = np.isin(cand, list(always))
+        keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
+                                 | forced & (np.abs(d) > 2 * err))
+        changed, d = cand[keep], d[keep]
         if changed.size == 0:
             return changed
-        d = delta[changed]
-        self.subtract_from(data, changed, d)
+        # take the old model out and draw the new one (its radius follows its flux)
+        self.subtract_from(data, changed, -self.flux[changed])
         self.flux[changed] += d
-        self.rel_err[changed] = np.nan_to_num(sig[changed] / np.maximum(self.flux[changed], 1e-9))
+        self._set_radius(changed)
+        self.subtract_from(data, changed)
+        self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(self.flux[changed], 1e-9))
         near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]),
                                           r=self.r_out + self.max_radius)
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
+
+    def _fit_change(self, residual, rows, pixel_ok, pixel_var):
+        """PSF fit of each star's flux change (with a constant local sky) on the residual
+        image within 1.5 FWHM of it; returns (change, its error)."""
+        ny, nx = residual.shape
+        change = np.full(rows.size, np.nan)
+        error = np.full(rows.size, np.nan)
+        for k, q in enumerate(self.psfs):
+            sel = np.flatnonzero(self.level[rows] == k)
+            if sel.size == 0:
+                continue
+            r = rows[sel]
+            h = int(np.ceil(max(1.5 * q.fwhm_pix, 3.0)))
+            oy, ox = np.mgrid[-h:h + 1, -h:h + 1]
+            disk = (ox * ox + oy * oy) <= h * h
+            ox, oy = ox[disk], oy[disk]
+            xi = np.rint(self.x[r]).astype(int)
+            yi = np.rint(self.y[r]).astype(int)
+            px = xi[:, None] + ox[None, :]
+            py = yi[:, None] + oy[None, :]
+            inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+            flat = np.where(inside, py * nx + px, 0)
+            ok = inside & pixel_ok.ravel()[flat]
+            vals = np.where(ok, residual.ravel()[flat], 0.0).astype(np.float64)
+            m = q.pixel_values(px - self.x[r, None], py - self.y[r, None])
+            # variance: background plus the star's own Poisson noise
+            w = np.where(ok, 1.0 / (pixel_var + np.maximum(self.flux[r, None] * m, 0.0)), 0.0)
+            s_w, s_m, s_mm = w.sum(1), (w * m).sum(1), (w * m * m).sum(1)
+            s_d, s_md = (w * vals).sum(1), (w * m * vals).sum(1)
+            det = s_mm * s_w - s_m * s_m
+            good = det > 0
+            change[sel] = np.where(good, (s_md * s_w - s_m * s_d) / np.where(good, det, 1.0), np.nan)
+            error[sel] = np.where(good, np.sqrt(s_w / np.where(good, det, 1.0)), np.nan)
+        return change, error
+
+
+class _LightBeyond:
+    """Light of a unit-flux star (circularised PSF) lying beyond radius R from it and inside
+    an aperture of radius r_ap whose centre is at distance d, tabulated in (d, R)."""
+
+    def __init__(self, psf: MoffatPSF, r_ap: float, max_distance: float, max_radius: float):
+        rho = np.sqrt((np.arange(24) + 0.5) / 24) * r_ap
+        phi = np.arange(36) * (2 * np.pi / 36)
+        px = (rho[:, None] * np.cos(phi)[None, :]).ravel()
+        py = (rho[:, None] * np.sin(phi)[None, :]).ravel()
+        cell = np.pi * r_ap ** 2 / px.size
+        self.d = np.arange(0.0, max_distance + 1.0, 0.5)
+        self.r = np.arange(0.0, max_radius + 2.0, 1.0)
+        circular = dataclasses.replace(psf, ellipticity=0.0)
+        u = np.hypot(px[None, :] + self.d[:, None], py[None, :])            # (D, P)
+        light = circular.evaluate(u, 0.0) * cell
+        self.table = np.array([(light * (u > r)).sum(axis=1) for r in self.r]).T   # (D, R)
+
+    def __call__(self, d, radius):
+        from scipy.ndimage import map_coordinates
+
+        return map_coordinates(self.table, [np.asarray(d) / 0.5, np.asarray(radius) / 1.0], order=1, mode="nearest")
 
 
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
@@ -317,14 +409,21 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         model = NeighbourModel(x, y, flux_ref * scale, np.asarray(stars["flux_ref_err"], float) / np.abs(flux_ref),
                                psf, fit.size, r_ap, r_out, sky_sigma, (ny, nx))
         neighbour, neighbour_var = model.contamination()
-        # the sky is measured with every catalogue star's modelled light removed
-        model.subtract_from(data)
+        # the sky is measured with every catalogue star's modelled light removed, away
+        # from where a star's core was (its residual there is the least certain)
+        cores = model.subtract_from(data, cores_above=sky_sigma)
         clock.lap("neighbours")
         report(0.8, "neighbours subtracted")
-    # with the catalogue stars removed, the mean of the clipped annulus is unbiased
-    estimator = "mean" if model is not None else "median"
+    # With the catalogue stars removed, what is left in an annulus is the sky, the faint
+    # stars below the detection limit and noise. The faint stars' light also sits in the
+    # aperture, so the sky to subtract is the mean of it all: clipped only at 5 sigma
+    # (clipping their peaks would remove more of their light in good seeing than in bad).
+    estimator, clip = ("mean", 5.0) if model is not None else ("median", 3.0)
     sky_factor = sky_estimate_factor(estimator)
-    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom, estimator=estimator)
+    if model is None:
+        cores = None
+    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom, nsigma=clip, estimator=estimator,
+                                                avoid=cores)
     clock.lap("sky")
 
     noise = noise_model(sky_level, sky_sigma, info.read_noise_e, info.gain_known)
@@ -354,12 +453,14 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # event): model them at their measured brightness, then measure again
         clean = (pix_summary & (PIXEL_SATURATED | PIXEL_BAD)) == 0
         for _ in range(2):
-            affected = model.update_variables(flux, flux_err, clean & ~outside, data, always=(t_idx,))
+            affected = model.update_variables(flux, flux_err, clean & ~outside, data, pflags == 0, pixel_var,
+                                              always=(t_idx,))
             if affected.size == 0:
                 break
             neighbour, neighbour_var = model.contamination()
             sky[affected], sky_sig[affected], n_sky[affected], ann_edge[affected] = \
-                annulus_sky(data, pflags, x[affected], y[affected], geom, estimator=estimator)
+                annulus_sky(data, pflags, x[affected], y[affected], geom, nsigma=clip, estimator=estimator,
+                            avoid=cores)
             flux, flux_err = fluxes()
         clock.lap("variables")
 

@@ -120,7 +120,7 @@ class BuildLightcurve(DatasetStage):
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
             index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"), "rejected": r.rejected} for r in records},
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
-                     "lightcurve": files["lc_ecsv"]}
+                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order]}
             write_json_atomic(self.index_path, index)
             with atomic_paths(final) as tmp:
                 write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)

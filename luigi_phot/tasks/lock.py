@@ -71,6 +71,7 @@ class ReleaseLock(DatasetStage):
             "n_measured": index.get("n_measured"),
             "n_rejected": index.get("n_rejected"),
             "lightcurve": index.get("lightcurve"),
+            "products": index.get("products", []),
             "upload": upload.get("status"),
         }
         write_json_atomic(self.red / RECORD_NAME, record)

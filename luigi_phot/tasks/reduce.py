@@ -33,7 +33,10 @@ def dataset_is_current(red_dir) -> bool:
     rec = read_json(red / RECORD_NAME)
     if rec is None or lock.read_lock(red) is not None:
         return False
-    return rec.get("fingerprint") == fingerprint(cfg, frame_stats(red))
+    if rec.get("fingerprint") != fingerprint(cfg, frame_stats(red)):
+        return False
+    # a product deleted since (by hand) is made again
+    return all((red / name).is_file() for name in rec.get("products", []))
 
 
 class ReduceDataset(luigi.Task):

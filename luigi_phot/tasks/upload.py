@@ -32,15 +32,17 @@ def _sha256(path) -> str | None:
 
 
 class _UploadTarget(luigi.LocalTarget):
-    """The upload record matches the current light curve and TOM settings."""
+    """The upload record matches the current light curve and TOM settings, and that
+    light curve is on disk (a deleted light curve is rebuilt, then checked again)."""
 
-    def __init__(self, path, key):
+    def __init__(self, path, key, lightcurve_target):
         super().__init__(str(path))
         self.key = key
+        self.lightcurve_target = lightcurve_target
 
     def exists(self) -> bool:
         rec = read_json(self.path)
-        return rec is not None and rec.get("key") == self.key
+        return rec is not None and rec.get("key") == self.key and self.lightcurve_target.exists()
 
 
 class UploadToTOM(DatasetStage):
@@ -60,7 +62,8 @@ class UploadToTOM(DatasetStage):
         return hashlib.sha256(f"{self.config.tom_key()}:{lc_key}".encode()).hexdigest()[:16]
 
     def output(self):
-        return _UploadTarget(self.red / UPLOAD_RECORD_NAME, self._key())
+        lightcurve = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id).output()
+        return _UploadTarget(self.red / UPLOAD_RECORD_NAME, self._key(), lightcurve)
 
     def run(self):
         self.check_lock()
