@@ -108,7 +108,7 @@ class NeighbourModel:
         self.levels = np.linspace(lo, hi, 5) if hi - lo > 0.005 else np.array([float(np.median(self.scale))])
         self.psfs = [dataclasses.replace(psf, fwhm_pix=psf.fwhm_pix * lv) for lv in self.levels]
         widest = self.psfs[-1]
-        self.max_radius = min(8.0 * widest.fwhm_pix, 80.0)
+        self.max_radius = min(10.0 * widest.fwhm_pix, 100.0)
         self.reach = r_out + 3.0 * widest.fwhm_pix
         self.r_out = r_out
         self.kernels = [ApertureKernel(q, r_ap, self.reach) for q in self.psfs]
@@ -128,14 +128,14 @@ class NeighbourModel:
         self._set_radius(np.arange(x.size))
 
     def _set_radius(self, rows) -> None:
-        """Each star is drawn out to where it adds less than 0.2 sigma of sky noise a pixel;
+        """Each star is drawn out to where it adds less than 0.02 sigma of sky noise a pixel;
         its light beyond that radius stays in the image, like the sky, so it is left out of
         its neighbours' apertures too (else it would be subtracted twice: once there, once
         with the sky). Updates the pair fractions of the stars in `rows`."""
         for k, q in enumerate(self.psfs):
             g = rows[self.level[rows] == k]
             if g.size:
-                self.radius[g] = stamp_radius(q, np.abs(self.flux[g]), threshold=0.2 * self.sky_sigma,
+                self.radius[g] = stamp_radius(q, np.abs(self.flux[g]), threshold=0.02 * self.sky_sigma,
                                               max_radius=self.max_radius)
         self.fraction = self.full_fraction.copy()
         for k, lb in enumerate(self.beyond):
