@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -31,7 +32,7 @@ from .config import REDUCTION_CONFIG_NAME, ReductionConfig
 from .photometry.frames import is_frame_name
 
 __all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION",
-           "frame_stats", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
+           "frame_stats", "duplicate_exposures", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
            "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir",
            "resolve_red_dir"]
 
@@ -74,6 +75,30 @@ def frame_stats(red_dir: Path) -> list[tuple[str, int, int]]:
                 if not os.path.isdir(e.path):
                     out.append((e.name, st.st_size, st.st_mtime_ns))
     return sorted(out)
+
+
+def duplicate_exposures(mid_mjd: dict[str, float | None], prefer: list[str] = (),
+                        tolerance_s: float = 0.5) -> dict[str, str]:
+    """Frames that are the same exposure as another frame of the dataset: {duplicate: kept}.
+
+    Two frames whose mid-exposure times (MJD) agree within `tolerance_s` are one exposure
+    (one camera cannot take two at once): the same file under two names, or the plain
+    and fpack versions of one frame. Of each such group the frame listed first in
+    `prefer` is kept, else the first by name. Frames without a time are never duplicates."""
+    rank = {name: i for i, name in enumerate(prefer)}
+    timed = sorted((t, n) for n, t in mid_mjd.items() if t is not None and math.isfinite(t))
+    groups: list[list[tuple[float, str]]] = []
+    for t, n in timed:
+        if groups and (t - groups[-1][-1][0]) * 86400.0 <= tolerance_s:
+            groups[-1].append((t, n))
+        else:
+            groups.append([(t, n)])
+    out = {}
+    for group in groups:
+        names = sorted((n for _, n in group), key=lambda n: (rank.get(n, len(rank)), n))
+        for n in names[1:]:
+            out[n] = names[0]
+    return out
 
 
 def fingerprint(cfg: ReductionConfig, frames: list[tuple[str, int, int]]) -> str:
