@@ -52,9 +52,9 @@ def log_lines(red_dir: Path) -> list[str]:
         return []
 
 
-def luigi_args(red_dir: Path, *extra: str) -> list[str]:
+def luigi_args(red_dir: Path, *extra: str, local: bool = True) -> list[str]:
     return [str(LUIGI), "--module", "luigi_phot", "ReduceDataset", "--red-dir", str(red_dir),
-            "--local-scheduler", *extra]
+            *(["--local-scheduler"] if local else []), *extra]
 
 
 def _env(env: dict | None = None) -> dict:
@@ -74,13 +74,13 @@ class Reduction:
     every worker it forked), its output going to files."""
 
     def __init__(self, red_dir: Path, *extra: str, out_dir: Path, env: dict | None = None,
-                 permissions: bool = False, preexec_fn=None):
+                 permissions: bool = False, preexec_fn=None, local: bool = True):
         self.red_dir = Path(red_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = out_dir / "stdout.txt", out_dir / "stderr.txt"
         prefix = _NO_DAC if permissions and os.geteuid() == 0 else []
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(prefix + luigi_args(red_dir, *extra), cwd=str(self.red_dir.parent),
+            self.proc = subprocess.Popen(prefix + luigi_args(red_dir, *extra, local=local), cwd=str(self.red_dir.parent),
                                          env=_env(env), stdout=out, stderr=err, start_new_session=True,
                                          preexec_fn=preexec_fn)
         self.stdout = self.stderr = ""
