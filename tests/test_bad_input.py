@@ -366,3 +366,53 @@ def test_bad_configuration_stops_with_one_line(dataset, case):
     assert input_checksums(dataset) == before
     assert any(message in ln and " ERROR " in ln for ln in log_lines(dataset))
     assert not (dataset.parent / "EVALUATED").exists() and not (dataset / "EVALUATED").exists()
+
+
+# --------------------------------------------------------------------------
+# Dataset paths confined to data_reduction_dir (the hook for the reduction
+# manager's dataset-list file: luigi_phot.dataset.resolve_dataset_entry)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reduction_tree(tmp_path) -> Path:
+    """data_reduction_dir with one dataset, a directory outside it, and symlinks."""
+    top = tmp_path / "reduction"
+    (top / TARGET / "sinistro" / "ip").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "ip").mkdir(parents=True)
+    (top / TARGET / "sinistro" / "out").symlink_to(tmp_path / "elsewhere" / "ip", target_is_directory=True)
+    (top / "alias").symlink_to(top / TARGET, target_is_directory=True)
+    (top / "loop").symlink_to(top / "loop")
+    return top
+
+
+@pytest.mark.parametrize("entry, accepted", [
+    (f"{TARGET}/sinistro/ip", True),
+    (f"  {TARGET}/sinistro/ip/  ", True),
+    ("alias/sinistro/ip", True),                      # a symlink that stays inside
+    ("ABSOLUTE_INSIDE", True),
+    (f"{TARGET}/sinistro/out", False),                # a symlink that leads out
+    (f"{TARGET}/../../elsewhere/ip", False),          # .. out
+    ("ABSOLUTE_OUTSIDE", False),
+    (".", False),                                     # data_reduction_dir itself
+    (f"{TARGET}/sinistro/missing", False),
+    ("loop", False),
+    ("", False),
+])
+def test_dataset_list_entries_are_resolved_and_confined(reduction_tree, entry, accepted):
+    from luigi_phot.config import ConfigError
+    from luigi_phot.dataset import resolve_dataset_entry
+
+    entry = {"ABSOLUTE_INSIDE": str(reduction_tree / TARGET / "sinistro" / "ip"),
+             "ABSOLUTE_OUTSIDE": str(reduction_tree.parent / "elsewhere" / "ip")}.get(entry, entry)
+    if accepted:
+        assert resolve_dataset_entry(reduction_tree, entry) == (reduction_tree / TARGET / "sinistro" / "ip")
+    else:
+        with pytest.raises(ConfigError) as info:
+            resolve_dataset_entry(reduction_tree, entry, where="datasets.txt line 3")
+        message = str(info.value)
+        assert message.startswith("datasets.txt line 3: ") and "\n" not in message
+        if "out" in entry.split("/")[-1:] or "elsewhere" in entry:
+            assert "outside data_reduction_dir" in message and "refused" in message
+        if entry.endswith("/out"):
+            assert "through a symlink" in message

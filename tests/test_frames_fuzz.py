@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import warnings
 from pathlib import Path
 
