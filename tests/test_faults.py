@@ -292,11 +292,13 @@ class StubTom:
                 product = {"id": pid, "target": 1, "data_product_type": "photometry",
                            "data": f"/data/{TARGET}/none/{name}", "n_points": n_points}
                 stub.products[pid] = product  # stored, as a TOM would, before it answers
-                if stub.mode == "stall":
+                if stub.mode == "stall":  # answer only when released (if the client is still there)
                     stub.upload_started.set()
                     stub.release.wait(timeout=120)
-                    return
-                return self._answer(201, product)
+                try:
+                    self._answer(201, product)
+                except OSError:
+                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -385,6 +387,33 @@ def test_tom_down_fails_the_upload_only_and_the_rerun_uploads(dataset, stub_tom)
     assert STALE not in "\n".join(second)
     assert measurements(dataset) == done_before
     assert input_checksums(dataset) == before
+
+
+def test_a_second_reduction_is_refused_while_one_runs(dataset, tmp_path, stub_tom):
+    """Never twice at once: while a run holds the lock (here: waiting for the TOM to
+    answer its upload), another is refused in one line, or skipped quietly with
+    --if-locked skip, and the first is not disturbed."""
+    with_upload(dataset, stub_tom.url)
+    frames = frames_of(dataset)
+    stub_tom.mode = "stall"
+    first = Reduction(dataset, "--workers", "2", out_dir=tmp_path / "run1")
+    try:
+        assert stub_tom.upload_started.wait(timeout=RUN_TIMEOUT_S), "no upload began"
+        holder = json.loads((dataset / "dataset.lock").read_text())
+        second = reduce_dataset(dataset, "--workers", "1", timeout=RUN_TIMEOUT_S)
+        line = assert_one_line_failure(second, "is being reduced by run", "not starting a second reduction")
+        assert f"pid {holder['pid']}" in line and holder["run_id"] in line
+        skipped = reduce_dataset(dataset, "--if-locked", "skip", timeout=RUN_TIMEOUT_S)
+        assert skipped.returncode == 0, console(skipped)[-3000:]
+        assert json.loads((dataset / "dataset.lock").read_text()) == holder, "the lock changed hands"
+        stub_tom.release.set()
+        first.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        first.kill()
+    assert_finished(dataset, first, frames)
+    assert any("skipped: " in ln and "is being reduced by run" in ln for ln in log_lines(dataset))
+    assert all(n == 1 for n in measured_lines(dataset).values())
+    assert len(stub_tom.products) == 1
 
 
 # --------------------------------------------------------------------------
