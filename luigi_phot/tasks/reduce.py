@@ -96,8 +96,11 @@ class ReduceDataset(luigi.Task):
             status = result.status.name if result is not None else "not run"
             failed = _failure_summary(red, run_id)
             if not failed and result is not None:
-                failed = ("no stage failed, but some were never run (was the scheduler restarted or "
-                          "unreachable?); run again to finish the dataset")
+                if result.status in (luigi.LuigiStatusCode.NOT_RUN, luigi.LuigiStatusCode.SCHEDULING_FAILED):
+                    failed = ("no stage failed, but some were never run (was the scheduler restarted or "
+                              "unreachable?); run again to finish the dataset")
+                else:  # e.g. a full disk: the stages' own one-line reasons are on the console
+                    failed = f"a stage failed, and {LOG_NAME} could not record why (see the messages above)"
             log.error(f"[{run_id}] reduction failed ({status}){': ' + failed if failed else ''}")
             raise StageError(f"{red}: reduction failed ({status}){': ' + failed if failed else ''}")
         log.info(f"[{run_id}] reduction finished")
