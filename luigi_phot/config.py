@@ -11,8 +11,10 @@ file, the key and what was expected, for example::
 
     reduction_config.yaml: target.RA '17:99:00' is not a valid sexagesimal RA
 
-Nothing else in the package reads YAML. YAML is loaded with ``safe_load``:
-no value is ever evaluated as code.
+Nothing else in the package reads YAML. YAML is loaded with a safe loader:
+no value is ever evaluated as code, aliases (``*name``) are refused, and an
+unquoted ``17:30:25.5`` stays the text it looks like (YAML 1.1 would read it
+as a base-60 number).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,42 @@ class ConfigError(ValueError):
     """A configuration file is missing, unreadable or invalid (one-line message)."""
 
 
+#: A configuration file is a few hundred bytes; anything this large is something else.
+MAX_CONFIG_BYTES = 1_000_000
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 60
+_SHOW.maxother = 60
+_SHOW.maxlong = 40
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 4
+_SHOW.maxlevel = 2
+
+
+def _show(value: Any) -> str:
+    """A short, one-line repr of a configuration value for error messages."""
+    return _SHOW.repr(value)
+
+
+def _finite(value: Any) -> float | None:
+    """The value as a finite float when it is a (non-boolean) number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _exists(path: Path, kind: str) -> bool:
+    """path.is_file() / is_dir() that is False, not an exception, for names the
+    file system refuses (too long, not searchable)."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 # --------------------------------------------------------------------------
 # Sexagesimal coordinates
 # --------------------------------------------------------------------------
@@ -89,9 +128,10 @@ def parse_ra(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("is not a valid sexagesimal RA")
     if isinstance(value, (int, float)):
-        if not (math.isfinite(value) and 0.0 <= value < 360.0):
+        deg = _finite(value)
+        if deg is None or not 0.0 <= deg < 360.0:
             raise ValueError("is out of range (decimal degrees must be in [0, 360))")
-        return float(value)
+        return deg
     parts = _split_sexagesimal(str(value))
     if parts is None:
         raise ValueError("is not a valid sexagesimal RA (expected 'HH:MM:SS.s')")
@@ -106,9 +146,10 @@ def parse_dec(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("is not a valid sexagesimal Dec")
     if isinstance(value, (int, float)):
-        if not (math.isfinite(value) and -90.0 <= value <= 90.0):
+        deg = _finite(value)
+        if deg is None or not -90.0 <= deg <= 90.0:
             raise ValueError("is out of range (decimal degrees must be in [-90, 90])")
-        return float(value)
+        return deg
     parts = _split_sexagesimal(str(value))
     if parts is None:
         raise ValueError("is not a valid sexagesimal Dec (expected '+DD:MM:SS.s')")
@@ -141,8 +182,11 @@ class _Section:
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.path}: {message}")
 
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
+    def key(self, name: Any) -> str:
+        text = str(name)
+        if len(text) > 40 or not text.isprintable():
+            text = _show(text)
+        return f"{self.prefix}{text}"
 
     def has(self, name: str) -> bool:
         return name in self.data and self.data[name] is not None
@@ -174,7 +218,7 @@ class _Section:
         value = self.raw(name, default, required)
         if value is None or isinstance(value, bool):
             return value
-        raise self.error(f"{self.key(name)} must be true or false, not {value!r}")
+        raise self.error(f"{self.key(name)} must be true or false, not {_show(value)}")
 
     def number(self, name: str, default: float | None = None, required: bool = False,
                minimum: float | None = None, maximum: float | None = None,
@@ -183,15 +227,15 @@ class _Section:
         if value is None:
             return None
         kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (integer and not float(value).is_integer()) or not math.isfinite(value):
-            raise self.error(f"{self.key(name)} must be {kind}, not {value!r}")
-        value = int(value) if integer else float(value)
+        number = _finite(value)
+        if number is None or (integer and not number.is_integer()):
+            raise self.error(f"{self.key(name)} must be {kind}, not {_show(value)}")
+        value = int(number) if integer else number
         if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
             rel = ">" if exclusive_minimum else ">="
-            raise self.error(f"{self.key(name)} must be {rel} {minimum:g}, not {value!r}")
+            raise self.error(f"{self.key(name)} must be {rel} {minimum:g}, not {_show(value)}")
         if maximum is not None and value > maximum:
-            raise self.error(f"{self.key(name)} must be <= {maximum:g}, not {value!r}")
+            raise self.error(f"{self.key(name)} must be <= {maximum:g}, not {_show(value)}")
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: str | None = None,
@@ -200,7 +244,7 @@ class _Section:
         if value is None:
             return None
         if value.lower() not in choices:
-            raise self.error(f"{self.key(name)} must be one of {', '.join(choices)}, not {value!r}")
+            raise self.error(f"{self.key(name)} must be one of {', '.join(choices)}, not {_show(value)}")
         return value.lower()
 
     def path_value(self, name: str, base: Path, required: bool = False) -> Path | None:
@@ -209,6 +253,8 @@ class _Section:
             if required:
                 raise self.error(f"missing key {self.key(name)}")
             return None
+        if "\x00" in text:
+            raise self.error(f"{self.key(name)} must not contain a NUL character")
         p = Path(os.path.expanduser(text))
         return p if p.is_absolute() else (base / p)
 
@@ -220,10 +266,44 @@ class _Section:
             raise self.error(f"unknown key {self.key(unknown[0])} (known keys here: {known})")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only: a ``!!python/...`` tag is an error)
+    that also refuses aliases - a configuration needs none, and nested aliases
+    expand into billions of values ('billion laughs') - and keeps values that
+    look sexagesimal (17:30:25.5) as text instead of base-60 numbers."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a configuration file",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _timestamp_or_text(loader, node):
+    """A date as a date, and an impossible one (2026-13-01) as the text written."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+_ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "+-0123456789":
+    _ConfigLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:str", re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")))
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise OverflowError
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -234,13 +314,22 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{path}: {what} is not a text file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    except OverflowError:
+        raise ConfigError(f"{path}: {what} is larger than {MAX_CONFIG_BYTES} bytes, too large for a "
+                          "configuration file") from None
+    except ValueError:  # a NUL character in the path
+        raise ConfigError(f"{_show(str(path))}: not a usable file name") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or "syntax error").split())
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # a value PyYAML cannot construct
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     if data is None:
         raise ConfigError(f"{path}: {what} is empty")
     if not isinstance(data, dict):
@@ -401,18 +490,18 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     t = top.section("target", required=True)
     name = t.string("name", required=True)
     if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-        raise t.error(f"target.name {name!r} may use only letters, digits and _ . + - "
+        raise t.error(f"target.name {_show(name)} may use only letters, digits and _ . + - "
                       "(it becomes part of file names)")
     ra_raw = t.raw("RA", required=True)
     dec_raw = t.raw("Dec", required=True)
     try:
         ra = parse_ra(ra_raw)
     except ValueError as exc:
-        raise t.error(f"target.RA {ra_raw!r} {exc}") from None
+        raise t.error(f"target.RA {_show(ra_raw)} {exc}") from None
     try:
         dec = parse_dec(dec_raw)
     except ValueError as exc:
-        raise t.error(f"target.Dec {dec_raw!r} {exc}") from None
+        raise t.error(f"target.Dec {_show(dec_raw)} {exc}") from None
     t.finish()
     target = TargetConfig(name=name, ra_deg=ra, dec_deg=dec)
 
@@ -421,9 +510,9 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     annulus = p.raw("annulus_arcsec")
     if annulus is not None:
         if (not isinstance(annulus, (list, tuple)) or len(annulus) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in annulus)):
+                or not all(_finite(v) is not None for v in annulus)):
             raise p.error("photometry.annulus_arcsec must be a list of two numbers [inner, outer]")
-        annulus = (float(annulus[0]), float(annulus[1]))
+        annulus = (_finite(annulus[0]), _finite(annulus[1]))
         if not (aperture <= annulus[0] < annulus[1]):
             raise p.error("photometry.annulus_arcsec must satisfy aperture_arcsec <= inner < outer, "
                           f"not {list(annulus)}")
@@ -432,10 +521,10 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     if ref in ("", "None"):
         ref = None
     if ref is not None and (os.sep in ref or ref in (".", "..")):
-        raise p.error(f"photometry.reference_image {ref!r} must be a file name inside red_dir, not a path")
+        raise p.error(f"photometry.reference_image {_show(ref)} must be a file name inside red_dir, not a path")
     cat_file = p.path_value("catalogue_file", base)
-    if cat_file is not None and not cat_file.is_file():
-        raise p.error(f"photometry.catalogue_file {str(cat_file)!r} does not exist")
+    if cat_file is not None and not _exists(cat_file, "file"):
+        raise p.error(f"photometry.catalogue_file {_show(str(cat_file))} does not exist")
     phot = PhotometryConfig(
         aperture_arcsec=aperture,
         aperture_fwhm_multiple=fwhm_multiple,
@@ -457,11 +546,11 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     site = c.raw("site")
     if site is not None:
         if (not isinstance(site, dict) or set(site) != {"latitude", "longitude", "height"}
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in site.values())):
+                or not all(_finite(v) is not None for v in site.values())):
             raise c.error("camera.site must be a mapping with latitude (deg), longitude (deg east) and height (m)")
-        if not (-90 <= site["latitude"] <= 90 and -360 <= site["longitude"] <= 360):
-            raise c.error(f"camera.site latitude/longitude out of range: {site}")
-        site = (float(site["latitude"]), float(site["longitude"]), float(site["height"]))
+        site = (_finite(site["latitude"]), _finite(site["longitude"]), _finite(site["height"]))
+        if not (-90 <= site[0] <= 90 and -360 <= site[1] <= 360):
+            raise c.error(f"camera.site latitude/longitude out of range: {_show(site)}")
     camera = CameraConfig(
         gain_e_per_adu=c.number("gain_e_per_adu", minimum=0.0, exclusive_minimum=True),
         read_noise_e=c.number("read_noise_e", minimum=0.0),
@@ -478,7 +567,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     tom_file = tm.path_value("config_file", base)
     label = tm.string("data_label", default=name) or name
     if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
-        raise tm.error(f"tom.data_label {label!r} may use only letters, digits and _ . + -")
+        raise tm.error(f"tom.data_label {_show(label)} may use only letters, digits and _ . + -")
     create = tm.boolean("create_target", False)
     flagged = tm.boolean("include_flagged", False)
     tm.finish()
@@ -525,8 +614,8 @@ def load_tom_config(path: str | os.PathLike) -> TomConfig:
     path = Path(path)
     s = _Section(path, _read_yaml(path, "TOM configuration"))
     url = s.string("url", required=True)
-    if not re.match(r"^https?://[^\s/]+", url):
-        raise s.error(f"url {url!r} must start with http:// or https://")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise s.error(f"url {_show(url)} must start with http:// or https://")
     if "@" in url.split("/")[2]:
         # Not echoed: the text before '@' is a password. Credentials in the URL
         # would also end up in every message that names the TOM.
@@ -595,7 +684,7 @@ def _date(section: _Section, name: str) -> dt.date | None:
     try:
         return dt.datetime.strptime(str(value).strip(), "%Y-%m-%d").date()
     except ValueError:
-        raise section.error(f"{section.key(name)} {value!r} is not a date in %Y-%m-%d form") from None
+        raise section.error(f"{section.key(name)} {_show(value)} is not a date in %Y-%m-%d form") from None
 
 
 def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
@@ -605,8 +694,8 @@ def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
     top = _Section(path, _read_yaml(path, "reduction manager configuration"))
     log_dir = top.path_value("log_dir", base, required=True)
     red = top.path_value("data_reduction_dir", base, required=True)
-    if not red.is_dir():
-        raise top.error(f"data_reduction_dir {str(red)!r} is not a directory")
+    if not _exists(red, "dir"):
+        raise top.error(f"data_reduction_dir {_show(str(red))} is not a directory")
     software = top.path_value("software_dir", base)
     instruments = top.raw("instrument_list", required=True)
     if isinstance(instruments, str):
@@ -616,7 +705,7 @@ def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
         raise top.error("instrument_list must be a non-empty list of instrument directory names")
     for inst in instruments:
         if "/" in inst or inst in (".", ".."):
-            raise top.error(f"instrument_list entry {inst!r} must be a directory name, not a path")
+            raise top.error(f"instrument_list entry {_show(inst)} must be a directory name, not a path")
     sel = top.section("dataset_selection", required=True)
     group = sel.choice("group", ("all", "date", "recent", "file"), required=True)
     sel_file = sel.path_value("file", base)
@@ -627,8 +716,8 @@ def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
     if group == "file":
         if sel_file is None:
             raise sel.error("dataset_selection.file is required when group is 'file'")
-        if not sel_file.is_file():
-            raise sel.error(f"dataset_selection.file {str(sel_file)!r} does not exist")
+        if not _exists(sel_file, "file"):
+            raise sel.error(f"dataset_selection.file {_show(str(sel_file))} does not exist")
     if group == "date":
         if start is None and end is None:
             raise sel.error("dataset_selection.start_date or end_date is required when group is 'date'")

@@ -23,7 +23,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -31,9 +33,9 @@ from .config import REDUCTION_CONFIG_NAME, ReductionConfig
 from .photometry.frames import is_frame_name
 
 __all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION",
-           "frame_stats", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
+           "WriteError", "frame_stats", "duplicate_exposures", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
            "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir",
-           "resolve_red_dir"]
+           "resolve_red_dir", "resolve_dataset_entry"]
 
 PRODUCTS_DIR = "photometry"
 RECORD_NAME = "reduction_record.json"
@@ -50,6 +52,34 @@ def resolve_red_dir(red_dir: str | os.PathLike) -> Path:
     if not p.is_dir():
         raise FileNotFoundError(f"{red_dir}: not a directory")
     return p
+
+
+def resolve_dataset_entry(data_reduction_dir: str | os.PathLike, entry: str, where: str = "dataset list") -> Path:
+    """The dataset directory named by one entry of a dataset-list file: a path relative to
+    `data_reduction_dir` (or absolute), resolved with every symlink followed, which must
+    lie strictly inside `data_reduction_dir` and be a directory. Raises ConfigError, one
+    line starting with `where` (e.g. 'datasets.txt line 3'). For the reduction manager:
+    a list must not make it reduce, lock or write anywhere else."""
+    from .config import ConfigError
+
+    base = Path(os.path.expanduser(str(data_reduction_dir))).resolve()
+    text = str(entry).strip()
+    if not text or "\x00" in text:
+        raise ConfigError(f"{where}: {text[:80]!r} is not a dataset path")
+    given = Path(os.path.expanduser(text))
+    path = given if given.is_absolute() else base / given
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigError(f"{where}: {text!r} cannot be resolved ({exc})") from None
+    if real == base:
+        raise ConfigError(f"{where}: {text!r} is data_reduction_dir itself, not a dataset directory in it")
+    if base not in real.parents:
+        via = " through a symlink" if real != Path(os.path.abspath(path)) else ""
+        raise ConfigError(f"{where}: {text!r} leads{via} to {real}, outside data_reduction_dir {base}: refused")
+    if not real.is_dir():
+        raise ConfigError(f"{where}: {text!r} ({real}) is not a directory")
+    return real
 
 
 def catalogue_path(red_dir: Path) -> Path:
@@ -76,6 +106,30 @@ def frame_stats(red_dir: Path) -> list[tuple[str, int, int]]:
     return sorted(out)
 
 
+def duplicate_exposures(mid_mjd: dict[str, float | None], prefer: list[str] = (),
+                        tolerance_s: float = 0.5) -> dict[str, str]:
+    """Frames that are the same exposure as another frame of the dataset: {duplicate: kept}.
+
+    Two frames whose mid-exposure times (MJD) agree within `tolerance_s` are one exposure
+    (one camera cannot take two at once): the same file under two names, or the plain
+    and fpack versions of one frame. Of each such group the frame listed first in
+    `prefer` is kept, else the first by name. Frames without a time are never duplicates."""
+    rank = {name: i for i, name in enumerate(prefer)}
+    timed = sorted((t, n) for n, t in mid_mjd.items() if t is not None and math.isfinite(t))
+    groups: list[list[tuple[float, str]]] = []
+    for t, n in timed:
+        if groups and (t - groups[-1][-1][0]) * 86400.0 <= tolerance_s:
+            groups[-1].append((t, n))
+        else:
+            groups.append([(t, n)])
+    out = {}
+    for group in groups:
+        names = sorted((n for _, n in group), key=lambda n: (rank.get(n, len(rank)), n))
+        for n in names[1:]:
+            out[n] = names[0]
+    return out
+
+
 def fingerprint(cfg: ReductionConfig, frames: list[tuple[str, int, int]]) -> str:
     """What a finished reduction was made from: configuration, frames, pipeline schema."""
     text = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.fingerprint_key(), "frames": frames})
@@ -96,17 +150,70 @@ def atomic_path(path: Path):
     """Yield a hidden temporary path beside `path` (same extension); on success it is
     flushed to disk and renamed to `path`, on error removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError(path, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+class WriteError(RuntimeError):
+    """A file of red_dir could not be written: a full disk, a quota, a read-only or
+    unwritable directory, a file-size limit. ``str()`` is one line naming the file."""
+
+    def __init__(self, path: Path, cause: OSError):
+        self.path = Path(path)
+        self.reason = _write_failure_reason(cause, self.path)
+        super().__init__(f"cannot write {self.path}: {self.reason}")
+
+
+def _write_failure_reason(exc: OSError, path: Path) -> str:
+    """Why a write failed. Libraries that write (numpy's tofile under astropy) often raise
+    an OSError without errno ('1092 requested and 640 written'): then look for the cause."""
+    if exc.errno is not None and exc.strerror:
+        return exc.strerror
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < 1 << 20:
+            return f"No space left on device ({free} bytes free)"
+    except OSError:
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            return f"File too large (this process may write files of at most {soft} bytes: ulimit -f)"
+    except (ImportError, OSError, ValueError):
+        pass
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def _failed_file(exc: OSError, tmps: dict[str, Path], paths: dict[str, Path]) -> Path:
+    """Which of several files being written failed: the one the error names, else the
+    temporary written last (they are written one after the other)."""
+    final = {str(t): Path(paths[k]) for k, t in tmps.items()}
+    if exc.filename and str(exc.filename) in final:
+        return final[str(exc.filename)]
+    written = []
+    for k, t in tmps.items():
+        with contextlib.suppress(OSError):
+            written.append((t.stat().st_mtime_ns, Path(paths[k])))
+    if written:
+        return max(written, key=lambda w: w[0])[1]
+    return Path(next(iter(paths.values()))).parent
 
 
 @contextlib.contextmanager
@@ -126,6 +233,12 @@ def atomic_paths(paths: dict[str, Path]):
                 os.fsync(fh.fileno())
         for k, p in paths.items():
             os.replace(tmps[k], p)
+    except OSError as exc:
+        failed = _failed_file(exc, tmps, paths)
+        for t in tmps.values():
+            with contextlib.suppress(OSError):
+                t.unlink()
+        raise WriteError(failed, exc) from exc
     except BaseException:
         for t in tmps.values():
             with contextlib.suppress(OSError):
@@ -154,6 +267,37 @@ def remove_stale_temporaries(red_dir: Path) -> int:
     return n
 
 
+class _LogFile(logging.FileHandler):
+    """aperture_pipeline.log. When it cannot be written (full disk, read-only red_dir)
+    that is said once, in one line on stderr, and the run goes on: logging.FileHandler
+    would raise from the logging call, or print a traceback for every message."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self._pid = os.getpid()
+        self.reported = False
+
+    def emit(self, record):
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record):
+        if not self.reported:
+            self.reported = True
+            exc = sys.exc_info()[1]
+            reason = getattr(exc, "strerror", None) or str(exc)
+            sys.stderr.write(f"luigi_phot: cannot write {self.baseFilename}: {reason} "
+                             "(log messages are lost until it can)\n")
+        if self.stream is not None and not self.stream.closed:
+            try:  # drop what could not be written, so the next message starts clean
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None
+
+
 _LOGGERS: dict[str, logging.Logger] = {}
 
 
@@ -165,8 +309,7 @@ def dataset_logger(red_dir: Path) -> logging.Logger:
         logger = logging.getLogger("luigi_phot.dataset." + hashlib.sha1(key.encode()).hexdigest()[:10])
         for h in list(logger.handlers):
             logger.removeHandler(h)
-        handler = logging.FileHandler(red_dir / LOG_NAME, mode="a", encoding="utf-8", delay=True)
-        handler._pid = os.getpid()
+        handler = _LogFile(red_dir / LOG_NAME)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

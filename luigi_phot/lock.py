@@ -133,10 +133,20 @@ def _link_new(path: Path, content: str) -> bool:
     tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.write(fd, content.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            os.write(fd, content.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        # a full disk: leave no half-made lock file behind, and say which file failed
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if not exc.filename:
+            exc.filename = str(path)
+        raise
     try:
         os.link(tmp, path)
         return True

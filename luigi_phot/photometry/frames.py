@@ -53,6 +53,10 @@ PIXEL_COSMIC = np.uint8(4)     # cosmic-ray hit (BPM bit 8, or found by our dete
 DEFAULT_GAIN_E_PER_ADU = 1.0
 DEFAULT_READ_NOISE_E = 5.0
 
+#: Largest image accepted (pixels): larger than any single detector read out today, and a
+#: corrupt NAXISn must not make the reader allocate tens of gigabytes.
+MAX_PIXELS = 2 ** 28
+
 FRAME_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fits.gz", ".fit.gz", ".fts.gz")
 
 #: LCO sites (latitude deg, longitude deg east, height m), for frames with SITEID only.
@@ -168,6 +172,8 @@ def _open(path: Path):
         raise FrameError(path, "cannot be read (permission denied)") from None
     except OSError as exc:
         text = str(exc)
+        if "No SIMPLE card" in text:
+            raise FrameError(path, "not a FITS file (it does not start with a FITS header)") from None
         if "truncated" in text.lower() or "END card" in text or "Empty or corrupt" in text:
             raise FrameError(path, "not a readable FITS file (truncated or corrupt)") from None
         raise FrameError(path, f"not a readable FITS file ({_short(text)})") from None
@@ -366,10 +372,24 @@ def _wcs_of(header):
         return None, None
 
 
+def _unexpected(path: Path, what: str, exc: Exception) -> FrameError:
+    """A FrameError for an exception astropy (or numpy) raised on a corrupt file: its
+    cards are parsed lazily, so a broken header can raise on any access."""
+    return FrameError(path, f"{what} unreadable (corrupt file: {_short(f'{type(exc).__name__}: {exc}', 100)})")
+
+
 def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None, hdul=None) -> FrameInfo:
     """Header facts of a frame (no pixels read). Raises FrameError when unusable."""
     path = Path(path)
-    camera = camera or CameraConfig()
+    try:
+        return _read_frame_info(path, camera or CameraConfig(), hdul)
+    except (FrameError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unexpected(path, "header", exc) from None
+
+
+def _read_frame_info(path: Path, camera: CameraConfig, hdul) -> FrameInfo:
     own = hdul is None
     if own:
         hdul = _open(path)
@@ -457,18 +477,48 @@ def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None,
 
 
 def _read_plane(path: Path, hdu, what: str) -> np.ndarray:
+    shape = _hdu_shape(hdu) if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) else ()
+    n_pixels = math.prod(shape) if shape else 0
+    if n_pixels > MAX_PIXELS:
+        raise FrameError(path, f"{what} header declares {'x'.join(map(str, shape[::-1]))} pixels, "
+                               f"more than the {MAX_PIXELS} this reader accepts (corrupt header?)")
+    if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and not isinstance(hdu, fits.CompImageHDU) \
+            and n_pixels and not _is_gzip(path):
+        # a header that promises more pixels than the file holds: say so before reading
+        try:
+            need = int(hdu.fileinfo()["datLoc"]) + n_pixels * abs(int(hdu.header.get("BITPIX", 8))) // 8
+            have = path.stat().st_size
+        except Exception:
+            need = have = 0
+        if need > have:
+            raise FrameError(path, f"{what} pixels unreadable: the file is truncated ({have} bytes, "
+                                   f"its header needs {need})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
             data = hdu.data
-    except (AstropyUserWarning, OSError, ValueError, TypeError, IndexError, EOFError) as exc:
-        raise FrameError(path, f"{what} pixels unreadable (truncated or corrupt file: {_short(str(exc), 60)})") from None
+        if data is not None:
+            data = np.asarray(data)
+            if data.dtype.kind not in "biuf":
+                raise TypeError(f"pixel type {data.dtype} is not a number")
+    except MemoryError:
+        raise
+    except Exception as exc:  # decompression and reshaping of corrupt files raise many types
+        raise FrameError(path, f"{what} pixels unreadable (truncated or corrupt file: "
+                               f"{_short(f'{type(exc).__name__}: {exc}', 80)})") from None
     if data is None:
         raise FrameError(path, f"{what} holds no pixels")
-    data = np.asarray(data)
     if data.ndim == 3:
         data = data[0]
     return data
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
 
 
 def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
@@ -476,7 +526,15 @@ def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> F
     from BPM, non-finite values and saturation, and ERR in electrons when present and
     the same shape. Raises FrameError when the frame cannot be used."""
     path = Path(path)
-    camera = camera or CameraConfig()
+    try:
+        return _load_frame(path, camera or CameraConfig())
+    except (FrameError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _unexpected(path, "frame", exc) from None
+
+
+def _load_frame(path: Path, camera: CameraConfig) -> Frame:
     hdul = _open(path)
     try:
         info = read_frame_info(path, camera, hdul=hdul)

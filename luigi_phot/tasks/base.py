@@ -3,19 +3,21 @@ and one-line failure messages for the errors users cause."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
 import luigi
 
 from ..config import ConfigError, ReductionConfig, load_reduction_config
-from ..dataset import config_path, dataset_logger
+from ..dataset import WriteError, config_path, dataset_logger
 from ..lock import LockHeldError, read_lock
 
-__all__ = ["DatasetStage", "StageError", "USER_ERRORS", "load_config", "run_owner_pid", "register_run_owner",
-           "install_console_filter"]
+__all__ = ["DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
+           "register_run_owner", "install_console_filter"]
 
 
 class StageError(RuntimeError):
@@ -26,7 +28,7 @@ def _user_errors():
     from ..photometry.catalogue import CatalogueError
     from ..photometry.frames import FrameError
 
-    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError]
+    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError, WriteError]
     try:
         from ..tom import TomError
         errors.append(TomError)
@@ -43,6 +45,33 @@ def user_errors() -> tuple:
     if not USER_ERRORS:
         USER_ERRORS = _user_errors()
     return USER_ERRORS
+
+
+#: File-system errors that are the environment's, not the pipeline's: a full disk, a
+#: quota, a read-only or unwritable red_dir, a file-size limit, a failing device.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_ENVIRONMENT_ERRNOS = _WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.EIO}
+#: Hidden temporaries (dataset.atomic_path, lock creation) are named after the file being written.
+_TEMPORARY = re.compile(r"^\.tmp-[0-9a-f]{8}-(?P<name>.+)$|^\.(?P<lock>dataset\.lock)\..+$")
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """The one-line message for an error users or their environment cause (bad input,
+    configuration, a held lock, a full disk or read-only red_dir), None for others
+    (bugs: those keep their traceback)."""
+    if isinstance(exc, user_errors()):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        where = ""
+        if exc.filename:
+            path = Path(os.fsdecode(exc.filename))
+            m = _TEMPORARY.match(path.name)
+            if m:
+                path = path.with_name(m.group("name") or m.group("lock"))
+            where = f" {path}"
+        verb = "cannot write" if exc.errno in _WRITE_ERRNOS else "cannot access"
+        return f"{verb}{where}: {exc.strerror or os.strerror(exc.errno)}"
+    return None
 
 
 _CONFIGS: dict[str, tuple[tuple, ReductionConfig]] = {}
@@ -115,15 +144,13 @@ class DatasetStage(luigi.Task):
 
     def on_failure(self, exception):
         """One line for errors users cause (shown in the visualiser and the log)."""
-        if isinstance(exception, user_errors()):
-            message = str(exception)
-        else:
-            message = f"{type(exception).__name__}: {exception}"
+        one_line = one_line_error(exception)
+        message = one_line or f"{type(exception).__name__}: {exception}"
         try:
             self.note(f"FAILED: {message}", logging.ERROR)
         except Exception:
             pass
-        return message if isinstance(exception, user_errors()) else super().on_failure(exception)
+        return message if one_line is not None else super().on_failure(exception)
 
     def timed(self):
         return _Timer()
@@ -145,8 +172,9 @@ class _OneLineUserErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and isinstance(exc, user_errors()):
-            record.msg = f"{record.getMessage()}: {exc}"
+        one_line = one_line_error(exc) if exc is not None else None
+        if one_line is not None:
+            record.msg = f"{record.getMessage()}: {one_line}"
             record.args = ()
             record.exc_info = None
             record.exc_text = None

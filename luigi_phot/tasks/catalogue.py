@@ -19,6 +19,23 @@ def catalogue_header(path) -> fits.Header | None:
         return None
 
 
+def _frame_problems(frames, camera, shown: int = 6) -> str:
+    """'; a.fits: empty file; b.fits: ...' for the frames whose header is unusable (the
+    others had no stars near the target, or no WCS that puts it on the frame)."""
+    from ..photometry.frames import FrameError, read_frame_info
+
+    problems = []
+    for path in frames:
+        try:
+            read_frame_info(path, camera)
+        except FrameError as exc:
+            problems.append(str(exc))
+    if not problems:
+        return ""
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return " (" + "; ".join(problems[:shown]) + more + ")"
+
+
 class _CatalogueTarget(luigi.LocalTarget):
     """The catalogue exists, was built for the current configuration, and its
     reference frame is still in the dataset."""
@@ -67,7 +84,10 @@ class BuildCatalogue(DatasetStage):
                 choice = choose_reference(frames, cfg.camera, cfg.target.ra_deg, cfg.target.dec_deg,
                                           configured=configured)
             except CatalogueError as exc:
-                raise StageError(f"{self.red}: {exc}") from None
+                if configured is not None:
+                    raise StageError(f"{self.red}: {exc}") from None
+                raise StageError(f"{self.red}: no usable frame among the {len(frames)} frames: {exc}"
+                                 f"{_frame_problems(frames, cfg.camera)}") from None
             reason = reason_prefix or choice.reason
             self.note(f"reference frame {choice.path.name} ({reason}); dataset filter {choice.filter_name}")
             self.set_status_message(f"building the catalogue on {choice.path.name}")

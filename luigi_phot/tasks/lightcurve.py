@@ -13,7 +13,8 @@ import luigi
 
 import numpy as np
 
-from ..dataset import PRODUCTS_DIR, atomic_paths, catalogue_path, frame_stats, measurement_dir, write_json_atomic
+from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_stats, measurement_dir,
+                       write_json_atomic)
 from .base import DatasetStage, StageError
 from .catalogue import BuildCatalogue
 from .lock import LockDataset
@@ -37,6 +38,21 @@ def ecsv_meta_value(path, key: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+def _duplicates(records, reference_image: str) -> dict[str, str]:
+    """{frame: why it is not used} for frames that are the same exposure as another
+    (kept: the reference, else a measured frame, else the first by name)."""
+    def mid(r):
+        try:
+            return float(r.header.get("MJDMID"))
+        except (TypeError, ValueError):
+            return None
+
+    prefer = [reference_image] + sorted(r.image for r in records if r.columns is not None)
+    same = duplicate_exposures({r.image: mid(r) for r in records}, prefer)
+    return {dup: f"the same exposure as {kept} (same mid-exposure time): not used twice"
+            for dup, kept in same.items()}
 
 
 class _LightcurveTarget(luigi.LocalTarget):
@@ -102,10 +118,12 @@ class BuildLightcurve(DatasetStage):
                     self.set_progress_percentage(int(60 * k / max(len(paths), 1)))
                     self.set_status_message(f"reading measurements {k}/{len(paths)}")
             cat = Catalogue.load(catalogue_path(self.red))
+            duplicates = _duplicates(records, cat.reference_image)
             self.set_status_message("calibrating")
             try:
-                products = build_lightcurve(records, cat, cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
-                                            cfg.photometry.default_zero_point)
+                products = build_lightcurve([r for r in records if r.image not in duplicates], cat,
+                                            cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
+                                            cfg.photometry.default_zero_point, extra_rejected=duplicates)
             except ValueError as exc:
                 raise StageError(f"{self.red}: {exc}") from None
             products.lightcurve.meta["input_key"] = self.input_key()
@@ -118,7 +136,8 @@ class BuildLightcurve(DatasetStage):
             self.set_status_message("writing products")
             title = f"{cfg.target.name} {cat.filter_name}"
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
-            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"), "rejected": r.rejected} for r in records},
+            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"),
+                                          "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
                      "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order]}
             write_json_atomic(self.index_path, index)

@@ -7,7 +7,7 @@ import datetime as dt
 import luigi
 
 from .. import lock
-from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, fingerprint, frame_stats, read_json,
+from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint, frame_stats, read_json,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
 
@@ -34,8 +34,11 @@ class LockDataset(DatasetStage):
         return LockTarget(self.red, self.run_id)
 
     def run(self):
-        holder = lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
-                              warn=lambda m: self.note(m, 30))
+        try:
+            holder = lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
+                                  warn=lambda m: self.note(m, 30))
+        except OSError as exc:  # a read-only red_dir, a full disk
+            raise WriteError(self.red / lock.LOCK_NAME, exc) from exc
         removed = remove_stale_temporaries(self.red)
         self.note(f"lock taken by pid {holder.pid} on {holder.host}"
                   + (f"; removed {removed} temporary files left by an interrupted run" if removed else ""))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import traceback
 from pathlib import Path
 
 import luigi
@@ -31,6 +33,31 @@ def measurement_key(red_dir: Path, cfg) -> str:
         cat_id = hdr.get("CATID", "none") if hdr is not None else "none"
         _KEYS[cache_key] = hashlib.sha256(f"{cfg.measurement_key()}:{cat_id}".encode()).hexdigest()[:12]
     return _KEYS[cache_key]
+
+
+def header_wcs_error(info, cat, m, tolerance_arcsec: float = 5.0) -> str | None:
+    """A warning when the frame's header WCS puts the target more than `tolerance_arcsec`
+    away from where the aligned catalogue stars put it (None when it agrees, or has no WCS)."""
+    if info.wcs is None:
+        return None
+    t = cat.target_index
+    x, y = float(m.columns["x"][t]), float(m.columns["y"][t])
+    method = m.header.get("ALN_METH", ("?",))[0]
+    what = "ignored: aligned on the star pattern" if method == "pattern" else "corrected by the alignment"
+    try:
+        ra, dec = float(cat.stars["ra"][t]), float(cat.stars["dec"][t])
+        wx, wy = info.wcs.all_world2pix([[ra, dec]], 0)[0]
+        if not (math.isfinite(wx) and math.isfinite(wy)):
+            raise ValueError
+    except Exception:
+        return f"header WCS cannot place the target ({what})"
+    scale = info.pixel_scale_arcsec or cat.pixel_scale_arcsec
+    off = math.hypot(wx - x, wy - y) * scale
+    if off <= tolerance_arcsec:
+        return None
+    size = f"{off / 3600:.2f} deg" if off >= 3600 else f"{off / 60:.1f} arcmin" if off >= 60 else f"{off:.1f} arcsec"
+    return (f"header WCS is off by {size} at the target (puts it at pixel {wx:.0f}, {wy:.0f}; "
+            f"the stars put it at {x:.0f}, {y:.0f}): {what}")
 
 
 class _FreshTarget(luigi.LocalTarget):
@@ -84,7 +111,17 @@ class MeasureImage(DatasetStage):
                 if info.notes:
                     self.note(f"{self.image}: " + "; ".join(info.notes), 30)
                 cat = Catalogue.load(catalogue_path(self.red))
-                m = measure_frame(frame, cat, MeasureSettings.from_config(cfg.photometry), progress=progress)
+                try:
+                    m = measure_frame(frame, cat, MeasureSettings.from_config(cfg.photometry), progress=progress)
+                except (FrameRejected, MemoryError):
+                    raise
+                except Exception as exc:
+                    # bad pixels we did not foresee must not stop the other frames (or the
+                    # dataset): reject this one, with the traceback for whoever fixes it
+                    self.log.warning(f"[{self.run_id}] {self.task_family}: {self.image}: measurement raised:\n"
+                                     + traceback.format_exc().rstrip())
+                    raise FrameRejected(f"measurement failed ({type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:200]}); traceback in the log") from None
                 del frame
             except (FrameError, FrameRejected) as exc:
                 reason = exc.problem if isinstance(exc, FrameError) else str(exc)
@@ -94,8 +131,12 @@ class MeasureImage(DatasetStage):
                 return
             with atomic_path(out) as tmp:
                 write_measurement(tmp, m.columns, m.header)
-        if m.notes:
-            self.note(f"{self.image}: " + "; ".join(m.notes), 30)
+        notes = list(m.notes)
+        wcs_note = header_wcs_error(info, cat, m)
+        if wcs_note:
+            notes.append(wcs_note)
+        if notes:
+            self.note(f"{self.image}: " + "; ".join(notes), 30)
         h = m.header
         steps = ", ".join(f"{k} {v:.2f}" for k, v in m.timings.items())
         self.note(f"{self.image}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "

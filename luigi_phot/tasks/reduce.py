@@ -54,11 +54,10 @@ class ReduceDataset(luigi.Task):
         return dataset_is_current(self.red_dir)
 
     def on_failure(self, exception):
-        from .base import user_errors
+        from .base import one_line_error
 
-        if isinstance(exception, user_errors()):
-            return str(exception)
-        return super().on_failure(exception)
+        one_line = one_line_error(exception)
+        return one_line if one_line is not None else super().on_failure(exception)
 
     def run(self):
         install_console_filter()
@@ -88,13 +87,23 @@ class ReduceDataset(luigi.Task):
             result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
                                  detailed_summary=True, no_lock=True)
         finally:
-            if lock.release(red, run_id):
-                log.warning(f"[{run_id}] run ended unfinished: lock released")
+            try:
+                if lock.release(red, run_id):
+                    log.warning(f"[{run_id}] run ended unfinished: lock released")
+            except OSError as exc:  # e.g. red_dir became read-only: the next run takes it over
+                log.warning(f"[{run_id}] run ended unfinished; the lock could not be removed "
+                            f"({exc.strerror}): the next run will take it over as stale")
         ok = result is not None and result.status in (luigi.LuigiStatusCode.SUCCESS,
                                                       luigi.LuigiStatusCode.SUCCESS_WITH_RETRY)
         if not ok:
             status = result.status.name if result is not None else "not run"
             failed = _failure_summary(red, run_id)
+            if not failed and result is not None:
+                if result.status in (luigi.LuigiStatusCode.NOT_RUN, luigi.LuigiStatusCode.SCHEDULING_FAILED):
+                    failed = ("no stage failed, but some were never run (was the scheduler restarted or "
+                              "unreachable?); run again to finish the dataset")
+                else:  # e.g. a full disk: the stages' own one-line reasons are on the console
+                    failed = f"a stage failed, and {LOG_NAME} could not record why (see the messages above)"
             log.error(f"[{run_id}] reduction failed ({status}){': ' + failed if failed else ''}")
             raise StageError(f"{red}: reduction failed ({status}){': ' + failed if failed else ''}")
         log.info(f"[{run_id}] reduction finished")
@@ -136,4 +145,9 @@ def _failure_summary(red, run_id: str) -> str:
         return ""
     marker = f"[{run_id}] "
     reasons = [ln.split(marker, 1)[1] for ln in lines if marker in ln and "FAILED: " in ln]
-    return "; ".join(dict.fromkeys(reasons))[:1000]
+    by_stage: dict[str, list[str]] = {}
+    for reason in dict.fromkeys(reasons):
+        by_stage.setdefault(reason.split(":", 1)[0], []).append(reason)
+    # one reason per stage: six frames that failed for the same full disk are one story
+    return "; ".join(f"{found[0]}" + (f" (and {len(found) - 1} more {stage} failures)" if len(found) > 1 else "")
+                     for stage, found in by_stage.items())[:1000]
