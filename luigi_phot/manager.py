@@ -155,6 +155,7 @@ def discover_datasets(data_reduction_dir: Path, instruments: Iterable[str]) -> t
     Hidden directories (``.snapshot``, ``.git``, ...) are ignored."""
     root = Path(data_reduction_dir).resolve()
     datasets: dict[Path, Dataset] = {}
+    spelled: dict[Path, str] = {}
     problems = []
     for target in _subdirs(root):
         for instrument in instruments:
@@ -165,9 +166,11 @@ def discover_datasets(data_reduction_dir: Path, instruments: Iterable[str]) -> t
                 if problem:
                     problems.append(problem)
                 elif ds.red_dir in datasets:
-                    problems.append(f"{rel}: the same directory as {datasets[ds.red_dir].name}: counted once")
+                    alias = rel if rel != ds.name else spelled[ds.red_dir]
+                    problems.append(f"{alias}: the same directory as {ds.name} (a symbolic link): counted once")
                 else:
                     datasets[ds.red_dir] = ds
+                    spelled[ds.red_dir] = rel
     return sorted(datasets.values(), key=lambda d: d.name), problems
 
 
