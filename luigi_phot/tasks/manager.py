@@ -243,7 +243,7 @@ def _outcome(ds: Dataset, task: ReduceDataset, scheduler) -> Outcome:
                        data.get("started_unix"), data.get("finished_unix"))
     reason = lock_skip_reason(ds.red_dir)
     if reason:
-        return Outcome(ds, "skipped", f"{reason} (for another worker of the scheduler)")
+        return Outcome(ds, "skipped", f"{reason} (run by another worker of the scheduler)")
     if dataset_is_current(ds.red_dir):
         return Outcome(ds, "up_to_date", "reduced by another worker of the scheduler during this run")
     state = _scheduler_state(scheduler, task.task_id)
