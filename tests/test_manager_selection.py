@@ -119,6 +119,12 @@ def test_manager_config_errors_are_one_line_and_name_the_key(tmp_path, selection
     assert message in str(err.value) and "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_manager_config_log_dir_must_not_be_a_file(tmp_path):
+    (tmp_path / "logs").write_text("")
+    with pytest.raises(ConfigError, match="log_dir .* is not a directory"):
+        load_manager_config(write_config(tmp_path / "m.yaml", tmp_path, tmp_path / "logs", {"group": "all"}))
+
+
 def test_manager_config_dates_and_float_ndays(tmp_path):
     cfg = load_manager_config(write_config(tmp_path / "m.yaml", tmp_path, tmp_path / "logs",
                                            {"group": "date", "start_date": "2026-03-01", "end_date": "None",

@@ -42,8 +42,8 @@ import luigi.worker
 from .. import lock
 from ..config import ConfigError, ManagerConfig, load_manager_config
 from ..dataset import read_json, write_json_atomic
-from ..manager import (OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line, lock_skip_reason,
-                       select_datasets)
+from ..manager import (MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line,
+                       lock_skip_reason, select_datasets)
 from .base import StageError, install_console_filter, user_errors
 from .reduce import DATASET_RESOURCE, ReduceDataset, _preload_science, _release_inherited_fork_lock, \
     dataset_is_current
@@ -136,7 +136,10 @@ class ReductionManager(luigi.Task):
         install_console_filter()
         cfg = load_manager_config(self.config)
         run_id = lock.new_run_id()
-        log = ManagerLog(cfg.log_dir, run_id, echo=logging.getLogger("luigi-interface"))
+        try:
+            log = ManagerLog(cfg.log_dir, run_id, echo=logging.getLogger("luigi-interface"))
+        except OSError as exc:
+            raise StageError(f"{cfg.log_dir}: cannot write {MANAGER_LOG_NAME} there ({exc.strerror})") from None
         try:
             self._manage(cfg, log, run_id)
         except ConfigError as exc:
