@@ -94,6 +94,10 @@ retry_delay = 600
 # Never disable a task for repeated failures (a disabled dataset would be refused
 # for disable_persist seconds even after its problem was fixed).
 retry_count = 1000000000
+# Luigi ignores a new request to run a task that finished less than this long ago
+# (10 s by default), which refuses a manager run soon after the previous one. Every
+# luigi_phot task checks for itself that its work is still to be done, so 0 is safe.
+stable_done_cooldown_secs = 0
 
 [task_history]
 db_connection = sqlite:///$DIR/history.db
