@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +26,9 @@ from typing import Any, Iterator
 
 import pytest
 
-__all__ = ["REPO", "SCRIPT", "LocalLuigid", "LuigidError", "free_port", "running_luigid", "luigid_server"]
+from tests.tom_server import free_port
+
+__all__ = ["REPO", "SCRIPT", "LocalLuigid", "LuigidError", "running_luigid", "luigid_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "luigid.sh"
@@ -36,13 +37,6 @@ LUIGID = Path(sys.executable).parent / "luigid"
 
 class LuigidError(RuntimeError):
     """scripts/luigid.sh failed; the text carries its output."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on (at the time of asking)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _script(*args: str, timeout_s: float = 90) -> str:

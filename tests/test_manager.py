@@ -32,6 +32,7 @@ from luigi_phot.manager import MANAGER_LOG_NAME, RUNS_DIR, mjd_to_date
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from luigi_phot.tasks import BuildLightcurve, MeasureImage, ReduceDataset, ReductionManager
 from tests.conftest import LUIGI, copy_dataset, run_luigi
+from tests.test_manager_selection import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +59,6 @@ FILE_GROUP = {"T-A/qhy/ip", "T-B/sinistro/gp"}
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def write_config(path: Path, root: Path, log_dir: Path, selection: dict, max_parallel: int = 2) -> Path:
-    lines = [f"log_dir: '{log_dir}'", f"data_reduction_dir: '{root}'", "software_dir: 'None'",
-             "instrument_list: ['sinistro', 'qhy']", "dataset_selection:"]
-    lines += [f"  {k}: {v!r}" if isinstance(v, str) else f"  {k}: {v}" for k, v in selection.items()]
-    lines.append(f"max_parallel: {max_parallel}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def manager_command(config: Path, *extra: str) -> list[str]:
