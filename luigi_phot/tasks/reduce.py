@@ -5,6 +5,12 @@ whole duration (the manager sets its limit to max_parallel), and runs its
 stages - LockDataset, BuildCatalogue, MeasureImage (one per frame),
 BuildLightcurve, UploadToTOM, ReleaseLock - as their own Luigi tasks through
 the same scheduler, so the visualiser shows each one and its progress.
+
+With ``if_locked='skip'`` (as the ReductionManager runs it) a dataset that another
+reduction holds - found at the start, or lost to it in the race for the lock - is
+skipped. A dataset that another run finished after this task was scheduled is left
+alone. ``outcome_file`` receives how the run ended: reduced, up_to_date, skipped or
+failed, the reason, and the start and end times of run().
 """
 
 from __future__ import annotations
@@ -85,7 +91,8 @@ class ReduceDataset(luigi.Task):
                 **result, "red_dir": str(self.red_dir), "started_unix": started, "finished_unix": time.time(),
                 "host": socket.gethostname(), "pid": os.getpid()})
         except OSError as exc:  # never hide the run's own exception
-            logging.getLogger("luigi-interface").warning(f"{self.outcome_file}: cannot write the outcome ({exc.strerror})")
+            logging.getLogger("luigi-interface").warning(
+                f"{self.outcome_file}: cannot write the outcome ({exc.strerror})")
 
     def _reduce(self) -> dict:
         """The reduction; returns {'status': 'reduced'|'up_to_date'|'skipped', 'reason', 'run_id'}."""
