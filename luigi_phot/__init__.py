@@ -25,10 +25,10 @@ def _default_retcodes() -> None:
 _default_retcodes()
 
 from .tasks import (BuildCatalogue, BuildLightcurve, LockDataset, MeasureImage, ReduceDataset,  # noqa: E402
-                    ReleaseLock, UploadToTOM)
+                    ReductionManager, ReleaseLock, UploadToTOM)
 from .tasks.base import install_console_filter  # noqa: E402
 
 install_console_filter()
 
 __all__ = ["LockDataset", "BuildCatalogue", "MeasureImage", "BuildLightcurve", "UploadToTOM", "ReleaseLock",
-           "ReduceDataset"]
+           "ReduceDataset", "ReductionManager"]

@@ -693,6 +693,8 @@ def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
     base = path.parent
     top = _Section(path, _read_yaml(path, "reduction manager configuration"))
     log_dir = top.path_value("log_dir", base, required=True)
+    if log_dir.exists() and not log_dir.is_dir():
+        raise top.error(f"log_dir {str(log_dir)!r} is not a directory")
     red = top.path_value("data_reduction_dir", base, required=True)
     if not _exists(red, "dir"):
         raise top.error(f"data_reduction_dir {_show(str(red))} is not a directory")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
+from tests.luigid_server import luigid_server  # noqa: F401  (session fixture: a real luigid)
 from tests.tom_server import tom_server  # noqa: F401  (session fixture: a real TOM Toolkit server)
 
 REPO = Path(__file__).resolve().parents[1]

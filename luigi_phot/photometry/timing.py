@@ -25,6 +25,10 @@ def bjd_tdb(mjd_utc, ra_deg: float, dec_deg: float, sites) -> np.ndarray:
     from astropy.utils import iers
 
     iers.conf.auto_download = False
+    # Without downloads the bundled IERS-A table ages; its predicted UT1-UTC (good to
+    # milliseconds, far below what the light travel time needs) must still be accepted,
+    # or every frame newer than the table's measurements fails.
+    iers.conf.auto_max_age = None
     mjd = np.atleast_1d(np.asarray(mjd_utc, dtype=float))
     out = np.full(mjd.shape, np.nan)
     if mjd.size == 0:

@@ -8,9 +8,10 @@ ReduceDataset at once.
 from .catalogue import BuildCatalogue
 from .lightcurve import BuildLightcurve
 from .lock import LockDataset, ReleaseLock
+from .manager import ReductionManager
 from .measure import MeasureImage
 from .reduce import ReduceDataset
 from .upload import UploadToTOM
 
 __all__ = ["LockDataset", "BuildCatalogue", "MeasureImage", "BuildLightcurve", "UploadToTOM", "ReleaseLock",
-           "ReduceDataset"]
+           "ReduceDataset", "ReductionManager"]

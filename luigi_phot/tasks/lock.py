@@ -11,7 +11,11 @@ from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
 
-__all__ = ["LockDataset", "ReleaseLock", "LockTarget"]
+__all__ = ["LockDataset", "ReleaseLock", "LockTarget", "LOCK_HELD_NOTE"]
+
+#: LockDataset logs this (then the holder) when another reduction holds the lock, so that
+#: ReduceDataset(if_locked='skip') can tell a lost race for the lock from a failure.
+LOCK_HELD_NOTE = "lock held by another reduction"
 
 
 class LockTarget(luigi.Target):
@@ -42,6 +46,11 @@ class LockDataset(DatasetStage):
         removed = remove_stale_temporaries(self.red)
         self.note(f"lock taken by pid {holder.pid} on {holder.host}"
                   + (f"; removed {removed} temporary files left by an interrupted run" if removed else ""))
+
+    def on_failure(self, exception):
+        if isinstance(exception, lock.LockHeldError):
+            self.note(f"{LOCK_HELD_NOTE}: {exception}", 30)
+        return super().on_failure(exception)
 
 
 class ReleaseLock(DatasetStage):

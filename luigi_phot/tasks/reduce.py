@@ -5,17 +5,30 @@ whole duration (the manager sets its limit to max_parallel), and runs its
 stages - LockDataset, BuildCatalogue, MeasureImage (one per frame),
 BuildLightcurve, UploadToTOM, ReleaseLock - as their own Luigi tasks through
 the same scheduler, so the visualiser shows each one and its progress.
+
+With ``if_locked='skip'`` (as the ReductionManager runs it) a dataset that another
+reduction holds - found at the start, or lost to it in the race for the lock - is
+skipped. A dataset that another run finished after this task was scheduled is left
+alone. ``outcome_file`` receives how the run ended: reduced, up_to_date, skipped or
+failed, the reason, and the start and end times of run().
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
 
 import luigi
 
 from .. import lock
 from ..config import ConfigError
-from ..dataset import LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir
+from ..dataset import (LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir,
+                       write_json_atomic)
 from .base import StageError, install_console_filter, load_config, register_run_owner
-from .lock import ReleaseLock
+from .lock import LOCK_HELD_NOTE, ReleaseLock
 
 __all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE"]
 
@@ -47,6 +60,9 @@ class ReduceDataset(luigi.Task):
                                  description="workers for this dataset's stages (0: the command's --workers)")
     if_locked = luigi.ChoiceParameter(choices=["fail", "skip"], default="fail", significant=False,
                                       description="when another reduction holds the lock: fail, or skip quietly")
+    outcome_file = luigi.Parameter(default="", significant=False,
+                                   description="write how this run ended (reduced, up_to_date, skipped or failed, "
+                                               "with the reason and start and end times) to this JSON file")
 
     resources = {DATASET_RESOURCE: 1}
 
@@ -60,6 +76,28 @@ class ReduceDataset(luigi.Task):
         return one_line if one_line is not None else super().on_failure(exception)
 
     def run(self):
+        started = time.time()
+        result = {"status": "failed", "reason": "interrupted", "run_id": None}
+        try:
+            result.update(self._reduce())
+        except BaseException as exc:
+            result["reason"] = " ".join(str(exc).split()) or type(exc).__name__
+            raise
+        finally:
+            if self.outcome_file:
+                self._write_outcome(result, started)
+
+    def _write_outcome(self, result: dict, started: float) -> None:
+        try:
+            write_json_atomic(Path(self.outcome_file), {
+                **result, "red_dir": str(self.red_dir), "started_unix": started, "finished_unix": time.time(),
+                "host": socket.gethostname(), "pid": os.getpid()})
+        except OSError as exc:  # never hide the run's own exception
+            logging.getLogger("luigi-interface").warning(
+                f"{self.outcome_file}: cannot write the outcome ({exc.strerror})")
+
+    def _reduce(self) -> dict:
+        """The reduction; returns {'status': 'reduced'|'up_to_date'|'skipped', 'reason', 'run_id'}."""
         install_console_filter()
         red = resolve_red_dir(self.red_dir)
         log = dataset_logger(red)
@@ -73,9 +111,14 @@ class ReduceDataset(luigi.Task):
         if holder is not None and lock.holder_state(holder) != "dead":
             message = lock.LockHeldError(lock._held_message(red, holder, lock.holder_state(holder)))
             if self.if_locked == "skip":
-                log.info(f"skipped: {message}")
-                return
+                return self._skipped(log, str(message))
             raise message
+        # Read after the lock: a run that finished since this task was scheduled wrote its
+        # record before it released the lock, so the check cannot miss it.
+        if holder is None and dataset_is_current(red):
+            log.info("nothing to do: already reduced from the current frames and configuration")
+            self.set_status_message("up to date")
+            return {"status": "up_to_date", "reason": "already reduced by another run"}
         register_run_owner(run_id)
         n_frames = len(frame_stats(red))
         log.info(f"========== run {run_id}: reducing {red} ({n_frames} frames, target {cfg.target.name}) ==========")
@@ -96,6 +139,10 @@ class ReduceDataset(luigi.Task):
         ok = result is not None and result.status in (luigi.LuigiStatusCode.SUCCESS,
                                                       luigi.LuigiStatusCode.SUCCESS_WITH_RETRY)
         if not ok:
+            lost = _lost_lock_race(red, run_id)
+            if lost and self.if_locked == "skip":
+                # another reduction took the lock between the check above and LockDataset
+                return self._skipped(log, lost, run_id)
             status = result.status.name if result is not None else "not run"
             failed = _failure_summary(red, run_id)
             if not failed and result is not None:
@@ -107,6 +154,12 @@ class ReduceDataset(luigi.Task):
             log.error(f"[{run_id}] reduction failed ({status}){': ' + failed if failed else ''}")
             raise StageError(f"{red}: reduction failed ({status}){': ' + failed if failed else ''}")
         log.info(f"[{run_id}] reduction finished")
+        return {"status": "reduced", "reason": "", "run_id": run_id}
+
+    def _skipped(self, log, message: str, run_id: str | None = None) -> dict:
+        log.info(f"{'[' + run_id + '] ' if run_id else ''}skipped: {message}")
+        self.set_status_message(f"skipped: {message}")
+        return {"status": "skipped", "reason": message, "run_id": run_id}
 
 
 def _preload_science() -> None:
@@ -134,20 +187,31 @@ def _release_inherited_fork_lock() -> None:
         luigi.worker.fork_lock = threading.Lock()
 
 
-def _failure_summary(red, run_id: str) -> str:
-    """The one-line reasons its stages logged when they failed (they may run in other processes)."""
+def _run_lines(red, run_id: str) -> list[str]:
+    """What run `run_id` wrote to the dataset's log (its stages may run in other processes)."""
     try:
         with open(red / LOG_NAME, encoding="utf-8", errors="replace") as fh:
             fh.seek(0, 2)
             fh.seek(max(0, fh.tell() - 200_000))
             lines = fh.read().splitlines()
     except OSError:
-        return ""
+        return []
     marker = f"[{run_id}] "
-    reasons = [ln.split(marker, 1)[1] for ln in lines if marker in ln and "FAILED: " in ln]
+    return [ln.split(marker, 1)[1] for ln in lines if marker in ln]
+
+
+def _lost_lock_race(red, run_id: str) -> str:
+    """The reason LockDataset of run `run_id` gave when another reduction held the lock, or ''."""
+    prefix = f"LockDataset: {LOCK_HELD_NOTE}: "
+    return next((ln[len(prefix):] for ln in _run_lines(red, run_id) if ln.startswith(prefix)), "")
+
+
+def _failure_summary(red, run_id: str) -> str:
+    """The one-line reasons its stages logged when they failed (they may run in other
+    processes), one per stage: six frames that failed for the same full disk are one story."""
+    reasons = [ln for ln in _run_lines(red, run_id) if "FAILED: " in ln]
     by_stage: dict[str, list[str]] = {}
     for reason in dict.fromkeys(reasons):
         by_stage.setdefault(reason.split(":", 1)[0], []).append(reason)
-    # one reason per stage: six frames that failed for the same full disk are one story
     return "; ".join(f"{found[0]}" + (f" (and {len(found) - 1} more {stage} failures)" if len(found) > 1 else "")
                      for stage, found in by_stage.items())[:1000]
