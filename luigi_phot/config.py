@@ -693,8 +693,9 @@ def load_manager_config(path: str | os.PathLike) -> ManagerConfig:
     base = path.parent
     top = _Section(path, _read_yaml(path, "reduction manager configuration"))
     log_dir = top.path_value("log_dir", base, required=True)
-    if log_dir.exists() and not log_dir.is_dir():
-        raise top.error(f"log_dir {str(log_dir)!r} is not a directory")
+    if not _exists(log_dir, "dir") and (_exists(log_dir, "file") or len(str(log_dir)) > 4000
+                                        or any(len(p) > 255 for p in log_dir.parts)):
+        raise top.error(f"log_dir {_show(str(log_dir))} is not a directory")
     red = top.path_value("data_reduction_dir", base, required=True)
     if not _exists(red, "dir"):
         raise top.error(f"data_reduction_dir {_show(str(red))} is not a directory")

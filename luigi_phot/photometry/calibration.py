@@ -25,13 +25,9 @@ __all__ = ["EnsembleSolution", "solve_ensemble", "poly_terms"]
 
 
 def poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
-    """Design columns (N, k) of a 2-D polynomial in normalised coordinates u, v in [-1, 1]."""
-    cols = [np.ones_like(u)]
-    if order >= 1:
-        cols += [u, v]
-    if order >= 2:
-        cols += [u * u, u * v, v * v]
-    return np.column_stack(cols)
+    """Design columns (N, k) of a 2-D polynomial of total degree `order` in normalised
+    coordinates u, v in [-1, 1] (k = (order + 1)(order + 2) / 2)."""
+    return np.column_stack([u ** (d - j) * v ** j for d in range(order + 1) for j in range(d + 1)])
 
 
 @dataclass
@@ -79,7 +75,7 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
     cand = cand[np.argsort(-med_snr[cand])][:max_comparison]
     if order is None:
         order = 2 if cand.size >= 300 else (1 if cand.size >= 60 else 0)
-    k = {0: 1, 1: 3, 2: 6}[order]
+    k = (order + 1) * (order + 2) // 2
     ny, nx = shape
     centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     half = (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0))

@@ -31,7 +31,7 @@ from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
                         windowed_centroids)
 from .frames import Frame, FrameError, FrameInfo, read_frame_info
-from .psf import MoffatPSF, fit_fluxes, fit_psf
+from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
 __all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
            "psf_star_candidates"]
@@ -71,16 +71,14 @@ class Catalogue:
             return WCS(self.wcs_header, naxis=2)
 
     def alignment_stars(self, n: int = 500) -> np.ndarray:
-        """Indices of the brightest unsaturated detected stars, brightest first; isolated
-        stars first (a neighbour pulls a centroid when the seeing is poor), the others
-        only when fewer than 60 are isolated."""
+        """Indices of n of the brightest unsaturated detected stars: among the brightest
+        2n, the isolated ones first (a neighbour pulls a centroid when the seeing is
+        poor), each group brightest first."""
         s = self.stars
         ok = np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"])
                             & np.isfinite(s["flux_ref"]))
-        ok = ok[np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")]
+        ok = ok[np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")][: 2 * n]
         iso = np.asarray(s["isolated"])[ok]
-        if iso.sum() >= 60:
-            return ok[iso][:n]
         return np.concatenate([ok[iso], ok[~iso]])[:n]
 
     def save(self, path: Path) -> None:
@@ -396,10 +394,37 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
         is_target = np.append(is_target, True)
         notes.append("target not detected on the reference: placed at its catalogue position")
 
-    # reference fluxes by simultaneous PSF photometry
+    # reference fluxes by simultaneous PSF photometry, then a second look for the faint
+    # companions that sat in brighter stars' light (not separate peaks the first time):
+    # found in the image with every star subtracted, added, and all fluxes fitted again
     level = mesh.level_image(data.shape)
     variance = np.maximum(data - level, 0) + sky_sigma ** 2
-    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, max(1.5 * psf.fwhm_pix, 2.5), pixel_ok=ok_pix)
+    fit_radius = max(1.5 * psf.fwhm_pix, 2.5)
+    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
+    if len(x) < photometry.max_catalogue_stars:
+        residual = data - render_stars(data.shape, x, y, np.nan_to_num(flux), psf,
+                                       stamp_radius(psf, np.nan_to_num(flux), 0.05 * sky_sigma, 8 * psf.fwhm_pix))
+        extra = find_peaks(residual, flags, mesh, nsigma=photometry.detection_sigma,
+                           smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
+        if len(extra):
+            ex, ey, _ = windowed_centroids(residual, extra.x, extra.y, mesh.level_at(extra.x, extra.y),
+                                           psf.fwhm_pix / 2.355)
+            d_near, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([ex, ey]))
+            # close to a known star, or small against the light modelled there, a residual
+            # peak is more likely that star's PSF misfit than a companion
+            modelled = (data - residual)[extra.y, extra.x]
+            new = np.flatnonzero((d_near > max(psf.fwhm_pix, 2.5)) & (extra.height > 0.1 * modelled))
+            new = new[: photometry.max_catalogue_stars - len(x)]
+            if new.size:
+                notes.append(f"{new.size} faint companions found in the star-subtracted reference")
+                x = np.append(x, ex[new])
+                y = np.append(y, ey[new])
+                saturated = np.append(saturated, extra.saturated[new])
+                detected = np.append(detected, np.ones(new.size, dtype=bool))
+                cat_mag = np.append(cat_mag, np.full(new.size, np.nan))
+                is_target = np.append(is_target, np.zeros(new.size, dtype=bool))
+                flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
+        del residual
     del level, variance
     sat_near = np.zeros(x.size, dtype=bool)
     if (flags & 2).any():
