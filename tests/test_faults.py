@@ -374,7 +374,10 @@ def test_tom_down_fails_the_upload_only_and_the_rerun_uploads(dataset, stub_tom)
     line = assert_one_line_failure(first, "UploadToTOM", f"TOM at {stub_tom.url} is unavailable")
     assert "503" in line
     assert not (dataset / "dataset.lock").exists(), "the lock is released when the upload fails"
-    assert (dataset / LC).exists() and not (dataset / "upload_record.json").exists()
+    assert (dataset / LC).exists()
+    # the record says the upload failed, and carries no key: the stage stays incomplete
+    record = json.loads((dataset / "upload_record.json").read_text())
+    assert record["status"] == "failed" and "key" not in record and "503" in record["error"]
     assert_interrupted_state_is_safe(dataset)
     done_before = measurements(dataset)
 

@@ -265,22 +265,28 @@ def _read_external(path: Path, mag_column: str | None):
 
 
 def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.ndarray:
-    """Rows of bright, isolated, unsaturated stars away from the edges, spread over the
-    frame (the brightest in each cell of a 4x4 grid first)."""
+    """Rows of bright, unsaturated stars away from the edges, spread over the frame (the
+    brightest in each cell of a 4x4 grid first): isolated ones first; stars with
+    neighbours follow, for fields too crowded or too small to offer enough isolated
+    stars (the PSF fit drops stars it cannot fit)."""
     x = np.asarray(stars["x_ref"])
     y = np.asarray(stars["y_ref"])
-    ok = (np.asarray(stars["isolated"]) & ~np.asarray(stars["saturated_ref"]) & np.asarray(stars["detected"])
+    ok = (~np.asarray(stars["saturated_ref"]) & np.asarray(stars["detected"])
           & (np.asarray(stars["snr_ref"]) > 30) & (x > margin) & (y > margin)
           & (x < shape[1] - margin) & (y < shape[0] - margin))
-    rows = np.flatnonzero(ok)
-    rows = rows[np.argsort(-np.asarray(stars["flux_ref"])[rows])]
-    cell = (np.floor(4 * y[rows] / shape[0]) * 4 + np.floor(4 * x[rows] / shape[1])).astype(int)
-    rank = np.zeros(rows.size, dtype=int)
-    seen: dict[int, int] = {}
-    for k, c in enumerate(cell):
-        rank[k] = seen.get(c, 0)
-        seen[c] = rank[k] + 1
-    return rows[np.lexsort((np.arange(rows.size), rank))][:n]
+    isolated = np.asarray(stars["isolated"])
+    out = []
+    for group in (ok & isolated, ok & ~isolated):
+        rows = np.flatnonzero(group)
+        rows = rows[np.argsort(-np.asarray(stars["flux_ref"])[rows])]
+        cell = (np.floor(4 * y[rows] / shape[0]) * 4 + np.floor(4 * x[rows] / shape[1])).astype(int)
+        rank = np.zeros(rows.size, dtype=int)
+        seen: dict[int, int] = {}
+        for k, c in enumerate(cell):
+            rank[k] = seen.get(c, 0)
+            seen[c] = rank[k] + 1
+        out.append(rows[np.lexsort((np.arange(rows.size), rank))])
+    return np.concatenate(out)[:n]
 
 
 def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None) -> Catalogue:

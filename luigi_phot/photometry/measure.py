@@ -344,7 +344,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     on = (x[psf_rows] > margin) & (x[psf_rows] < nx - margin) & (y[psf_rows] > margin) & (y[psf_rows] < ny - margin)
     psf_rows = psf_rows[on][:40]
     if psf_rows.size < 3:
-        raise FrameRejected(f"too few isolated stars for the PSF ({psf_rows.size})")
+        raise FrameRejected(f"too few stars for the PSF ({psf_rows.size})")
     fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fwhm_guess, pixel_ok=(pflags == 0))
     psf = fit.psf
     ratio = fit.flux[fit.used] / np.asarray(stars["flux_ref"])[psf_rows][fit.used]
