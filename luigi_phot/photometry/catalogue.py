@@ -431,6 +431,10 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
                 is_target = np.append(is_target, np.zeros(new.size, dtype=bool))
                 flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
         del residual
+    # final fluxes with bright stars modelled out into their neighbours' pixels
+    reach = stamp_radius(psf, np.nan_to_num(flux), 0.1 * sky_sigma, 6 * psf.fwhm_pix)
+    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix,
+                                model_radius_pix=reach)
     del level, variance
     sat_near = np.zeros(x.size, dtype=bool)
     if (flags & 2).any():

@@ -177,7 +177,8 @@ class NeighbourModel:
                     cores |= image > cores_above
         return cores
 
-    def update_variables(self, flux, flux_err, usable, data, pixel_ok, pixel_var, always=()) -> np.ndarray:
+    def update_variables(self, flux, flux_err, usable, data, pixel_ok, pixel_var, always=(),
+                         only=None) -> np.ndarray:
         """Re-model the stars whose light departs from the model: candidates are stars whose
         aperture flux departs by more than 5 sigma and 5% (and the stars in `always`, e.g.
         the target); for each, the change of its total flux is fitted with the PSF on the
@@ -189,14 +190,18 @@ class NeighbourModel:
         sig = flux_err / self.own_fraction
         delta = est - self.flux
         with np.errstate(invalid="ignore"):
-            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
+            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.02 * self.flux)
             cand[list(always)] = True
+            if only is not None:
+                mask = np.zeros(cand.size, dtype=bool)
+                mask[list(only)] = True
+                cand &= mask
             cand = np.flatnonzero(cand & usable & np.isfinite(delta))
         if cand.size == 0:
             return cand
         d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
         forced = np.isin(cand, list(always))
-        keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
+        keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.02 * self.flux[cand])
                                  | forced & (np.abs(d) > 2 * err))
         changed, d = cand[keep], d[keep]
         if changed.size == 0:
@@ -410,8 +415,8 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
                                psf, fit.size, r_ap, r_out, sky_sigma, (ny, nx))
         neighbour, neighbour_var = model.contamination()
         # the sky is measured with every catalogue star's modelled light removed, away
-        # from where a star's core was (its residual there is the least certain)
-        cores = model.subtract_from(data, cores_above=sky_sigma)
+        # from where a star's core was: a few per cent model error there is more than the noise
+        cores = model.subtract_from(data, cores_above=10.0 * sky_sigma)
         clock.lap("neighbours")
         report(0.8, "neighbours subtracted")
     # With the catalogue stars removed, what is left in an annulus is the sky, the faint
@@ -452,11 +457,15 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # stars far from their reference brightness (variables, the target during its
         # event): model them at their measured brightness, then measure again
         clean = (pix_summary & (PIXEL_SATURATED | PIXEL_BAD)) == 0
-        for _ in range(2):
+        # the target first: until its light is modelled at its current brightness, its
+        # neighbours' measured fluxes are wrong and would be "corrected" wrongly
+        for only in ((t_idx,), None, None):
             affected = model.update_variables(flux, flux_err, clean & ~outside, data, pflags == 0, pixel_var,
-                                              always=(t_idx,))
+                                              always=(t_idx,), only=only)
             if affected.size == 0:
-                break
+                if only is None:
+                    break
+                continue
             neighbour, neighbour_var = model.contamination()
             sky[affected], sky_sig[affected], n_sky[affected], ann_edge[affected] = \
                 annulus_sky(data, pflags, x[affected], y[affected], geom, nsigma=clip, estimator=estimator,

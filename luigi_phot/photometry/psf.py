@@ -363,13 +363,15 @@ class ApertureKernel:
 
 def fit_fluxes(data: np.ndarray, variance: np.ndarray | float, x: np.ndarray, y: np.ndarray,
                psf: MoffatPSF, fit_radius_pix: float, pixel_ok: np.ndarray | None = None,
-               iter_lim: int = 300) -> tuple[np.ndarray, np.ndarray]:
+               model_radius_pix: np.ndarray | None = None, iter_lim: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Simultaneous PSF photometry at fixed positions on sky-subtracted `data`.
 
-    Every star's unit-flux model over its pixels within `fit_radius_pix` is one
-    column of a sparse design matrix; all fluxes are solved together (weighted,
-    LSQR), so overlapping stars share their pixels correctly. Returns (flux,
-    flux_err) with errors from the diagonal of the normal matrix."""
+    The pixels fitted are those within `fit_radius_pix` of any star. Each star's
+    unit-flux model is one column of a sparse design matrix, over the fitted pixels
+    within its `model_radius_pix` (default: the fit radius; give bright stars more, so
+    that their wings in a neighbour's pixels are theirs, not the neighbour's). All
+    fluxes are solved together (weighted, LSQR). Returns (flux, flux_err) with errors
+    from the diagonal of the normal matrix."""
     from scipy.sparse import csc_matrix
     from scipy.sparse.linalg import lsqr
 
@@ -377,23 +379,40 @@ def fit_fluxes(data: np.ndarray, variance: np.ndarray | float, x: np.ndarray, y:
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     n = x.size
-    h = int(np.ceil(fit_radius_pix))
-    oy, ox = np.mgrid[-h: h + 1, -h: h + 1]
-    disk = (ox * ox + oy * oy) <= fit_radius_pix ** 2
-    ox, oy = ox[disk], oy[disk]
     xi = np.rint(x).astype(np.int64)
     yi = np.rint(y).astype(np.int64)
-    px = xi[:, None] + ox[None, :]
-    py = yi[:, None] + oy[None, :]
-    m = psf.pixel_values(px - x[:, None], py - y[:, None])
-    inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    flat = np.where(inside, py * nx + px, 0)
-    if pixel_ok is not None:
-        inside &= pixel_ok.ravel()[flat]
-    col = np.broadcast_to(np.arange(n)[:, None], flat.shape)[inside]
-    pix = flat[inside]
-    val = m[inside]
-    upix, row = np.unique(pix, return_inverse=True)
+
+    def disk_entries(rows, radius):
+        h = int(np.ceil(radius))
+        oy, ox = np.mgrid[-h: h + 1, -h: h + 1]
+        disk = (ox * ox + oy * oy) <= radius ** 2
+        ox, oy = ox[disk], oy[disk]
+        px = xi[rows, None] + ox[None, :]
+        py = yi[rows, None] + oy[None, :]
+        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        flat = np.where(inside, py * nx + px, 0)
+        if pixel_ok is not None:
+            inside &= pixel_ok.ravel()[flat]
+        return px, py, flat, inside
+
+    _, _, flat, inside = disk_entries(np.arange(n), fit_radius_pix)
+    upix = np.unique(flat[inside])
+    radius = np.full(n, float(fit_radius_pix)) if model_radius_pix is None else \
+        np.maximum(np.asarray(model_radius_pix, float), fit_radius_pix)
+    cols, rows, vals = [], [], []
+    for r in np.unique(np.ceil(radius)):
+        group = np.flatnonzero(np.ceil(radius) == r)
+        for chunk in np.array_split(group, max(1, group.size * int(r * r * 3.2) // 3_000_000 + 1)):
+            px, py, flat, inside = disk_entries(chunk, r)
+            row = np.searchsorted(upix, flat)
+            inside &= (row < upix.size) & (upix[np.minimum(row, upix.size - 1)] == flat)
+            m = psf.pixel_values(px - x[chunk, None], py - y[chunk, None])
+            cols.append(np.broadcast_to(chunk[:, None], flat.shape)[inside])
+            rows.append(row[inside])
+            vals.append(m[inside])
+    col = np.concatenate(cols)
+    row = np.concatenate(rows)
+    val = np.concatenate(vals)
     var = variance.ravel()[upix] if isinstance(variance, np.ndarray) else np.full(upix.size, float(variance))
     good = np.isfinite(var) & (var > 0)
     wpix = np.where(good, 1.0 / np.sqrt(np.where(good, var, 1.0)), 0.0)

@@ -102,9 +102,9 @@ class BuildLightcurve(DatasetStage):
         names = [n for n, _, _ in frame_stats(self.red)]
         measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
         self.check_lock()
-        self._build([Path(m.path) for m in measures], names)
+        self._build([Path(m.path) for m in measures])
 
-    def _build(self, paths, names):
+    def _build(self, paths):
         from ..photometry import plots
         from ..photometry.catalogue import Catalogue
         from ..photometry.lightcurve import build_lightcurve, read_measurement, write_products
