@@ -62,35 +62,43 @@ def annulus_sky(image: np.ndarray, pixel_flags: np.ndarray, x: np.ndarray, y: np
     (sky, sky_sigma, n_sky, crosses_edge), arrays of len(x)."""
     ny, nx = image.shape
     oy, ox = _disk_offsets(geometry.r_in_pix, geometry.r_out_pix)
+    flat_off = (oy * nx + ox).astype(np.int64)
     xi = np.rint(np.nan_to_num(x, nan=-1e6)).astype(np.int64)
     yi = np.rint(np.nan_to_num(y, nan=-1e6)).astype(np.int64)
     n = xi.size
     sky = np.full(n, np.nan)
     sig = np.full(n, np.nan)
     nsky = np.zeros(n, dtype=np.int64)
-    edge = np.zeros(n, dtype=bool)
+    h = int(np.ceil(geometry.r_out_pix))
+    edge = ~((xi >= h) & (xi < nx - h) & (yi >= h) & (yi < ny - h))
     flat = image.ravel()
     fflat = pixel_flags.ravel()
-    h = int(np.ceil(geometry.r_out_pix))
+    aflat = avoid.ravel() if avoid is not None else None
     for chunk in np.array_split(np.arange(n), max(1, n * ox.size // 4_000_000 + 1)):
-        px = xi[chunk, None] + ox[None, :]
-        py = yi[chunk, None] + oy[None, :]
-        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        edge[chunk] = ~inside.all(axis=1)
-        idx = np.where(inside, py * nx + px, 0)
-        vals = flat[idx].astype(np.float32)
-        bad = ~inside | (fflat[idx] != 0) | ~np.isfinite(vals)
-        if avoid is not None:
-            soft = bad | avoid.ravel()[idx]
-            enough = (ox.size - np.count_nonzero(soft, axis=1)) >= max(0.3 * ox.size, 20)
-            bad = np.where(enough[:, None], soft, bad)
-        vals[bad] = np.nan
-        n_valid = ox.size - np.count_nonzero(bad, axis=1)
-        vals.sort(axis=1)
-        m, s, k = clipped_stats_sorted(vals, n_valid, nsigma, mean=(estimator == "mean"))
-        sky[chunk], sig[chunk], nsky[chunk] = m, s, k
-    far = (xi < -h) | (xi >= nx + h) | (yi < -h) | (yi >= ny + h)
-    edge |= far
+        inner = chunk[~edge[chunk]]
+        outer = chunk[edge[chunk]]
+        parts = []
+        if inner.size:  # the usual case: the whole annulus is on the frame
+            parts.append((inner, (yi[inner] * nx + xi[inner])[:, None] + flat_off[None, :], None))
+        if outer.size:
+            px = xi[outer, None] + ox[None, :]
+            py = yi[outer, None] + oy[None, :]
+            inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+            parts.append((outer, np.where(inside, py * nx + px, 0), inside))
+        for rows, idx, inside in parts:
+            vals = np.take(flat, idx).astype(np.float32, copy=False)
+            bad = (np.take(fflat, idx) != 0) | np.isnan(vals)
+            if inside is not None:
+                bad |= ~inside
+            if aflat is not None:
+                soft = bad | np.take(aflat, idx)
+                enough = (ox.size - np.count_nonzero(soft, axis=1)) >= max(0.3 * ox.size, 20)
+                bad = np.where(enough[:, None], soft, bad)
+            np.putmask(vals, bad, np.float32(np.nan))
+            n_valid = ox.size - np.count_nonzero(bad, axis=1)
+            vals.sort(axis=1)
+            m, sg, k = clipped_stats_sorted(vals, n_valid, nsigma, mean=(estimator == "mean"))
+            sky[rows], sig[rows], nsky[rows] = m, sg, k
     return sky, sig, nsky, edge
 
 

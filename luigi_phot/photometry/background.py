@@ -64,10 +64,14 @@ def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 
         med[active] = 0.5 * (sub[idx, np.minimum(a_lo + (k - 1) // 2, top)].astype(np.float64)
                              + sub[idx, np.minimum(a_lo + k // 2, top)])
     if mean:
-        cs = np.zeros((n, rows.shape[1] + 1))
-        np.cumsum(np.nan_to_num(rows, nan=0.0), axis=1, dtype=np.float64, out=cs[:, 1:])
-        r = np.arange(n)
-        med = (cs[r, hi] - cs[r, lo]) / np.maximum(hi - lo, 1)
+        # sum of each row's window [lo, hi): one reduceat over the flattened rows
+        m = rows.shape[1]
+        flat = np.append(rows.ravel(), np.float32(0.0))
+        bounds = np.empty(2 * n, dtype=np.int64)
+        bounds[0::2] = np.arange(n) * m + lo
+        bounds[1::2] = np.arange(n) * m + hi
+        sums = np.add.reduceat(flat, bounds, dtype=np.float64)[0::2]
+        med = np.where(hi > lo, sums / np.maximum(hi - lo, 1), np.nan)
     med = np.where(ok, med, np.nan)
     sig = np.where(ok, sig, np.nan)
     return med, sig, np.where(ok, hi - lo, 0)

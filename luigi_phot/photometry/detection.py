@@ -196,7 +196,9 @@ def find_cosmic_rays(data: np.ndarray, pixel_flags: np.ndarray, sky_level: float
         return np.zeros(0, dtype=np.int64)  # undersampled PSF: stars look like hits
     flat = data.ravel()
     with np.errstate(invalid="ignore"):
-        cand = np.flatnonzero(flat > sky_level + 5.0 * sky_sigma)
+        # a hit needs a second difference above nsigma x (noise >= 1.22 sky sigma), so its
+        # pixel stands at least that far above the sky: no lower candidates are needed
+        cand = np.flatnonzero(flat > sky_level + 1.2 * nsigma * sky_sigma)
     if cand.size == 0:
         return cand
     cy, cx = np.divmod(cand, nx)

@@ -521,6 +521,46 @@ def _is_gzip(path: Path) -> bool:
         return False
 
 
+def _useful_err_plane(path: Path, hdul, info: FrameInfo, data: np.ndarray, flags: np.ndarray):
+    """The ERR plane in electrons when it adds to the CCD model, else None.
+
+    A sample of it is compared with the CCD model of the background (sky electrons plus
+    read noise squared). Where they agree (BANZAI's ERR is that model, from the data)
+    the CCD equation gives the same errors and the plane is not read; where ERR is
+    larger (it carries more, e.g. flat-field noise) it is read and used; where it is
+    inconsistent (smaller, or another unit) it is ignored, with a note."""
+    if info.err_hdu is None:
+        return None
+    hdu = hdul[info.err_hdu]
+    if _hdu_shape(hdu)[-2:] != data.shape:
+        info.notes.append(f"ERR extension ignored (shape {_hdu_shape(hdu)} differs from the image)")
+        return None
+    # a band of rows across the middle: one contiguous read (compressed: its tiles only)
+    ny = data.shape[0]
+    rows = slice(max(0, ny // 2 - max(16, 250_000 // data.shape[1] // 2)), min(ny, ny // 2 + max(16, 250_000 // data.shape[1] // 2)))
+    try:
+        sample = np.asarray(hdu.section[rows, :], dtype=np.float64) * info.to_electrons
+    except Exception:
+        sample = _read_plane(path, hdu, "ERR")[rows].astype(np.float64) * info.to_electrons
+    ok = (flags[rows] == 0) & np.isfinite(sample)
+    if ok.sum() < 100:
+        return None
+    sky = float(np.median(data[rows][ok]))
+    v_err = float(np.median(sample[ok] ** 2))
+    v_model = max(sky, 0.0) + info.read_noise_e ** 2
+    ratio = v_err / v_model if v_model > 0 else np.inf
+    if 0.8 <= ratio <= 1.25:
+        return None  # the same as the CCD model: not worth reading
+    if 1.25 < ratio <= 3.0:
+        err = np.array(_read_plane(path, hdu, "ERR"), dtype=np.float32, copy=True)
+        if info.to_electrons != 1.0:
+            err *= np.float32(info.to_electrons)
+        info.notes.append(f"ERR plane used: its background variance is {ratio:.2f} x sky + read noise")
+        return err
+    info.notes.append(f"ERR plane ignored: its background variance is {ratio:.3g} x sky + read noise")
+    return None
+
+
 def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
     """Read a frame: SCI (or first image) in electrons as float32, the pixel-flag plane
     from BPM, non-finite values and saturation, and ERR in electrons when present and
@@ -561,15 +601,7 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         if info.saturation_e is not None:
             with np.errstate(invalid="ignore"):
                 flags[data >= np.float32(info.saturation_e * 0.999)] |= PIXEL_SATURATED
-        err = None
-        if info.err_hdu is not None:
-            e = _read_plane(path, hdul[info.err_hdu], "ERR")
-            if e.shape == data.shape:
-                err = np.array(e, dtype=np.float32, copy=True)
-                if info.to_electrons != 1.0:
-                    err *= np.float32(info.to_electrons)
-            else:
-                info.notes.append(f"ERR extension ignored (shape {e.shape} differs from the image)")
+        err = _useful_err_plane(path, hdul, info, data, flags)
     finally:
         hdul.close()
 

@@ -28,7 +28,7 @@ from .catalogue import Catalogue, psf_star_candidates
 from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
                         star_sharpness_limit, windowed_centroids)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
-from .psf import ApertureKernel, MoffatPSF, fit_psf, render_stars, stamp_radius
+from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
 __all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame"]
 
@@ -105,13 +105,14 @@ class NeighbourModel:
         self.scale = size.scale_at(x, y) if size is not None and size.varies else np.ones(x.size)
         on_scale = self.scale[(x >= 0) & (x < nx) & (y >= 0) & (y < ny)]
         lo, hi = (float(on_scale.min()), float(on_scale.max())) if on_scale.size else (1.0, 1.0)
-        self.levels = np.linspace(lo, hi, 5) if hi - lo > 0.005 else np.array([float(np.median(self.scale))])
+        self.levels = np.linspace(lo, hi, 3) if hi - lo > 0.005 else np.array([float(np.median(self.scale))])
         self.psfs = [dataclasses.replace(psf, fwhm_pix=psf.fwhm_pix * lv) for lv in self.levels]
         widest = self.psfs[-1]
         self.max_radius = min(10.0 * widest.fwhm_pix, 100.0)
         self.reach = r_out + 3.0 * widest.fwhm_pix
         self.r_out = r_out
         self.kernels = [ApertureKernel(q, r_ap, self.reach) for q in self.psfs]
+        self.renderers = None
         self.own_fraction = self._interpolate(np.array([[float(k(0.0, 0.0))] for k in self.kernels]), self.scale)
         on = np.flatnonzero((x > -self.reach) & (x < nx + self.reach) & (y > -self.reach) & (y < ny + self.reach))
         self.tree = cKDTree(np.column_stack([x[on], y[on]]))
@@ -167,15 +168,18 @@ class NeighbourModel:
         `cores_above`, return the boolean image of pixels where the model exceeds it."""
         rows = np.arange(self.x.size) if rows is None else rows
         flux = self.flux[rows] if flux is None else flux
-        cores = np.zeros(data.shape, dtype=bool) if cores_above is not None else None
-        for k, q in enumerate(self.psfs):
+        if self.renderers is None:
+            self.renderers = [StarRenderer(q, self.max_radius) for q in self.psfs]
+        image = np.zeros(data.shape, dtype=np.float32) if cores_above is not None else data
+        for k, renderer in enumerate(self.renderers):
             g = np.flatnonzero(self.level[rows] == k)
             if g.size:
-                image = render_stars(data.shape, self.x[rows[g]], self.y[rows[g]], flux[g], q, self.radius[rows[g]])
-                data -= image
-                if cores is not None:
-                    cores |= image > cores_above
-        return cores
+                renderer.add(image, self.x[rows[g]], self.y[rows[g]], flux[g] if cores_above is not None else -flux[g],
+                             self.radius[rows[g]])
+        if cores_above is None:
+            return None
+        data -= image
+        return image > cores_above
 
     def update_variables(self, flux, flux_err, usable, data, pixel_ok, pixel_var, always=(),
                          only=None) -> np.ndarray:
@@ -190,7 +194,7 @@ class NeighbourModel:
         sig = flux_err / self.own_fraction
         delta = est - self.flux
         with np.errstate(invalid="ignore"):
-            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.02 * self.flux)
+            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
             cand[list(always)] = True
             if only is not None:
                 mask = np.zeros(cand.size, dtype=bool)
@@ -201,7 +205,7 @@ class NeighbourModel:
             return cand
         d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
         forced = np.isin(cand, list(always))
-        keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.02 * self.flux[cand])
+        keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
                                  | forced & (np.abs(d) > 2 * err))
         changed, d = cand[keep], d[keep]
         if changed.size == 0:
@@ -386,18 +390,12 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         r_in, r_out = (a / pixel_scale for a in settings.annulus_arcsec)
     geom = ApertureGeometry(r_ap, r_in, r_out)
 
-    err_plane = None
+    # the ERR plane, when the frame reader found it adds to the CCD model (see frames)
+    err_plane = frame.err_e
     pixel_var_err = None
-    if frame.err_e is not None:
-        sub = frame.err_e[::8, ::8][pflags[::8, ::8] == 0]
-        v_err = float(np.median(sub.astype(np.float64) ** 2)) if sub.size else np.nan
-        v_model = max(sky_level, 0.0) + info.read_noise_e ** 2
-        if np.isfinite(v_err) and 0.7 < v_err / v_model < 3.0:
-            err_plane = frame.err_e
-            pixel_var_err = v_err
-        else:
-            notes.append(f"ERR plane ignored: its background variance {v_err:.3g} e2 disagrees with "
-                         f"sky + read noise {v_model:.3g} e2")
+    if err_plane is not None:
+        sub = err_plane[::8, ::8][pflags[::8, ::8] == 0]
+        pixel_var_err = float(np.median(sub.astype(np.float64) ** 2))
     if err_plane is not None:
         repair_pixels(err_plane, repair, float(np.sqrt(pixel_var_err)))
     total, total_err, area, partial, outside = aperture_sums(data, x, y, r_ap, error=err_plane)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MoffatPSF", "PSFFit", "SizeField", "fit_psf", "render_stars", "ApertureKernel", "fit_fluxes",
+__all__ = ["MoffatPSF", "PSFFit", "SizeField", "fit_psf", "StarRenderer", "render_stars", "ApertureKernel", "fit_fluxes",
            "stamp_radius"]
 
 
@@ -275,46 +275,68 @@ def stamp_radius(psf: MoffatPSF, flux: np.ndarray, threshold: float, max_radius:
     return np.clip(np.nan_to_num(r, nan=0.0), 1.5 * psf.fwhm_pix, max_radius)
 
 
+class StarRenderer:
+    """Draws many stars of one PSF into an image.
+
+    The pixel-integrated PSF is tabulated once, out to `max_radius_pix`, at
+    phases x phases sub-pixel offsets (the core, within 3 FWHM, integrated over the
+    pixel; the wings, smooth there, evaluated at pixel centres). Each star adds the
+    stamp of its nearest phase (positions quantised to 1/phases pixel), cropped to
+    its own radius and scaled by its flux, to its slice of the image."""
+
+    def __init__(self, psf: MoffatPSF, max_radius_pix: float, phases: int = 8):
+        self.psf = psf
+        self.phases = phases
+        self.hmax = int(np.ceil(max_radius_pix))
+        off = np.arange(-self.hmax, self.hmax + 1)
+        frac = np.arange(phases + 1) / phases - 0.5
+        dx = off[None, None, None, :] - frac[None, :, None, None]
+        dy = off[None, None, :, None] - frac[:, None, None, None]
+        self.library = psf.pixel_values(dx, dy, oversample=1).astype(np.float32)
+        c = min(int(np.ceil(3 * psf.fwhm_pix)), self.hmax)
+        if psf.oversample() > 1 and c > 0:
+            core = slice(self.hmax - c, self.hmax + c + 1)
+            oc = off[core]
+            self.library[:, :, core, core] = psf.pixel_values(oc[None, None, None, :] - frac[None, :, None, None],
+                                                               oc[None, None, :, None] - frac[:, None, None, None]
+                                                               ).astype(np.float32)
+
+    def add(self, image: np.ndarray, x, y, flux, radius) -> np.ndarray:
+        """Add the stars (flux may be negative, to subtract) to `image` in place."""
+        ny, nx = image.shape
+        flux = np.asarray(flux, float)
+        x = np.asarray(x, float)
+        y = np.asarray(y, float)
+        half = np.minimum(np.ceil(np.asarray(radius, float)).astype(int), self.hmax)
+        sel = np.isfinite(flux) & (flux != 0) & np.isfinite(x) & np.isfinite(y)
+        sel &= (x > -half - 1) & (x < nx + half) & (y > -half - 1) & (y < ny + half)
+        idx = np.flatnonzero(sel)
+        if idx.size == 0:
+            return image
+        p = self.phases
+        xi = np.rint(x[idx]).astype(int)
+        yi = np.rint(y[idx]).astype(int)
+        px = np.clip(np.rint((x[idx] - xi + 0.5) * p).astype(int), 0, p).tolist()
+        py = np.clip(np.rint((y[idx] - yi + 0.5) * p).astype(int), 0, p).tolist()
+        lib, hm = self.library, self.hmax
+        for k, (star, h, cx, cy) in enumerate(zip(idx.tolist(), half[idx].tolist(), xi.tolist(), yi.tolist())):
+            x0, y0 = cx - h, cy - h
+            xa, ya = max(x0, 0), max(y0, 0)
+            xb, yb = min(x0 + 2 * h + 1, nx), min(y0 + 2 * h + 1, ny)
+            if xa >= xb or ya >= yb:
+                continue
+            stamp = lib[py[k], px[k], hm - h + ya - y0: hm - h + yb - y0, hm - h + xa - x0: hm - h + xb - x0]
+            image[ya:yb, xa:xb] += np.float32(flux[star]) * stamp
+        return image
+
+
 def render_stars(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarray,
                  psf: MoffatPSF, radius: np.ndarray, phases: int = 8) -> np.ndarray:
     """An image (float32) of stars of total `flux` at (x, y), each drawn out to its own
-    `radius` (pixels).
-
-    The pixel-integrated PSF is computed once per stamp size at phases x phases
-    sub-pixel offsets; each star adds the stamp of its nearest phase (positions
-    quantised to 1/phases pixel), scaled by its flux, to its slice of the image."""
-    ny, nx = shape
-    out = np.zeros(shape, dtype=np.float32)
-    flux = np.asarray(flux, float)
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    sel = np.isfinite(flux) & (flux != 0) & np.isfinite(x) & np.isfinite(y)
-    half = np.ceil(np.asarray(radius, float)).astype(int)
-    sel &= (x > -half - 1) & (x < nx + half) & (y > -half - 1) & (y < ny + half)
-    idx = np.flatnonzero(sel)
-    if idx.size == 0:
-        return out
-    xi = np.rint(x[idx]).astype(int)
-    yi = np.rint(y[idx]).astype(int)
-    px = np.clip(np.rint((x[idx] - xi + 0.5) * phases).astype(int), 0, phases)
-    py = np.clip(np.rint((y[idx] - yi + 0.5) * phases).astype(int), 0, phases)
-    # one library at the largest radius; smaller stamps are its central crops
-    hmax = int(half[idx].max())
-    off = np.arange(-hmax, hmax + 1)
-    frac = np.arange(phases + 1) / phases - 0.5
-    library = psf.pixel_values(off[None, None, None, :] - frac[None, :, None, None],
-                               off[None, None, :, None] - frac[:, None, None, None]).astype(np.float32)
-    for k, star in enumerate(idx):
-        h = half[star]
-        lib = library[:, :, hmax - h: hmax + h + 1, hmax - h: hmax + h + 1]
-        stamp = lib[py[k], px[k]]
-        x0, y0 = xi[k] - h, yi[k] - h
-        xa, ya = max(x0, 0), max(y0, 0)
-        xb, yb = min(x0 + 2 * h + 1, nx), min(y0 + 2 * h + 1, ny)
-        if xa >= xb or ya >= yb:
-            continue
-        out[ya:yb, xa:xb] += np.float32(flux[star]) * stamp[ya - y0: yb - y0, xa - x0: xb - x0]
-    return out
+    `radius` (pixels); see StarRenderer."""
+    radius = np.asarray(radius, float)
+    hmax = float(np.nanmax(radius)) if radius.size else 1.0
+    return StarRenderer(psf, hmax, phases).add(np.zeros(shape, dtype=np.float32), x, y, flux, radius)
 
 
 class ApertureKernel:

@@ -16,7 +16,7 @@ from ..config import ConfigError, ReductionConfig, load_reduction_config
 from ..dataset import WriteError, config_path, dataset_logger
 from ..lock import LockHeldError, read_lock
 
-__all__ = ["DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
+__all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
            "register_run_owner", "install_console_filter"]
 
 
@@ -114,7 +114,21 @@ def run_owner_pid(run_id: str) -> int:
     return _RUN_OWNERS.get(run_id, os.getpid())
 
 
-class DatasetStage(luigi.Task):
+class Reporting:
+    """Progress and status for the visualiser, usable when a task runs outside a worker."""
+
+    def report_status(self, message: str) -> None:
+        """Status message for the visualiser (a no-op outside a Luigi worker)."""
+        if callable(self.set_status_message):
+            self.set_status_message(message)
+
+    def report_progress(self, percent: int) -> None:
+        """Progress percentage for the visualiser (a no-op outside a Luigi worker)."""
+        if callable(self.set_progress_percentage):
+            self.set_progress_percentage(percent)
+
+
+class DatasetStage(Reporting, luigi.Task):
     """A stage of one dataset's reduction, run under that run's lock."""
 
     red_dir = luigi.Parameter(description="dataset directory")

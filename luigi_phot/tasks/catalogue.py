@@ -78,7 +78,7 @@ class BuildCatalogue(DatasetStage):
             reason_prefix = "kept from the previous catalogue"
         else:
             reason_prefix = None
-        self.set_status_message(f"choosing the reference among {len(frames)} frames")
+        self.report_status(f"choosing the reference among {len(frames)} frames")
         with self.timed() as t:
             try:
                 choice = choose_reference(frames, cfg.camera, cfg.target.ra_deg, cfg.target.dec_deg,
@@ -90,7 +90,7 @@ class BuildCatalogue(DatasetStage):
                                  f"{_frame_problems(frames, cfg.camera)}") from None
             reason = reason_prefix or choice.reason
             self.note(f"reference frame {choice.path.name} ({reason}); dataset filter {choice.filter_name}")
-            self.set_status_message(f"building the catalogue on {choice.path.name}")
+            self.report_status(f"building the catalogue on {choice.path.name}")
             try:
                 frame = load_frame(choice.path, cfg.camera)
                 cat = build_catalogue(frame, cfg.target.ra_deg, cfg.target.dec_deg, cfg.photometry,

@@ -115,11 +115,11 @@ class BuildLightcurve(DatasetStage):
             for k, p in enumerate(paths):
                 records.append(read_measurement(p))
                 if k % 25 == 0:
-                    self.set_progress_percentage(int(60 * k / max(len(paths), 1)))
-                    self.set_status_message(f"reading measurements {k}/{len(paths)}")
+                    self.report_progress(int(60 * k / max(len(paths), 1)))
+                    self.report_status(f"reading measurements {k}/{len(paths)}")
             cat = Catalogue.load(catalogue_path(self.red))
             duplicates = _duplicates(records, cat.reference_image)
-            self.set_status_message("calibrating")
+            self.report_status("calibrating")
             try:
                 products = build_lightcurve([r for r in records if r.image not in duplicates], cat,
                                             cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
@@ -132,8 +132,8 @@ class BuildLightcurve(DatasetStage):
             # the .ecsv is renamed last: its input_key marks the stage complete
             order = ["all_stars", "lc_csv", "rejected", "lc_png", "noise_png", "crowding_png", "lc_ecsv"]
             final = {k: self.red / files[k] for k in order}
-            self.set_progress_percentage(70)
-            self.set_status_message("writing products")
+            self.report_progress(70)
+            self.report_status("writing products")
             title = f"{cfg.target.name} {cat.filter_name}"
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
             index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"),
@@ -158,4 +158,4 @@ class BuildLightcurve(DatasetStage):
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
         for row in products.rejected:
             self.note(f"rejected {row['image']}: {row['reason']}", 30)
-        self.set_progress_percentage(100)
+        self.report_progress(100)

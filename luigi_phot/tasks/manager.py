@@ -44,7 +44,7 @@ from ..config import ConfigError, ManagerConfig, load_manager_config
 from ..dataset import read_json, write_json_atomic
 from ..manager import (MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line,
                        lock_skip_reason, select_datasets)
-from .base import StageError, install_console_filter, user_errors
+from .base import Reporting, StageError, install_console_filter, user_errors
 from .reduce import DATASET_RESOURCE, ReduceDataset, _preload_science, _release_inherited_fork_lock, \
     dataset_is_current
 
@@ -118,7 +118,7 @@ class _ProgressReporter(threading.Thread):
                 pass
 
 
-class ReductionManager(luigi.Task):
+class ReductionManager(Reporting, luigi.Task):
     """Select datasets (reduction manager configuration) and reduce them in parallel."""
 
     config = _AbsolutePath(description="reduction manager configuration (YAML; see "
@@ -155,7 +155,7 @@ class ReductionManager(luigi.Task):
                  f"configuration {cfg.path} ==========")
         log.info(f"data_reduction_dir {cfg.data_reduction_dir}; instruments {', '.join(cfg.instrument_list)}; "
                  f"max_parallel {cfg.max_parallel}")
-        self.set_status_message("selecting datasets")
+        self.report_status("selecting datasets")
         selection = select_datasets(cfg)
         for problem in selection.problems:
             log.warning(problem)
@@ -196,8 +196,8 @@ class ReductionManager(luigi.Task):
             "counts": {s: sum(o.status == s for o in ordered) for s in OUTCOMES},
             "outcomes": [o.to_json() for o in ordered],
         })
-        self.set_progress_percentage(100)
-        self.set_status_message(counts)
+        self.report_progress(100)
+        self.report_status(counts)
         failed = [o for o in ordered if o.status == "failed"]
         if failed:
             names = ", ".join(o.dataset.name for o in failed[:5]) + (", ..." if len(failed) > 5 else "")
@@ -211,8 +211,8 @@ class ReductionManager(luigi.Task):
         tasks = {ds: ReduceDataset(red_dir=str(ds.red_dir), if_locked="skip", dataset_workers=1,
                                    outcome_file=str(run_dir / f"{i:04d}.json"))
                  for i, ds in enumerate(to_reduce)}
-        self.set_status_message(f"reducing {len(tasks)} datasets, {cfg.max_parallel} at a time")
-        self.set_progress_percentage(0)
+        self.report_status(f"reducing {len(tasks)} datasets, {cfg.max_parallel} at a time")
+        self.report_progress(0)
         _release_inherited_fork_lock()
         _preload_science()  # once here, not in every dataset's process
         scheduling = _DatasetScheduling(cfg.max_parallel, log.info)

@@ -99,8 +99,8 @@ class MeasureImage(DatasetStage):
         path = self.red / self.image
 
         def progress(fraction, message):
-            self.set_progress_percentage(int(100 * fraction))
-            self.set_status_message(f"{self.image}: {message}")
+            self.report_progress(int(100 * fraction))
+            self.report_status(f"{self.image}: {message}")
 
         with self.timed() as t:
             progress(0.0, "reading")

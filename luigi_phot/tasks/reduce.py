@@ -27,7 +27,7 @@ from .. import lock
 from ..config import ConfigError
 from ..dataset import (LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir,
                        write_json_atomic)
-from .base import StageError, install_console_filter, load_config, register_run_owner
+from .base import Reporting, StageError, install_console_filter, load_config, register_run_owner
 from .lock import LOCK_HELD_NOTE, ReleaseLock
 
 __all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE"]
@@ -52,7 +52,7 @@ def dataset_is_current(red_dir) -> bool:
     return all((red / name).is_file() for name in rec.get("products", []))
 
 
-class ReduceDataset(luigi.Task):
+class ReduceDataset(Reporting, luigi.Task):
     """Reduce the dataset in red_dir (its reduction_config.yaml says how)."""
 
     red_dir = luigi.Parameter(description="dataset directory with frames and reduction_config.yaml")
@@ -117,7 +117,7 @@ class ReduceDataset(luigi.Task):
         # record before it released the lock, so the check cannot miss it.
         if holder is None and dataset_is_current(red):
             log.info("nothing to do: already reduced from the current frames and configuration")
-            self.set_status_message("up to date")
+            self.report_status("up to date")
             return {"status": "up_to_date", "reason": "already reduced by another run"}
         register_run_owner(run_id)
         n_frames = len(frame_stats(red))
@@ -158,7 +158,7 @@ class ReduceDataset(luigi.Task):
 
     def _skipped(self, log, message: str, run_id: str | None = None) -> dict:
         log.info(f"{'[' + run_id + '] ' if run_id else ''}skipped: {message}")
-        self.set_status_message(f"skipped: {message}")
+        self.report_status(f"skipped: {message}")
         return {"status": "skipped", "reason": message, "run_id": run_id}
 
 

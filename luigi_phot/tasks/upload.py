@@ -95,7 +95,7 @@ class UploadToTOM(DatasetStage):
             return
         # A product id is only meaningful on the TOM that gave it.
         previous_product_id = previous.get("product_id") if previous.get("url") == tom.url else None
-        self.set_status_message(f"uploading {csv.name} to {tom.url}")
+        self.report_status(f"uploading {csv.name} to {tom.url}")
         try:
             with self.timed() as t:
                 result = publish_photometry(
