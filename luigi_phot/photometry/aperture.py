@@ -194,29 +194,35 @@ class NoiseModel:
     note: str | None = None
 
 
-def noise_model(sky_level: float, sky_sigma: float, read_noise_e: float, gain_known: bool) -> NoiseModel:
+def noise_model(sky_level: float, pixel_sigma: float, read_noise_e: float, gain_known: bool) -> NoiseModel:
     """The CCD noise model (sky + read noise; Poisson with the frame's gain), checked
-    against the measured background noise.
+    against the measured pixel noise (`pixel_sigma`, from adjacent-pixel differences,
+    which static crowding does not inflate).
 
-    When the two disagree by more than a factor 2 the measured noise is used for the
-    background. If, moreover, the gain was only assumed and the frame still has its sky,
-    the disagreement means the assumed gain is wrong (the photon-transfer relation):
-    the source's Poisson term is scaled by the same ratio (an effective gain)."""
+    When they disagree by more than a factor 2 in variance: if the gain was only
+    assumed and the frame still has its sky, the assumed gain is wrong (the
+    photon-transfer relation) and the measured noise sets an effective gain for the
+    source's Poisson term too; if the sky has been subtracted (no sky level to model
+    the noise from), the measured noise is the background's."""
     model = max(sky_level, 0.0) + read_noise_e ** 2
-    measured = sky_sigma ** 2
+    measured = pixel_sigma ** 2
     if not (np.isfinite(measured) and measured > 0) or model <= 0:
         return NoiseModel(model if model > 0 else measured, 1.0)
     ratio = measured / model
     if 0.5 <= ratio <= 2.0:
         return NoiseModel(model, 1.0)
-    has_sky = sky_level > 3.0 * sky_sigma
+    has_sky = sky_level > 3.0 * pixel_sigma
     if not gain_known and has_sky:
         return NoiseModel(measured, ratio,
-                          f"background noise {sky_sigma:.3g} is {np.sqrt(ratio):.2f} x the CCD model with the assumed "
+                          f"pixel noise {pixel_sigma:.3g} is {np.sqrt(ratio):.2f} x the CCD model with the assumed "
                           f"gain: using the measured noise and an effective gain of {1.0 / ratio:.3g} e-/unit")
-    return NoiseModel(measured, 1.0,
-                      f"background noise {sky_sigma:.3g} e- differs from sky + read noise "
-                      f"({np.sqrt(model):.3g} e-) by {np.sqrt(ratio):.2f}x: errors use the measured background noise")
+    if not has_sky:
+        return NoiseModel(measured, 1.0,
+                          f"no sky level to model the noise from (sky-subtracted frame?): errors use the measured "
+                          f"pixel noise {pixel_sigma:.3g} e-")
+    return NoiseModel(model, 1.0,
+                      f"pixel noise {pixel_sigma:.3g} e- differs from sky + read noise ({np.sqrt(model):.3g} e-) "
+                      f"by {np.sqrt(ratio):.2f}x with a known gain: errors keep the CCD model")
 
 
 def sky_estimate_factor(estimator: str) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "SkyMesh", "sky_mesh"]
+__all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "pixel_noise", "SkyMesh", "sky_mesh"]
 
 
 def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 3.0,
@@ -103,6 +103,23 @@ def sky_stats(data: np.ndarray, pixel_flags: np.ndarray | None = None,
         sub = sub[pixel_flags[::step, ::step] == 0]
     level, sigma, n = clipped_stats(sub)
     return SkyStats(level=level, sigma=sigma, n_samples=n)
+
+
+def pixel_noise(data: np.ndarray, pixel_flags: np.ndarray | None = None, max_samples: int = 1_000_000) -> float:
+    """Pixel-to-pixel noise (sigma of one pixel) from differences of horizontally adjacent
+    pixels, robustly (MAD): the temporal noise of a pixel, which the static structure of
+    a crowded field (faint stars spread over several pixels) hardly enters, unlike the
+    spread of pixel values."""
+    step = max(1, int(np.sqrt(data.size / max_samples)))
+    a = data[::step, :-1:step].astype(np.float64)
+    b = data[::step, 1::step].astype(np.float64)
+    d = a - b
+    if pixel_flags is not None:
+        d = d[(pixel_flags[::step, :-1:step] == 0) & (pixel_flags[::step, 1::step] == 0)]
+    d = d[np.isfinite(d)]
+    if d.size < 100:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
 
 
 @dataclass(frozen=True)

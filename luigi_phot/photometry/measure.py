@@ -23,7 +23,7 @@ from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
 from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_model,
                        pixel_flag_summary, repair_pixels, repaired_light_fraction, sky_estimate_factor)
-from .background import sky_mesh
+from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
 from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
                         star_sharpness_limit, windowed_centroids)
@@ -295,6 +295,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
 
     # --- sky and bright stars
     mesh = sky_mesh(data, pflags, box=128)
+    pixel_sigma = pixel_noise(data, pflags)
     sky_level = float(np.median(mesh.level))
     sky_sigma = float(np.median(mesh.sigma))
     if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
@@ -429,7 +430,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
                                                 avoid=cores)
     clock.lap("sky")
 
-    noise = noise_model(sky_level, sky_sigma, info.read_noise_e, info.gain_known)
+    noise = noise_model(sky_level, pixel_sigma, info.read_noise_e, info.gain_known)
     if noise.note and err_plane is None:
         notes.append(noise.note)
     pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
@@ -507,7 +508,8 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "UNITS_IN": (info.units, "pixel units of the file"),
         "PIXSCALE": (pixel_scale, "pixel scale [arcsec/pix] (reference scale / alignment)"),
         "SKY_E": (sky_level, "median sky [e-/pix]"),
-        "SKYSIG_E": (sky_sigma, "median background noise [e-/pix]"),
+        "SKYSIG_E": (sky_sigma, "median background spread [e-/pix]"),
+        "PIXSIG_E": (pixel_sigma, "pixel noise from adjacent-pixel differences [e-]"),
         "PIXVAR": (pixel_var, "background pixel variance used in errors [e2]"),
         "SRCVARF": (noise.source_factor, "source Poisson variance per electron used in errors"),
         "ERRPLANE": (err_plane is not None, "errors from the ERR extension"),
