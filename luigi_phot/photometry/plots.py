@@ -85,8 +85,10 @@ def plot_noise(stars, path: Path, title: str) -> None:
 
 
 def plot_fwhm_residuals(frames, lc, all_flux, comparison_idx, path: Path, title: str) -> None:
-    """Normalised residuals (flux / median flux - 1) of constant stars and of the target
-    against each frame's FWHM: neighbours' light leaking into apertures shows as a trend."""
+    """Residuals against each frame's FWHM: constant stars (flux / median - 1) and the
+    target (flux / its running median over the 5 nearest frames in time - 1, so that
+    its own variability is left out). Neighbours' light leaking into apertures as
+    the seeing changes shows as a trend."""
     plt = _pyplot()
     fwhm = np.asarray(frames["fwhm_arcsec"], float)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -97,10 +99,19 @@ def plot_fwhm_residuals(frames, lc, all_flux, comparison_idx, path: Path, title:
         ax.plot(np.repeat(fwhm[:, None], rel.shape[1], 1).ravel(), rel.ravel(), ",", color="0.6", alpha=0.3,
                 label="constant stars")
         ax.plot(fwhm, np.nanmedian(rel, axis=1), "s", ms=4, color="C0", label="median of constant stars")
+    t = np.asarray(lc["mjd"], float)
+    flux = np.asarray(lc["flux"], float)
+    good = np.isfinite(flux) & ((np.asarray(lc["flags"]) & F.SEVERE) == 0)
+    if good.sum() >= 5:
+        tg, fg, wg = t[good], flux[good], np.asarray(lc["fwhm_arcsec"], float)[good]
+        order = np.argsort(tg)
+        tg, fg, wg = tg[order], fg[order], wg[order]
+        trend = np.array([np.median(fg[max(0, i - 2): i + 3]) for i in range(fg.size)])
+        ax.plot(wg, fg / trend - 1.0, "*", ms=7, color="C1", label="target (against its running median)")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylim(-0.2, 0.2)
     ax.set_xlabel("frame FWHM [arcsec]")
-    ax.set_ylabel("flux / median - 1")
+    ax.set_ylabel("relative residual")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()

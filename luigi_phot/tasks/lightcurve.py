@@ -153,7 +153,8 @@ class BuildLightcurve(DatasetStage):
                 if d.is_dir() and d != keep:
                     shutil.rmtree(d, ignore_errors=True)
         lc = products.lightcurve
-        self.note(f"light curve of {len(lc)} points ({products.meta['n_measured']} frames measured, "
+        mode = "neighbours subtracted" if cfg.photometry.subtract_neighbours else "plain apertures"
+        self.note(f"light curve of {len(lc)} points, {mode} ({products.meta['n_measured']} frames measured, "
                   f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
         for row in products.rejected:
