@@ -144,7 +144,12 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
     with fits.open(info.path, memmap=False) as hdul:
         hdu = hdul[info.hdu_index]
         crop = np.asarray(hdu.section[y0:y1, x0:x1], dtype=np.float32) * np.float32(info.to_electrons)
-    flags = np.zeros(crop.shape, dtype=np.uint8)
+        flags = np.zeros(crop.shape, dtype=np.uint8)
+        if info.bpm_hdu is not None:
+            # bad columns and hot pixels would otherwise be the "brightest stars"
+            bpm = np.asarray(hdul[info.bpm_hdu].section[y0:y1, x0:x1])
+            if bpm.shape == crop.shape and np.issubdtype(bpm.dtype, np.integer):
+                flags[bpm != 0] = 1
     flags[~np.isfinite(crop)] = 1
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
