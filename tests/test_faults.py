@@ -27,12 +27,8 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,8 +39,10 @@ from astropy.table import Table
 
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from tests.conftest import copy_dataset, reduce_dataset
-from tests.fault_tools import (Reduction, assert_no_traceback, check_outputs_readable, console, input_checksums,
-                               log_lines, reduce_with_permissions, temporaries, wait_for)
+from tests.fault_tools import (Luigid, Reduction, assert_no_traceback, check_outputs_readable, console,
+                               input_checksums, log_lines, measured_lines, measurements, reduce_with_permissions,
+                               temporaries, wait_for)
+from tests.tom_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -76,28 +74,6 @@ def dataset(template, tmp_path) -> Path:
 
 def frames_of(red: Path) -> list[str]:
     return sorted(p.name for p in red.iterdir() if p.name.endswith((".fits", ".fits.fz")))
-
-
-def measurements(red: Path) -> dict[str, tuple[int, int]]:
-    """Measurement files: name -> (inode, mtime_ns). A file that keeps both across a run
-    was not redone by it."""
-    out = {}
-    for p in (red / "photometry" / "frames").glob("*/*.phot.fits"):
-        if p.name.startswith("."):
-            continue  # a temporary of an interrupted write
-        st = p.stat()
-        out[p.name] = (st.st_ino, st.st_mtime_ns)
-    return out
-
-
-def measured_lines(red: Path) -> dict[str, int]:
-    """How many times the log says each frame was measured."""
-    counts: dict[str, int] = {}
-    for ln in log_lines(red):
-        m = re.search(r"MeasureImage: (\S+): measured ", ln)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
 
 
 def run_lines(red: Path, run: int) -> list[str]:
@@ -558,46 +534,12 @@ def test_file_size_limit_while_writing_the_lightcurve(dataset, tmp_path):
 # --------------------------------------------------------------------------
 
 
-class Luigid:
-    def __init__(self, base: Path, port: int):
-        self.base, self.port = base, port
-        self.proc = None
-
-    def start(self) -> "Luigid":
-        self.base.mkdir(parents=True, exist_ok=True)
-        log = open(self.base / "luigid.log", "a")
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "luigid"), "--port", str(self.port),
-                                      "--address", "127.0.0.1", "--state-path", str(self.base / "state.pickle"),
-                                      "--logdir", str(self.base)], stdout=log, stderr=log,
-                                     start_new_session=True, env={**os.environ})
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            assert self.proc.poll() is None, (self.base / "luigid.log").read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError("luigid did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_scheduler_restarted_mid_run(dataset, tmp_path):
     """luigid killed (-9) while frames are measured and started again at once: the run
     fails or continues cleanly, and a rerun finishes without redoing finished work."""
     frames = frames_of(dataset)
     before = input_checksums(dataset)
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text("[core]\nrpc-retry-attempts = 30\nrpc-retry-wait = 1\n")
     env = {"LUIGI_CONFIG_PATH": str(cfg)}
