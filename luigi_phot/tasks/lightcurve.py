@@ -168,9 +168,9 @@ class BuildLightcurve(DatasetStage):
         self.note(f"light curve of {len(lc)} points ({products.meta['n_measured']} frames measured, "
                   f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
-        for row in products.rejected:
-            self.note(f"rejected {row['image']}: {row['reason']}", 30)
         if retry:
             self.note(f"{len(retry)} frame(s) rejected for a cause outside the frame, to be tried again on the "
                       f"next run (the dataset is not up to date until then): {', '.join(sorted(retry))}", 30)
+        for row in products.rejected:
+            self.note(f"rejected {row['image']}: {row['reason']}", 30)
         self.set_progress_percentage(100)
