@@ -5,6 +5,9 @@
   run takes the lock over as stale (a warning in the log), finishes the dataset
   without redoing finished work, every output can be opened, and no temporary
   file is left or mistaken for an output;
+- kill -9 while UploadToTOM uploads to a real TOM Toolkit server (the kill lands
+  when the data product appears in the TOM's API): afterwards the TOM holds one
+  data product for the dataset, with exactly the light curve's points;
 - the TOM down: the upload fails in one line, the lock is released, the next run
   redoes only the upload;
 - a read-only red_dir (from the start, and made read-only while the frames are
