@@ -35,7 +35,7 @@ from .photometry.frames import is_frame_name
 __all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION",
            "WriteError", "frame_stats", "duplicate_exposures", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
            "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir",
-           "resolve_red_dir", "resolve_dataset_entry"]
+           "resolve_red_dir"]
 
 PRODUCTS_DIR = "photometry"
 RECORD_NAME = "reduction_record.json"
@@ -52,34 +52,6 @@ def resolve_red_dir(red_dir: str | os.PathLike) -> Path:
     if not p.is_dir():
         raise FileNotFoundError(f"{red_dir}: not a directory")
     return p
-
-
-def resolve_dataset_entry(data_reduction_dir: str | os.PathLike, entry: str, where: str = "dataset list") -> Path:
-    """The dataset directory named by one entry of a dataset-list file: a path relative to
-    `data_reduction_dir` (or absolute), resolved with every symlink followed, which must
-    lie strictly inside `data_reduction_dir` and be a directory. Raises ConfigError, one
-    line starting with `where` (e.g. 'datasets.txt line 3'). For the reduction manager:
-    a list must not make it reduce, lock or write anywhere else."""
-    from .config import ConfigError
-
-    base = Path(os.path.expanduser(str(data_reduction_dir))).resolve()
-    text = str(entry).strip()
-    if not text or "\x00" in text:
-        raise ConfigError(f"{where}: {text[:80]!r} is not a dataset path")
-    given = Path(os.path.expanduser(text))
-    path = given if given.is_absolute() else base / given
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise ConfigError(f"{where}: {text!r} cannot be resolved ({exc})") from None
-    if real == base:
-        raise ConfigError(f"{where}: {text!r} is data_reduction_dir itself, not a dataset directory in it")
-    if base not in real.parents:
-        via = " through a symlink" if real != Path(os.path.abspath(path)) else ""
-        raise ConfigError(f"{where}: {text!r} leads{via} to {real}, outside data_reduction_dir {base}: refused")
-    if not real.is_dir():
-        raise ConfigError(f"{where}: {text!r} ({real}) is not a directory")
-    return real
 
 
 def catalogue_path(red_dir: Path) -> Path:

@@ -119,10 +119,6 @@ class Outcome:
 # --------------------------------------------------------------------------
 
 
-def _inside(root: Path, path: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
 def _subdirs(path: Path) -> list[str]:
     """Names of the visible subdirectories of `path` (following symlinks), sorted."""
     try:
@@ -134,18 +130,30 @@ def _subdirs(path: Path) -> list[str]:
 
 
 def _dataset_at(root: Path, path: Path, what: str) -> tuple[Dataset | None, str | None]:
-    """The dataset at `path` (anything inside root), or None and a one-line reason."""
-    resolved = path.resolve()
-    if not _inside(root, resolved):
-        return None, f"{what}: resolves to {resolved}, outside data_reduction_dir {root}: skipped"
+    """The dataset at `path`, or None and a one-line reason starting with `what`.
+
+    The one place where a path found in the tree or named in a dataset list is
+    confined to data_reduction_dir (`root`, resolved): it is resolved with every
+    symbolic link followed, and refused when it leads outside root (by ``..``, an
+    absolute path or a link), is root itself, cannot be resolved (a link loop), does
+    not exist, is not a directory or holds no reduction_config.yaml. The manager
+    never reads, locks or writes a directory this refuses."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:   # a symlink loop, a NUL byte
+        return None, f"{what}: cannot be resolved ({' '.join(str(exc).split())[:200]}): skipped"
+    if resolved == root:
+        return None, f"{what}: is data_reduction_dir itself, not a dataset directory in it: skipped"
+    if not resolved.is_relative_to(root):
+        via = " (through a symbolic link)" if Path(os.path.normpath(path)).is_relative_to(root) else ""
+        return None, f"{what}: resolves to {resolved}{via}, outside data_reduction_dir {root}: skipped"
     if not resolved.exists():
         return None, f"{what}: does not exist: skipped"
     if not resolved.is_dir():
         return None, f"{what}: is not a directory: skipped"
     if not (resolved / REDUCTION_CONFIG_NAME).is_file():
         return None, f"{what}: no {REDUCTION_CONFIG_NAME} in {resolved}: skipped"
-    name = resolved.relative_to(root).as_posix() or "."
-    return Dataset(red_dir=resolved, name=name), None
+    return Dataset(red_dir=resolved, name=resolved.relative_to(root).as_posix()), None
 
 
 def discover_datasets(data_reduction_dir: Path, instruments: Iterable[str]) -> tuple[list[Dataset], list[str]]:
@@ -193,7 +201,7 @@ def read_dataset_list(path: Path, data_reduction_dir: Path) -> tuple[list[Datase
             continue
         given = Path(os.path.expanduser(entry))
         ds, problem = _dataset_at(root, given if given.is_absolute() else root / given,
-                                  f"{path}, line {number} '{entry}'")
+                                  f"{path}, line {number} {entry!r}")
         if problem:
             problems.append(problem)
         elif ds.red_dir not in datasets:

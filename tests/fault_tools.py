@@ -1,15 +1,20 @@
-"""Helpers of the bad-input and fault suites (tests/test_bad_input.py, tests/test_faults.py):
-input checksums, console checks, a runner for which file permissions apply even to
-root, a reduction started in its own process group (to be killed), and a check
-that every output of a dataset can be opened."""
+"""Helpers of the bad-input and fault suites (tests/test_bad_input.py, tests/test_faults.py,
+tests/test_manager_faults.py): input checksums, console checks, a runner for which file
+permissions apply even to root, a reduction started in its own process group (to be
+killed), a luigid that can be killed and started again, "not redone" checks (measurement
+files and the log's "measured" lines), and a check that every output of a dataset can
+be opened."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,27 +74,25 @@ def reduce_with_permissions(red_dir: Path, *extra: str, timeout: float = 300) ->
                           capture_output=True, text=True, timeout=timeout)
 
 
-class Reduction:
-    """A `luigi ... ReduceDataset` run in its own process group (so that a kill reaches
-    every worker it forked), its output going to files."""
+class LuigiRun:
+    """A `luigi ...` command run in its own process group (so that a kill reaches every
+    worker it forked), its output going to files in out_dir."""
 
-    def __init__(self, red_dir: Path, *extra: str, out_dir: Path, env: dict | None = None,
-                 permissions: bool = False, preexec_fn=None, local: bool = True):
-        self.red_dir = Path(red_dir)
+    def __init__(self, args: list[str], *, cwd: Path, out_dir: Path, env: dict | None = None,
+                 permissions: bool = False, preexec_fn=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = out_dir / "stdout.txt", out_dir / "stderr.txt"
         prefix = _NO_DAC if permissions and os.geteuid() == 0 else []
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(prefix + luigi_args(red_dir, *extra, local=local), cwd=str(self.red_dir.parent),
-                                         env=_env(env), stdout=out, stderr=err, start_new_session=True,
-                                         preexec_fn=preexec_fn)
+            self.proc = subprocess.Popen(prefix + args, cwd=str(cwd), env=_env(env), stdout=out, stderr=err,
+                                         start_new_session=True, preexec_fn=preexec_fn)
         self.stdout = self.stderr = ""
 
     @property
     def returncode(self):
         return self.proc.returncode
 
-    def wait(self, timeout: float) -> "Reduction":
+    def wait(self, timeout: float) -> "LuigiRun":
         try:
             self.proc.wait(timeout=timeout)
         finally:
@@ -100,7 +103,8 @@ class Reduction:
         return self
 
     def kill(self) -> None:
-        """SIGKILL to the whole process group (the luigi command and every worker it forked)."""
+        """SIGKILL to the whole process group (the luigi command and every worker it forked),
+        then wait until all of them are gone."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -112,6 +116,17 @@ class Reduction:
             time.sleep(0.05)
 
 
+class Reduction(LuigiRun):
+    """`luigi --module luigi_phot ReduceDataset --red-dir red_dir [--local-scheduler] extra`
+    in its own process group."""
+
+    def __init__(self, red_dir: Path, *extra: str, out_dir: Path, env: dict | None = None,
+                 permissions: bool = False, preexec_fn=None, local: bool = True):
+        self.red_dir = Path(red_dir)
+        super().__init__(luigi_args(red_dir, *extra, local=local), cwd=self.red_dir.parent, out_dir=out_dir,
+                         env=env, permissions=permissions, preexec_fn=preexec_fn)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -120,7 +135,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.01, proc: Reduction | None = None):
+def wait_for(predicate, timeout: float, interval: float = 0.01, proc: LuigiRun | None = None):
     """Poll `predicate()` until it returns something true (returned), the timeout, or
     `proc` ending (both: AssertionError)."""
     deadline = time.monotonic() + timeout
@@ -135,6 +150,62 @@ def wait_for(predicate, timeout: float, interval: float = 0.01, proc: Reduction 
             raise AssertionError(f"the reduction ended (exit {proc.proc.returncode}) before the awaited moment")
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {getattr(predicate, '__name__', predicate)}")
+
+
+def measurements(red: Path) -> dict[str, tuple[int, int]]:
+    """Measurement files: name -> (inode, mtime_ns). A file that keeps both across a run
+    was not redone by it."""
+    out = {}
+    for p in (red / "photometry" / "frames").glob("*/*.phot.fits"):
+        if p.name.startswith("."):
+            continue  # a temporary of an interrupted write
+        st = p.stat()
+        out[p.name] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def measured_lines(red: Path) -> dict[str, int]:
+    """How many times the log says each frame was measured."""
+    counts: dict[str, int] = {}
+    for ln in log_lines(red):
+        m = re.search(r"MeasureImage: (\S+): measured ", ln)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+class Luigid:
+    """A luigid on 127.0.0.1:`port` with its state in `base`, in its own process group,
+    that a test can kill (-9) and start again on the same port and state file."""
+
+    def __init__(self, base: Path, port: int):
+        self.base, self.port = base, port
+        self.proc = None
+
+    def start(self) -> "Luigid":
+        self.base.mkdir(parents=True, exist_ok=True)
+        log = open(self.base / "luigid.log", "a")
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "luigid"), "--port", str(self.port),
+                                      "--address", "127.0.0.1", "--state-path", str(self.base / "state.pickle"),
+                                      "--logdir", str(self.base)], stdout=log, stderr=log,
+                                     start_new_session=True, env={**os.environ})
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            assert self.proc.poll() is None, (self.base / "luigid.log").read_text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError("luigid did not start")
+
+    def scheduler_args(self) -> list[str]:
+        return ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(self.port)]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
 
 
 def temporaries(red_dir: Path) -> list[Path]:

@@ -10,6 +10,7 @@ module fixture `bad_run`); each case is still its own test.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -181,6 +182,9 @@ def test_the_dataset_is_reduced_despite_its_bad_frames(bad_run):
     used = {first if n == f"copy_of_{first}" else n for n in used}
     assert used == set(bad_run["good"]) | {bad_run["wcs_frame"]}
     assert (red / "reduction_record.json").is_file() and not (red / "dataset.lock").exists()
+    # bad content is remembered: none of these frames is tried again, the dataset is up to date
+    assert json.loads((red / "reduction_record.json").read_text())["retry"] == {}
+    assert not list((red / "photometry" / "frames").glob("*/*.retry.json"))
 
 
 def test_inputs_are_not_modified(bad_run):
@@ -230,24 +234,90 @@ def test_red_dir_given_through_a_symlink_is_resolved(bad_run):
     assert not any(str(link) in ln for ln in log_lines(red))
 
 
-def test_unreadable_frame_is_rejected(dataset):
+def measured_in_run(red: Path, run: int) -> list[str]:
+    """Frames the `run`-th run (0-based) of the dataset's log measured."""
+    runs: list[list[str]] = []
+    for ln in log_lines(red):
+        if "========== run " in ln:
+            runs.append([])
+        elif runs and "MeasureImage: " in ln and ": measured " in ln:
+            runs[-1].append(ln.split("MeasureImage: ", 1)[1].split(":", 1)[0])
+    return sorted(runs[run])
+
+
+def measurement_files(red: Path) -> dict[str, tuple[int, int]]:
+    """Measurement files: name -> (inode, mtime_ns)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (red / "photometry" / "frames").glob("*/*.phot.fits")}
+
+
+def test_unreadable_frame_is_rejected_for_this_run_only_and_measured_once_readable(dataset):
     """A frame the reducing user cannot read (mode 000; as root, the run is made without
-    the capabilities that let root read any file)."""
+    the capabilities that let root read any file) is rejected with its reason, but the
+    rejection is not remembered: once readable again (no touch, its mtime unchanged), the
+    next run measures that frame alone and it enters the light curve."""
+    from luigi_phot.tasks.reduce import dataset_is_current
+
     frame = good_frames(dataset)[3]
     before = input_checksums(dataset)
     (dataset / frame).chmod(0)
     try:
         proc = reduce_with_permissions(dataset, timeout=300)
+        still_denied = reduce_with_permissions(dataset, timeout=300)   # not current: tried again, still denied
     finally:
         (dataset / frame).chmod(0o644)
-    assert proc.returncode == 0, console(proc)[-4000:]
-    assert_no_traceback(proc)
+    for run in (proc, still_denied):
+        assert run.returncode == 0, console(run)[-4000:]
+        assert_no_traceback(run)
     rows = [r for r in Table.read(dataset / REJECTED, format="ascii.csv") if str(r["image"]) == frame]
     assert len(rows) == 1 and "cannot be read (permission denied)" in rows[0]["reason"]
-    assert any(f"{frame}: rejected: cannot be read (permission denied)" in ln for ln in log_lines(dataset))
+    warned = [ln for ln in log_lines(dataset) if f"{frame}: rejected: cannot be read (permission denied)" in ln]
+    assert len(warned) == 2 and all(" WARNING " in ln and "tried again on the next run" in ln for ln in warned)
     lc = Table.read(dataset / LC, format="ascii.ecsv")
     assert set(lc["image"]) == set(good_frames(dataset)) - {frame}
+    record = json.loads((dataset / "reduction_record.json").read_text())
+    assert list(record["retry"]) == [frame] and not dataset_is_current(dataset)
+    assert measured_in_run(dataset, 1) == []          # the readable frames were not measured again
+    done_before = measurement_files(dataset)
+
+    rerun = reduce_dataset(dataset, "--workers", "2", timeout=300)
+    assert rerun.returncode == 0, console(rerun)[-4000:]
+    assert measured_in_run(dataset, 2) == [frame]
+    after = measurement_files(dataset)
+    assert all(after[n] == ident for n, ident in done_before.items() if n != f"{frame}.phot.fits")
+    lc = Table.read(dataset / LC, format="ascii.ecsv")
+    assert set(lc["image"]) == set(good_frames(dataset))
+    row = lc[lc["image"] == frame]
+    assert row["flags"][0] & F.FRAME_REJECTED == 0 and np.isfinite(row["flux"][0])
+    assert frame not in {str(r["image"]) for r in Table.read(dataset / REJECTED, format="ascii.csv")}
+    record = json.loads((dataset / "reduction_record.json").read_text())
+    assert record["retry"] == {} and record["n_rejected"] == 0 and dataset_is_current(dataset)
+    assert not list((dataset / "photometry" / "frames").glob("*/*.retry.json"))
     assert input_checksums(dataset) == before
+
+
+def test_an_io_error_reading_a_frame_is_environmental_but_bad_content_is_not(dataset, monkeypatch):
+    """How MeasureImage tells a rejection to retry from one to remember: the OSError under
+    the FrameError that load_frame raises (kept as its context), or an unreadable file."""
+    import errno
+
+    from astropy.io import fits as fits_module
+
+    from luigi_phot.photometry.frames import FrameError, load_frame
+    from luigi_phot.tasks.measure import environmental_cause
+
+    path = dataset / good_frames(dataset)[0]
+    (dataset / "bad_notfits.fits").write_text("SIMPLE? no: this is a text file named .fits\n" * 40)
+    with pytest.raises(FrameError) as content:
+        load_frame(dataset / "bad_notfits.fits")
+    assert not environmental_cause(content.value, dataset / "bad_notfits.fits")
+
+    def failing_open(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(fits_module, "open", failing_open)
+    with pytest.raises(FrameError) as io_error:
+        load_frame(path)
+    assert "Input/output error" in str(io_error.value)
+    assert environmental_cause(io_error.value, path)
 
 
 def test_a_frame_that_crashes_the_measurement_is_rejected_not_fatal(dataset, monkeypatch):
@@ -366,53 +436,3 @@ def test_bad_configuration_stops_with_one_line(dataset, case):
     assert input_checksums(dataset) == before
     assert any(message in ln and " ERROR " in ln for ln in log_lines(dataset))
     assert not (dataset.parent / "EVALUATED").exists() and not (dataset / "EVALUATED").exists()
-
-
-# --------------------------------------------------------------------------
-# Dataset paths confined to data_reduction_dir (the hook for the reduction
-# manager's dataset-list file: luigi_phot.dataset.resolve_dataset_entry)
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def reduction_tree(tmp_path) -> Path:
-    """data_reduction_dir with one dataset, a directory outside it, and symlinks."""
-    top = tmp_path / "reduction"
-    (top / TARGET / "sinistro" / "ip").mkdir(parents=True)
-    (tmp_path / "elsewhere" / "ip").mkdir(parents=True)
-    (top / TARGET / "sinistro" / "out").symlink_to(tmp_path / "elsewhere" / "ip", target_is_directory=True)
-    (top / "alias").symlink_to(top / TARGET, target_is_directory=True)
-    (top / "loop").symlink_to(top / "loop")
-    return top
-
-
-@pytest.mark.parametrize("entry, accepted", [
-    (f"{TARGET}/sinistro/ip", True),
-    (f"  {TARGET}/sinistro/ip/  ", True),
-    ("alias/sinistro/ip", True),                      # a symlink that stays inside
-    ("ABSOLUTE_INSIDE", True),
-    (f"{TARGET}/sinistro/out", False),                # a symlink that leads out
-    (f"{TARGET}/../../elsewhere/ip", False),          # .. out
-    ("ABSOLUTE_OUTSIDE", False),
-    (".", False),                                     # data_reduction_dir itself
-    (f"{TARGET}/sinistro/missing", False),
-    ("loop", False),
-    ("", False),
-])
-def test_dataset_list_entries_are_resolved_and_confined(reduction_tree, entry, accepted):
-    from luigi_phot.config import ConfigError
-    from luigi_phot.dataset import resolve_dataset_entry
-
-    entry = {"ABSOLUTE_INSIDE": str(reduction_tree / TARGET / "sinistro" / "ip"),
-             "ABSOLUTE_OUTSIDE": str(reduction_tree.parent / "elsewhere" / "ip")}.get(entry, entry)
-    if accepted:
-        assert resolve_dataset_entry(reduction_tree, entry) == (reduction_tree / TARGET / "sinistro" / "ip")
-    else:
-        with pytest.raises(ConfigError) as info:
-            resolve_dataset_entry(reduction_tree, entry, where="datasets.txt line 3")
-        message = str(info.value)
-        assert message.startswith("datasets.txt line 3: ") and "\n" not in message
-        if "out" in entry.split("/")[-1:] or "elsewhere" in entry:
-            assert "outside data_reduction_dir" in message and "refused" in message
-        if entry.endswith("/out"):
-            assert "through a symlink" in message

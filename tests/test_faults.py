@@ -5,6 +5,9 @@
   run takes the lock over as stale (a warning in the log), finishes the dataset
   without redoing finished work, every output can be opened, and no temporary
   file is left or mistaken for an output;
+- kill -9 while UploadToTOM uploads to a real TOM Toolkit server (the kill lands
+  when the data product appears in the TOM's API): afterwards the TOM holds one
+  data product for the dataset, with exactly the light curve's points;
 - the TOM down: the upload fails in one line, the lock is released, the next run
   redoes only the upload;
 - a read-only red_dir (from the start, and made read-only while the frames are
@@ -27,12 +30,8 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,8 +42,10 @@ from astropy.table import Table
 
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from tests.conftest import copy_dataset, reduce_dataset
-from tests.fault_tools import (Reduction, assert_no_traceback, check_outputs_readable, console, input_checksums,
-                               log_lines, reduce_with_permissions, temporaries, wait_for)
+from tests.fault_tools import (Luigid, Reduction, assert_no_traceback, check_outputs_readable, console,
+                               input_checksums, log_lines, measured_lines, measurements, reduce_with_permissions,
+                               temporaries, wait_for)
+from tests.tom_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -78,48 +79,27 @@ def frames_of(red: Path) -> list[str]:
     return sorted(p.name for p in red.iterdir() if p.name.endswith((".fits", ".fits.fz")))
 
 
-def measurements(red: Path) -> dict[str, tuple[int, int]]:
-    """Measurement files: name -> (inode, mtime_ns). A file that keeps both across a run
-    was not redone by it."""
-    out = {}
-    for p in (red / "photometry" / "frames").glob("*/*.phot.fits"):
-        if p.name.startswith("."):
-            continue  # a temporary of an interrupted write
-        st = p.stat()
-        out[p.name] = (st.st_ino, st.st_mtime_ns)
-    return out
-
-
-def measured_lines(red: Path) -> dict[str, int]:
-    """How many times the log says each frame was measured."""
-    counts: dict[str, int] = {}
-    for ln in log_lines(red):
-        m = re.search(r"MeasureImage: (\S+): measured ", ln)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
-
-
 def run_lines(red: Path, run: int) -> list[str]:
-    """Log lines of the `run`-th run (0-based) recorded in aperture_pipeline.log."""
+    """Log lines of the `run`-th run (0-based) recorded in aperture_pipeline.log ([] when
+    there was no such run: a dataset found up to date starts none)."""
     runs: list[list[str]] = []
     for ln in log_lines(red):
         if "========== run " in ln:
             runs.append([])
         if runs:
             runs[-1].append(ln)
-    return runs[run]
+    return runs[run] if run < len(runs) else []
 
 
-def assert_finished(red: Path, proc, frames: list[str]) -> None:
-    """The run succeeded and left a complete, readable dataset."""
+def assert_finished(red: Path, proc, frames: list[str], lc_name: str = LC) -> None:
+    """The run succeeded and left a complete, readable dataset (light curve `lc_name`)."""
     assert proc.returncode == 0, console(proc)[-5000:]
     assert_no_traceback(proc)
     assert not (red / "dataset.lock").exists()
     assert temporaries(red) == [], temporaries(red)
     checked = check_outputs_readable(red)
-    assert LC in checked and "reduction_record.json" in checked
-    lc = Table.read(red / LC, format="ascii.ecsv")
+    assert lc_name in checked and "reduction_record.json" in checked
+    lc = Table.read(red / lc_name, format="ascii.ecsv")
     assert sorted(lc["image"]) == frames
     record = json.loads((red / "reduction_record.json").read_text())
     assert record["n_measured"] == len(frames) and record["n_rejected"] == 0
@@ -365,6 +345,84 @@ def test_kill_while_uploading_then_rerun(dataset, tmp_path, stub_tom):
     assert input_checksums(dataset) == before
 
 
+#: The real-TOM kill test: a dataset small enough to reduce in seconds, with a target
+#: name no other test uses on the session's TOM.
+KILL_TARGET = "FAULT-KILL-UPLOAD"
+TINY = SyntheticConfig(seed=5, n_frames=4, shape=(256, 256), n_stars=300, bad_column=100, n_nights=1,
+                       seeing_arcsec=(1.0, 1.8), target_name=KILL_TARGET)
+
+
+@pytest.fixture(scope="module")
+def tiny_template(tmp_path_factory) -> Path:
+    red = tmp_path_factory.mktemp("faults_tiny") / KILL_TARGET / "sinistro" / "ip"
+    generate_dataset(red, TINY)
+    for name in ("synthetic_truth.ecsv", "synthetic_stars.ecsv"):
+        (red / name).unlink()
+    return red
+
+
+@pytest.mark.tom
+def test_kill_while_uploading_to_the_real_tom_then_rerun(tiny_template, tmp_path, tom_server):
+    """kill -9 when the upload's data product appears on a real TOM Toolkit server (seen
+    through its API, with token auth; the pipeline's Basic-auth requests take ~0.3 s
+    each, so the kill lands before the pipeline has recorded the upload). Whenever it
+    lands, the next run finishes, and the TOM then holds one data product for the
+    dataset, with exactly the light curve's points."""
+    from tests.test_upload import Api, configure, csv_points, target_id, the_product, tom_points, write_account
+
+    red = copy_dataset(tiny_template, tmp_path / "ip")
+    configure(red, KILL_TARGET, write_account(tmp_path / "tom_config.yaml", tom_server.config()),
+              create_target=True)
+    api = Api(tom_server)
+    assert target_id(api, KILL_TARGET) is None, "the target must be new to this TOM"
+    frames = frames_of(red)
+    before = input_checksums(red)
+
+    def product_on_the_tom():
+        tid = target_id(api, KILL_TARGET)
+        return tid is not None and api.products(tid, KILL_TARGET)
+    run = Reduction(red, "--workers", "2", out_dir=tmp_path / "run1")
+    try:
+        wait_for(product_on_the_tom, timeout=RUN_TIMEOUT_S, interval=0.02, proc=run)
+    finally:
+        run.kill()
+    tid = target_id(api, KILL_TARGET)
+    orphans = list(api.products(tid, KILL_TARGET))
+    record = json.loads((red / "upload_record.json").read_text()) if (red / "upload_record.json").exists() else {}
+    lock_left = (red / "dataset.lock").exists()
+    if run.returncode == 0:
+        case = "after the run had finished"
+    elif record.get("status") == "uploaded":
+        case = "after the upload was recorded, before the run finished"
+    else:
+        case = f"during the upload: the TOM holds product(s) {orphans} that the pipeline has not recorded"
+        assert lock_left and not (red / "reduction_record.json").exists()
+    print(f"kill landed {case}; lock left: {lock_left}")
+    assert len(orphans) == 1
+    if lock_left:
+        holder = json.loads((red / "dataset.lock").read_text())
+        assert not _alive(holder["pid"])
+        assert_interrupted_state_is_safe(red)
+    done_before = measurements(red)
+
+    rerun = reduce_dataset(red, "--workers", "2", timeout=RUN_TIMEOUT_S)
+    assert_finished(red, rerun, frames, f"{KILL_TARGET}_ip_lc.ecsv")
+    second = run_lines(red, 1)
+    assert sum(STALE in ln and " WARNING " in ln for ln in second) == (1 if lock_left else 0), second[:5]
+    assert not any(s in ln for ln in second for s in ("MeasureImage", "BuildCatalogue")), "only later stages redone"
+    product = the_product(api, tid, KILL_TARGET)       # exactly one data product for the dataset ...
+    assert tom_points(api, tid) == csv_points(red, KILL_TARGET)   # ... holding exactly the light curve's points
+    assert len(csv_points(red, KILL_TARGET)) == len(frames)
+    record = json.loads((red / "upload_record.json").read_text())
+    assert record["status"] in ("uploaded", "unchanged") and record["product_id"] == product
+    if case.startswith("during"):   # the orphan was deleted before the light curve went up again
+        assert product not in orphans
+        assert any(f"Deleted data product {orphans[0]} " in ln for ln in second), second
+    assert measured_lines(red) == {f: 1 for f in frames}
+    assert measurements(red) == done_before
+    assert input_checksums(red) == before
+
+
 def test_tom_down_fails_the_upload_only_and_the_rerun_uploads(dataset, stub_tom):
     with_upload(dataset, stub_tom.url)
     frames = frames_of(dataset)
@@ -558,46 +616,12 @@ def test_file_size_limit_while_writing_the_lightcurve(dataset, tmp_path):
 # --------------------------------------------------------------------------
 
 
-class Luigid:
-    def __init__(self, base: Path, port: int):
-        self.base, self.port = base, port
-        self.proc = None
-
-    def start(self) -> "Luigid":
-        self.base.mkdir(parents=True, exist_ok=True)
-        log = open(self.base / "luigid.log", "a")
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "luigid"), "--port", str(self.port),
-                                      "--address", "127.0.0.1", "--state-path", str(self.base / "state.pickle"),
-                                      "--logdir", str(self.base)], stdout=log, stderr=log,
-                                     start_new_session=True, env={**os.environ})
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            assert self.proc.poll() is None, (self.base / "luigid.log").read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError("luigid did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_scheduler_restarted_mid_run(dataset, tmp_path):
     """luigid killed (-9) while frames are measured and started again at once: the run
     fails or continues cleanly, and a rerun finishes without redoing finished work."""
     frames = frames_of(dataset)
     before = input_checksums(dataset)
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text("[core]\nrpc-retry-attempts = 30\nrpc-retry-wait = 1\n")
     env = {"LUIGI_CONFIG_PATH": str(cfg)}

@@ -231,6 +231,42 @@ def test_group_file_reads_relative_paths_and_reports_what_it_cannot_use(tree, tm
     assert all(d.red_dir.is_relative_to(tree.resolve()) for d in sel.datasets)
 
 
+@pytest.mark.parametrize("entry, problem", [
+    ("T-A/sinistro/ip", None),
+    ("  T-A/sinistro/ip/  ", None),
+    ("alias/sinistro/ip", None),                      # a symlink that stays inside
+    ("ABSOLUTE_INSIDE", None),
+    ("T-A/sinistro/out", "(through a symbolic link), outside data_reduction_dir"),
+    ("T-A/../../elsewhere/ip", "outside data_reduction_dir"),
+    ("ABSOLUTE_OUTSIDE", "outside data_reduction_dir"),
+    (".", "is data_reduction_dir itself"),
+    ("T-A/sinistro/missing", "does not exist"),
+    ("loop", "cannot be resolved (Symlink loop"),
+    ("T-A/sinistro/ip\x00", "cannot be resolved (embedded null byte"),
+])
+def test_each_dataset_list_entry_is_confined_to_data_reduction_dir(tree, tmp_path, entry, problem):
+    """One entry at a time, through read_dataset_list (the manager's only way in): what
+    resolves inside data_reduction_dir is taken, everything else is one line, skipped."""
+    (tmp_path / "elsewhere" / "ip").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "ip" / "reduction_config.yaml").write_text("target: {}\n")
+    (tree / "T-A" / "sinistro" / "out").symlink_to(tmp_path / "elsewhere" / "ip", target_is_directory=True)
+    (tree / "alias").symlink_to(tree / "T-A", target_is_directory=True)
+    (tree / "loop").symlink_to(tree / "loop")
+    (tree / "reduction_config.yaml").write_text("target: {}\n")   # root itself is still not a dataset
+    entry = {"ABSOLUTE_INSIDE": str(tree / "T-A" / "sinistro" / "ip"),
+             "ABSOLUTE_OUTSIDE": str(tmp_path / "elsewhere" / "ip")}.get(entry, entry)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# one entry\n{entry}\n")
+    datasets, problems = read_dataset_list(listing, tree)
+    if problem is None:
+        assert problems == [] and [(d.name, d.red_dir) for d in datasets] == [
+            ("T-A/sinistro/ip", (tree / "T-A" / "sinistro" / "ip").resolve())]
+    else:
+        assert datasets == [] and len(problems) == 1
+        assert problems[0].startswith(f"{listing}, line 2 {entry.strip()!r}: ")
+        assert problem in problems[0] and problems[0].endswith(": skipped") and "\n" not in problems[0]
+
+
 def test_unreadable_dataset_list_is_a_one_line_configuration_error(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"\xff\xfe\x00bad")

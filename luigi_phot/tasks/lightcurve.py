@@ -18,7 +18,7 @@ from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exp
 from .base import DatasetStage, StageError
 from .catalogue import BuildCatalogue
 from .lock import LockDataset
-from .measure import MeasureImage, measurement_key
+from .measure import MeasureImage, measurement_key, retry_markers
 
 __all__ = ["BuildLightcurve", "ecsv_meta_value"]
 
@@ -56,12 +56,16 @@ def _duplicates(records, reference_image: str) -> dict[str, str]:
 
 
 class _LightcurveTarget(luigi.LocalTarget):
-    def __init__(self, path, key):
+    """The light curve made from the current inputs, with no frame waiting to be tried
+    again (one that an earlier run rejected for an environmental cause)."""
+
+    def __init__(self, path, key, retries_due):
         super().__init__(str(path))
         self.key = key
+        self.retries_due = retries_due
 
     def exists(self) -> bool:
-        return ecsv_meta_value(self.path, "input_key") == self.key
+        return ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
 
 
 class BuildLightcurve(DatasetStage):
@@ -94,8 +98,13 @@ class BuildLightcurve(DatasetStage):
                            "frames": frame_stats(self.red), "tom_flagged": cfg.tom.include_flagged})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def retries_due(self) -> list[str]:
+        """Frames that another run rejected for an environmental cause: to be measured again."""
+        markers = retry_markers(self.red, measurement_key(self.red, self.config))
+        return sorted(f for f, m in markers.items() if m.get("run_id") != self.run_id)
+
     def output(self):
-        return _LightcurveTarget(self.red / self._names()["lc_ecsv"], self.input_key())
+        return _LightcurveTarget(self.red / self._names()["lc_ecsv"], self.input_key(), self.retries_due)
 
     def run(self):
         self.check_lock()
@@ -136,8 +145,11 @@ class BuildLightcurve(DatasetStage):
             self.report_status("writing products")
             title = f"{cfg.target.name} {cat.filter_name}"
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
+            retry = {f: str(m.get("reason")) for f, m in retry_markers(self.red, measurement_key(self.red, cfg)).items()
+                     if f not in duplicates}
             index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"),
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
+                     "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
                      "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order]}
             write_json_atomic(self.index_path, index)
@@ -157,6 +169,9 @@ class BuildLightcurve(DatasetStage):
         self.note(f"light curve of {len(lc)} points, {mode} ({products.meta['n_measured']} frames measured, "
                   f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
+        if retry:
+            self.note(f"{len(retry)} frame(s) rejected for a cause outside the frame, to be tried again on the "
+                      f"next run (the dataset is not up to date until then): {', '.join(sorted(retry))}", 30)
         for row in products.rejected:
             self.note(f"rejected {row['image']}: {row['reason']}", 30)
         self.report_progress(100)

@@ -82,6 +82,8 @@ class ReleaseLock(DatasetStage):
             "n_frames": len(frames),
             "n_measured": index.get("n_measured"),
             "n_rejected": index.get("n_rejected"),
+            # frames rejected for an environmental cause: the dataset is not current until they are retried
+            "retry": index.get("retry", {}),
             "lightcurve": index.get("lightcurve"),
             "products": index.get("products", []),
             "upload": upload.get("status"),

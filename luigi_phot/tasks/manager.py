@@ -252,7 +252,10 @@ def _outcome(ds: Dataset, task: ReduceDataset, scheduler) -> Outcome:
     state = _scheduler_state(scheduler, task.task_id)
     if state.get("status") == "RUNNING" and state.get("worker_running"):
         return Outcome(ds, "skipped", f"being started by another worker of the scheduler ({state['worker_running']})")
-    return Outcome(ds, "failed", f"not run (scheduler status {state.get('status', 'unknown')})")
+    if not state:
+        return Outcome(ds, "failed", "not run: the scheduler has no record of it (was luigid restarted or "
+                                     "unreachable?); run again to reduce it")
+    return Outcome(ds, "failed", f"not run (scheduler status {state['status']})")
 
 
 def _scheduler_state(scheduler, task_id: str) -> dict:

@@ -1,7 +1,15 @@
-"""MeasureImage: one frame measured against the catalogue (or its rejection recorded)."""
+"""MeasureImage: one frame measured against the catalogue (or its rejection recorded).
+
+A rejection is remembered (the frame is not tried again while it is unchanged)
+unless its cause is the frame's environment rather than its content: permission
+denied, an I/O error. Such a frame is rejected for the current run only: beside
+its rejection record, ``<frame>.retry.json`` names the run, and the measurement
+counts as done for that run alone, so the next run measures the frame again.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -10,12 +18,19 @@ from pathlib import Path
 
 import luigi
 
-from ..dataset import atomic_path, catalogue_path, measurement_dir
+from ..dataset import atomic_path, catalogue_path, measurement_dir, read_json, write_json_atomic
 from .base import DatasetStage
 from .catalogue import BuildCatalogue, catalogue_header
 from .lock import LockDataset
 
-__all__ = ["MeasureImage", "measurement_key"]
+__all__ = ["MeasureImage", "measurement_key", "environmental_cause", "retry_markers", "RETRY_SUFFIX"]
+
+#: errno values that blame the frame's environment, not its content: permission denied,
+#: a failing disk, a stale or timed-out network file system.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
+#: Beside `<frame>.phot.fits`: the frame was rejected for an environmental cause by the run named inside.
+RETRY_SUFFIX = ".retry.json"
+_PHOT_SUFFIX = ".phot.fits"
 
 _KEYS: dict[tuple, str] = {}
 
@@ -60,18 +75,54 @@ def header_wcs_error(info, cat, m, tolerance_arcsec: float = 5.0) -> str | None:
             f"the stars put it at {x:.0f}, {y:.0f}): {what}")
 
 
-class _FreshTarget(luigi.LocalTarget):
-    """A measurement file at least as new as the frame it was made from."""
+def environmental_cause(exc: BaseException, frame_path: Path) -> bool:
+    """True when a frame could not be used because of its environment (it cannot be
+    read: permission denied, an I/O error) rather than its content: an OSError with
+    such an errno anywhere in the exception's chain (causes and contexts, which
+    ``raise ... from None`` keeps), or a frame that exists but cannot be read now."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return os.path.lexists(frame_path) and not os.access(frame_path, os.R_OK)
 
-    def __init__(self, path, source):
+
+def retry_markers(red_dir: Path, key: str) -> dict[str, dict]:
+    """{frame: marker} for the current frames of red_dir that a run rejected for an
+    environmental cause (under measurement key `key`); a marker holds 'run_id' and 'reason'."""
+    found = {}
+    for marker in measurement_dir(red_dir, key).glob(f"*{RETRY_SUFFIX}"):
+        frame = marker.name[: -len(RETRY_SUFFIX)]
+        data = read_json(marker)
+        if data is not None and not frame.startswith(".") and (red_dir / frame).exists():
+            found[frame] = data
+    return found
+
+
+class _FreshTarget(luigi.LocalTarget):
+    """A measurement file at least as new as the frame it was made from, and not a
+    rejection for an environmental cause made by another run (that one is retried)."""
+
+    def __init__(self, path, source, run_id: str):
         super().__init__(str(path))
         self.source = source
+        self.run_id = run_id
+
+    @property
+    def retry_path(self) -> Path:
+        path = Path(self.path)
+        return path.with_name(path.name[: -len(_PHOT_SUFFIX)] + RETRY_SUFFIX)
 
     def exists(self) -> bool:
         try:
-            return os.stat(self.path).st_mtime_ns >= os.stat(self.source).st_mtime_ns
+            if os.stat(self.path).st_mtime_ns < os.stat(self.source).st_mtime_ns:
+                return False
         except OSError:
             return False
+        marker = read_json(self.retry_path)
+        return marker is None or marker.get("run_id") == self.run_id
 
 
 class MeasureImage(DatasetStage):
@@ -85,7 +136,8 @@ class MeasureImage(DatasetStage):
 
     def output(self):
         key = measurement_key(self.red, self.config)
-        return _FreshTarget(measurement_dir(self.red, key) / f"{self.image}.phot.fits", self.red / self.image)
+        return _FreshTarget(measurement_dir(self.red, key) / f"{self.image}{_PHOT_SUFFIX}", self.red / self.image,
+                            self.run_id)
 
     def run(self):
         from ..photometry.catalogue import Catalogue
@@ -95,7 +147,8 @@ class MeasureImage(DatasetStage):
 
         self.check_lock()
         cfg = self.config
-        out = Path(self.output().path)
+        target = self.output()
+        out, retry = Path(target.path), target.retry_path
         path = self.red / self.image
 
         def progress(fraction, message):
@@ -125,12 +178,21 @@ class MeasureImage(DatasetStage):
                 del frame
             except (FrameError, FrameRejected) as exc:
                 reason = exc.problem if isinstance(exc, FrameError) else str(exc)
+                environmental = environmental_cause(exc, path)
+                if environmental:  # the marker first: a rejection file alone would be remembered
+                    write_json_atomic(retry, {"frame": self.image, "run_id": self.run_id, "reason": reason})
                 with atomic_path(out) as tmp:
                     write_rejection(tmp, self.image, reason, mjd_mid=info.mjd_mid if info else None)
-                self.note(f"{self.image}: rejected: {reason}", 30)
+                if environmental:
+                    self.note(f"{self.image}: rejected: {reason} (a cause outside the frame: "
+                              "it will be tried again on the next run)", 30)
+                else:
+                    retry.unlink(missing_ok=True)
+                    self.note(f"{self.image}: rejected: {reason}", 30)
                 return
             with atomic_path(out) as tmp:
                 write_measurement(tmp, m.columns, m.header)
+            retry.unlink(missing_ok=True)
         notes = list(m.notes)
         wcs_note = header_wcs_error(info, cat, m)
         if wcs_note:

@@ -37,14 +37,15 @@ DATASET_RESOURCE = "luigi_phot_dataset"
 
 def dataset_is_current(red_dir) -> bool:
     """True when the last finished reduction was made from the current frames and
-    configuration and no reduction holds the lock."""
+    configuration, rejected no frame for an environmental cause (permission denied, an
+    I/O error: those are tried again), and no reduction holds the lock."""
     try:
         red = resolve_red_dir(red_dir)
         cfg = load_config(red)
     except (ConfigError, OSError):
         return False
     rec = read_json(red / RECORD_NAME)
-    if rec is None or lock.read_lock(red) is not None:
+    if rec is None or rec.get("retry") or lock.read_lock(red) is not None:
         return False
     if rec.get("fingerprint") != fingerprint(cfg, frame_stats(red)):
         return False
