@@ -363,8 +363,12 @@ class ApertureKernel:
             for sx in sub:
                 disk += np.hypot(ax + sx * step_pix, ay + sy * step_pix) <= r_ap_pix
         disk /= 16.0
+        # a one-pixel box on the fine grid, of odd size so that it stays centred
+        # (an even-sized kernel would shift the table by half a cell)
         k = int(round(1.0 / step_pix))
-        box = np.ones((k, k)) / (k * k)
+        edge = np.ones(k + 1)
+        edge[0] = edge[-1] = 0.5
+        box = np.outer(edge, edge) / (k * k)
         disk = fftconvolve(disk, box, mode="same")
         self.table = fftconvolve(psf_grid, disk, mode="same")
         self.n = n
