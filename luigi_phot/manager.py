@@ -29,6 +29,7 @@ says what happened to each selected dataset.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
@@ -129,6 +130,12 @@ def _subdirs(path: Path) -> list[str]:
     return sorted(names)
 
 
+def _resolve_problem(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "symbolic link loop"
+    return " ".join(str(exc).split())[:200]
+
+
 def _dataset_at(root: Path, path: Path, what: str) -> tuple[Dataset | None, str | None]:
     """The dataset at `path`, or None and a one-line reason starting with `what`.
 
@@ -138,17 +145,26 @@ def _dataset_at(root: Path, path: Path, what: str) -> tuple[Dataset | None, str 
     absolute path or a link), is root itself, cannot be resolved (a link loop), does
     not exist, is not a directory or holds no reduction_config.yaml. The manager
     never reads, locks or writes a directory this refuses."""
+    # Python 3.12 and 3.13 word (and raise) these differently, so they are named here.
+    if "\x00" in str(path):
+        return None, f"{what}: cannot be resolved (embedded null byte): skipped"
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError, ValueError) as exc:   # a symlink loop, a NUL byte
-        return None, f"{what}: cannot be resolved ({' '.join(str(exc).split())[:200]}): skipped"
+    except (OSError, RuntimeError, ValueError) as exc:   # 3.12 raises on a symlink loop
+        return None, f"{what}: cannot be resolved ({_resolve_problem(exc)}): skipped"
     if resolved == root:
         return None, f"{what}: is data_reduction_dir itself, not a dataset directory in it: skipped"
     if not resolved.is_relative_to(root):
         via = " (through a symbolic link)" if Path(os.path.normpath(path)).is_relative_to(root) else ""
         return None, f"{what}: resolves to {resolved}{via}, outside data_reduction_dir {root}: skipped"
-    if not resolved.exists():
-        return None, f"{what}: does not exist: skipped"
+    try:
+        os.stat(resolved)
+    except OSError as exc:                              # 3.13 resolves a loop to itself
+        if exc.errno == errno.ELOOP:
+            return None, f"{what}: cannot be resolved (symbolic link loop): skipped"
+        if isinstance(exc, FileNotFoundError):
+            return None, f"{what}: does not exist: skipped"
+        return None, f"{what}: cannot be resolved ({_resolve_problem(exc)}): skipped"
     if not resolved.is_dir():
         return None, f"{what}: is not a directory: skipped"
     if not (resolved / REDUCTION_CONFIG_NAME).is_file():

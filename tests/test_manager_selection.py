@@ -241,7 +241,7 @@ def test_group_file_reads_relative_paths_and_reports_what_it_cannot_use(tree, tm
     ("ABSOLUTE_OUTSIDE", "outside data_reduction_dir"),
     (".", "is data_reduction_dir itself"),
     ("T-A/sinistro/missing", "does not exist"),
-    ("loop", "cannot be resolved (Symlink loop"),
+    ("loop", "cannot be resolved (symbolic link loop)"),
     ("T-A/sinistro/ip\x00", "cannot be resolved (embedded null byte"),
 ])
 def test_each_dataset_list_entry_is_confined_to_data_reduction_dir(tree, tmp_path, entry, problem):
