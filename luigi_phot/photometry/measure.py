@@ -278,6 +278,21 @@ class _LightBeyond:
         return map_coordinates(self.table, [np.asarray(d) / 0.5, np.asarray(radius) / 1.0], order=1, mode="nearest")
 
 
+def _photometric_scale(fit, flux_ref: np.ndarray) -> tuple[float, float]:
+    """Frame/reference flux ratio from the PSF stars' fitted fluxes: clipped mean of
+    the log ratios, and its uncertainty."""
+    ratio = fit.flux[fit.used] / flux_ref[fit.used]
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if ratio.size < 3:
+        raise FrameRejected("photometric scale undetermined (PSF stars unusable)")
+    lr = np.log(ratio)
+    med = np.median(lr)
+    mad = 1.4826 * np.median(np.abs(lr - med))
+    lr = lr[np.abs(lr - med) <= max(3 * mad, 0.02)]
+    scale = float(np.exp(np.mean(lr)))
+    return scale, float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))
+
+
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
     """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
     when the frame cannot be used. `progress(fraction, message)` is called between steps."""
@@ -355,18 +370,15 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     psf_rows = psf_rows[on][:40]
     if psf_rows.size < 3:
         raise FrameRejected(f"too few stars for the PSF ({psf_rows.size})")
+    flux_ref = np.asarray(stars["flux_ref"], float)
     fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fwhm_guess, pixel_ok=(pflags == 0))
+    scale, scale_err = _photometric_scale(fit, flux_ref[psf_rows])
+    # again with the PSF stars' neighbours removed from their stamps (their reference
+    # fluxes at this scale): in poor seeing they would otherwise pull the wings
+    fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fit.psf.fwhm_pix, pixel_ok=(pflags == 0),
+                  others=(x, y, flux_ref * scale, fit.psf))
+    scale, scale_err = _photometric_scale(fit, flux_ref[psf_rows])
     psf = fit.psf
-    ratio = fit.flux[fit.used] / np.asarray(stars["flux_ref"])[psf_rows][fit.used]
-    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-    if ratio.size < 3:
-        raise FrameRejected("photometric scale undetermined (PSF stars unusable)")
-    lr = np.log(ratio)
-    med = np.median(lr)
-    mad = 1.4826 * np.median(np.abs(lr - med))
-    lr = lr[np.abs(lr - med) <= max(3 * mad, 0.02)]
-    scale = float(np.exp(np.mean(lr)))
-    scale_err = float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))
     clock.lap("psf")
     size = fit.size
     fwhm_centre = psf.fwhm_pix * (float(size.scale_at((nx - 1) / 2, (ny - 1) / 2)) if size is not None else 1.0)
@@ -405,7 +417,6 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
 
     # --- neighbours, sky, fluxes
     pix_summary = pixel_flag_summary(pflags, x, y, r_ap)
-    flux_ref = np.asarray(stars["flux_ref"], float)
     neighbour = np.zeros(x.size)
     neighbour_var = np.zeros(x.size)
     model = None

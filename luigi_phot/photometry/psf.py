@@ -143,15 +143,52 @@ def _gather(data, var, xi, yi, half):
     return data[ys, xs].astype(np.float64), var[ys, xs] if var is not None else None, ox.ravel(), oy.ravel()
 
 
+def _others_light(others, x, y, xi, yi, ox, oy, half) -> np.ndarray:
+    """Light of the `others` stars on each stamp (rows: stamps, columns: pixels)."""
+    from scipy.spatial import cKDTree
+
+    ox_, oy_, of_, psf = others
+    ox_ = np.asarray(ox_, float)
+    oy_ = np.asarray(oy_, float)
+    of_ = np.asarray(of_, float)
+    use = np.isfinite(ox_) & np.isfinite(oy_) & np.isfinite(of_) & (of_ > 0)
+    ox_, oy_, of_ = ox_[use], oy_[use], of_[use]
+    light = np.zeros((len(x), ox.size))
+    if ox_.size == 0 or len(x) == 0:
+        return light
+    reach = (half + min(psf.radius_containing(0.98), 4.0 * psf.fwhm_pix)) * np.sqrt(2.0)
+    lists = cKDTree(np.column_stack([ox_, oy_])).query_ball_point(np.column_stack([x, y]), r=reach)
+    rows = np.repeat(np.arange(len(x)), [len(v) for v in lists])
+    cols = np.fromiter((k for v in lists for k in v), dtype=np.int64, count=rows.size)
+    self_ = np.hypot(ox_[cols] - x[rows], oy_[cols] - y[rows]) < 0.5
+    rows, cols = rows[~self_], cols[~self_]
+    if rows.size == 0:
+        return light
+    vals = psf.pixel_values((xi[rows, None] + ox[None, :]) - ox_[cols, None],
+                            (yi[rows, None] + oy[None, :]) - oy_[cols, None]) * of_[cols, None]
+    order = np.argsort(rows, kind="stable")
+    rows, vals = rows[order], vals[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    light[rows[starts]] = np.add.reduceat(vals, starts, axis=0)
+    return light
+
+
 def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
             fwhm_guess: float, pixel_ok: np.ndarray | None = None,
-            beta_guess: float = 3.0) -> PSFFit:
+            beta_guess: float = 3.0,
+            others: "tuple[np.ndarray, np.ndarray, np.ndarray, MoffatPSF] | None" = None) -> PSFFit:
     """Fit one Moffat profile to stars at known positions (x, y).
 
     Each star's flux and a constant local sky under its stamp are solved linearly
     for every trial shape, so only four parameters are fitted non-linearly.
     Pixel variances are the source counts (electrons) plus `sky_var`. Stars whose
     stamps fit badly (neighbours, hits) are dropped and the fit repeated.
+
+    `others` = (x, y, total flux, psf): stars whose light is removed from the stamps
+    first (rendered with that earlier PSF), as DAOPHOT removes the neighbours of its
+    PSF stars; a star within half a pixel of a stamp's centre is that star itself and
+    is left in. In a crowded field in poor seeing every stamp holds neighbours' wings,
+    which otherwise pull the fitted profile's wings (beta) and the fluxes.
     """
     from scipy.optimize import least_squares
 
@@ -166,6 +203,8 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
     d, ok, ox, oy = _gather(data, pixel_ok, xi, yi, half)
     dx = (xi[:, None] + ox[None, :]) - x[:, None]
     dy = (yi[:, None] + oy[None, :]) - y[:, None]
+    if others is not None:
+        d = d - _others_light(others, x, y, xi, yi, ox, oy, half)
     base_sky = np.median(np.concatenate([d[:, ox == -half], d[:, ox == half]], axis=1), axis=1)
     w = 1.0 / (np.maximum(d - base_sky[:, None], 0.0) + sky_var)
     if ok is not None:
@@ -192,6 +231,10 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
         return flux, resid
 
     p0 = np.array([np.log(max(fwhm_guess, 1.0)), 0.0, 0.0, np.log(beta_guess - 1.0)])
+    if others is not None:  # start from the profile the others were rendered with
+        q = others[3]
+        p0 = np.array([np.log(q.fwhm_pix), q.ellipticity * np.cos(2 * q.theta_rad),
+                       q.ellipticity * np.sin(2 * q.theta_rad), np.log(max(q.beta - 1.0, 0.31))])
     lower = [np.log(0.5), -0.6, -0.6, np.log(0.3)]
     upper = [np.log(80.0), 0.6, 0.6, np.log(15.0)]
     p = p0
