@@ -30,7 +30,8 @@ from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
                         windowed_centroids)
-from .frames import Frame, FrameError, FrameInfo, read_frame_info
+from .aperture import repair_pixels
+from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, read_frame_info
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
 __all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
@@ -137,7 +138,8 @@ def _target_pixel(info: FrameInfo, ra: float, dec: float):
 
 
 def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
-    """Sky noise and FWHM measured on a crop around (x, y), reading only that crop."""
+    """Sky noise, FWHM, star count and the number of bad or saturated pixels near the
+    target (within 3 FWHM of (x, y)), measured on a crop around (x, y), reading only that crop."""
     ny, nx = info.shape
     x0, x1 = int(max(0, x - half)), int(min(nx, x + half))
     y0, y1 = int(max(0, y - half)), int(min(ny, y + half))
@@ -156,10 +158,14 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))
     peaks = find_peaks(crop, flags, mesh, nsigma=10.0, max_peaks=400)
     if len(peaks) == 0:
-        return float(np.median(mesh.sigma)), float("nan"), 0
+        return float(np.median(mesh.sigma)), float("nan"), 0, 0
     sharp = peak_sharpness(crop, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(not_cosmic(sharp)))
-    return float(np.median(mesh.sigma)), quick_fwhm(crop, peaks, float(np.median(mesh.level))), len(peaks)
+    fwhm = quick_fwhm(crop, peaks, float(np.median(mesh.level)))
+    reach = 3.0 * (fwhm if np.isfinite(fwhm) else 3.0)
+    yy, xx = np.ogrid[y0 - y: y1 - y, x0 - x: x1 - x]
+    bad_near_target = int(np.count_nonzero(flags[(xx * xx + yy * yy) <= reach * reach]))
+    return float(np.median(mesh.sigma)), fwhm, len(peaks), bad_near_target
 
 
 def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
@@ -225,18 +231,21 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     looks = []
     for p, info, x, y in usable:
         try:
-            sky_sigma, fwhm, n_stars = _quick_look(info, x, y)
+            sky_sigma, fwhm, n_stars, bad_near = _quick_look(info, x, y)
         except Exception as exc:  # unreadable pixels: not a candidate
             rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
             continue
-        looks.append((p, info, sky_sigma, fwhm, n_stars))
+        looks.append((p, info, sky_sigma, fwhm, n_stars, bad_near))
     looks = [lk for lk in looks if np.isfinite(lk[3]) and lk[4] >= 5]
     if not looks:
         raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
     most = max(lk[4] for lk in looks)
     good = [lk for lk in looks if lk[4] >= 0.5 * most]
+    # a bad column or saturated pixels beside the target on the reference would bias
+    # its catalogue position, which every frame's forced aperture then inherits
+    good = [lk for lk in good if lk[5] == 0] or good
     best = min(good, key=lambda lk: lk[3] * lk[2])
-    p, info, sky_sigma, fwhm, n_stars = best
+    p, info, sky_sigma, fwhm, n_stars, bad_near = best
     reason = (f"automatic: FWHM {fwhm * (info.pixel_scale_arcsec or 1):.2f}\" and sky noise {sky_sigma:.1f} e- "
               f"best of {len(looks)} candidates ({n_stars} stars near the target)")
     return ReferenceChoice(p, info, reason, rejected, filter_name)
@@ -303,8 +312,13 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
 
     notes: list[str] = []
     info = frame.info
-    data = frame.data_e
     flags = frame.pixel_flags
+    # bad pixels (a hot column) would pull the windowed centroids of the stars beside
+    # them, and every frame inherits the catalogue positions: bridged from their sides
+    # here; the PSF and flux fits leave them out anyway (pixel_ok)
+    data = frame.data_e.copy()
+    masked = np.flatnonzero((flags & (PIXEL_BAD | PIXEL_COSMIC)).ravel())
+    repair_pixels(data, masked, float(np.nanmedian(data[::16, ::16])))
     ny, nx = data.shape
     if info.wcs is None:
         raise CatalogueError(f"{info.name}: the reference frame has no usable WCS")
