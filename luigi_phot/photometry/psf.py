@@ -176,7 +176,8 @@ def _others_light(others, x, y, xi, yi, ox, oy, half) -> np.ndarray:
 def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
             fwhm_guess: float, pixel_ok: np.ndarray | None = None,
             beta_guess: float = 3.0,
-            others: "tuple[np.ndarray, np.ndarray, np.ndarray, MoffatPSF] | None" = None) -> PSFFit:
+            others: "tuple[np.ndarray, np.ndarray, np.ndarray, MoffatPSF] | None" = None,
+            size_field: bool = True) -> PSFFit:
     """Fit one Moffat profile to stars at known positions (x, y).
 
     Each star's flux and a constant local sky under its stamp are solved linearly
@@ -189,6 +190,9 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
     PSF stars; a star within half a pixel of a stamp's centre is that star itself and
     is left in. In a crowded field in poor seeing every stamp holds neighbours' wings,
     which otherwise pull the fitted profile's wings (beta) and the fluxes.
+
+    `size_field=False` skips the size-across-the-frame fit (a first look that only
+    seeds a refit).
     """
     from scipy.optimize import least_squares
 
@@ -260,7 +264,7 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
     full_flux[inside] = flux
     full_used = np.zeros(inside.size, dtype=bool)
     full_used[np.flatnonzero(inside)[keep]] = True
-    size = _fit_size_field(p, solve, x[keep], y[keep], np.flatnonzero(keep), data.shape) if keep.sum() >= 12 else None
+    size = _fit_size_field(p, solve, x[keep], y[keep], np.flatnonzero(keep), data.shape) if size_field and keep.sum() >= 12 else None
     return PSFFit(psf=_params_to_psf(p), flux=full_flux, used=full_used, chi2_per_dof=chi2,
                   n_stars=int(keep.sum()), size=size)
 
