@@ -561,6 +561,11 @@ def _useful_err_plane(path: Path, hdul, info: FrameInfo, data: np.ndarray, flags
     return None
 
 
+def _set_flag(flags: np.ndarray, where: np.ndarray, bit: np.uint8) -> None:
+    """flags |= bit where `where` (a boolean image), without a boolean-index pass."""
+    np.bitwise_or(flags, where.view(np.uint8) * np.uint8(bit), out=flags)
+
+
 def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
     """Read a frame: SCI (or first image) in electrons as float32, the pixel-flag plane
     from BPM, non-finite values and saturation, and ERR in electrons when present and
@@ -586,21 +591,21 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         if info.to_electrons != 1.0:
             data *= np.float32(info.to_electrons)
         flags = np.zeros(data.shape, dtype=np.uint8)
-        finite = np.isfinite(data)
-        if not finite.all():
-            flags[~finite] |= PIXEL_BAD
+        # a sum that is finite means every pixel is (one pass instead of a mask)
+        if not np.isfinite(np.sum(data, dtype=np.float64)):
+            _set_flag(flags, ~np.isfinite(data), PIXEL_BAD)
         if info.bpm_hdu is not None:
             bpm = _read_plane(path, hdul[info.bpm_hdu], "BPM")
             if bpm.shape == data.shape and np.issubdtype(bpm.dtype, np.integer):
                 # BANZAI bits: 1 bad, 2 saturated, 4 low flat signal, 8 cosmic ray
-                flags[(bpm & ~np.asarray(2 | 8, dtype=bpm.dtype)) != 0] |= PIXEL_BAD
-                flags[(bpm & 2) != 0] |= PIXEL_SATURATED
-                flags[(bpm & 8) != 0] |= PIXEL_COSMIC
+                _set_flag(flags, (bpm & ~np.asarray(2 | 8, dtype=bpm.dtype)) != 0, PIXEL_BAD)
+                _set_flag(flags, (bpm & 2) != 0, PIXEL_SATURATED)
+                _set_flag(flags, (bpm & 8) != 0, PIXEL_COSMIC)
             else:
                 info.notes.append(f"BPM extension ignored (shape {bpm.shape} or type {bpm.dtype} unsuitable)")
         if info.saturation_e is not None:
             with np.errstate(invalid="ignore"):
-                flags[data >= np.float32(info.saturation_e * 0.999)] |= PIXEL_SATURATED
+                _set_flag(flags, data >= np.float32(info.saturation_e * 0.999), PIXEL_SATURATED)
         err = _useful_err_plane(path, hdul, info, data, flags)
     finally:
         hdul.close()
@@ -609,7 +614,10 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
     n_good = int(np.count_nonzero(good))
     if n_good < 0.2 * data.size:
         raise FrameError(path, f"only {100.0 * n_good / data.size:.1f}% of pixels are usable (all NaN or masked)")
-    sample = data[good][:: max(1, n_good // 200000)]
+    step = max(1, data.size // 200000)   # a strided sample, not a copy of every good pixel
+    sample = data.ravel()[::step][good.ravel()[::step]]
+    if sample.size == 0:
+        sample = data[good]
     if np.ptp(sample) == 0:
         raise FrameError(path, f"image is constant (every usable pixel = {sample[0]:g})")
     return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err)
