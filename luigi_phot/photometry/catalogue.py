@@ -242,8 +242,10 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     most = max(lk[4] for lk in looks)
     good = [lk for lk in looks if lk[4] >= 0.5 * most]
     # a bad column or saturated pixels beside the target on the reference would bias
-    # its catalogue position, which every frame's forced aperture then inherits
-    good = [lk for lk in good if lk[5] == 0] or good
+    # its catalogue position, which every frame's forced aperture then inherits: a frame
+    # clean there is preferred unless it is much worse (score over 1.5x the best)
+    best_score = min(lk[3] * lk[2] for lk in good)
+    good = [lk for lk in good if lk[5] == 0 and lk[3] * lk[2] <= 1.5 * best_score] or good
     best = min(good, key=lambda lk: lk[3] * lk[2])
     p, info, sky_sigma, fwhm, n_stars, bad_near = best
     reason = (f"automatic: FWHM {fwhm * (info.pixel_scale_arcsec or 1):.2f}\" and sky noise {sky_sigma:.1f} e- "
