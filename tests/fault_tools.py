@@ -57,6 +57,27 @@ def log_lines(red_dir: Path) -> list[str]:
         return []
 
 
+def log_runs(red_dir: Path) -> list[list[str]]:
+    """The dataset log's lines, run by run (a dataset found up to date starts no run)."""
+    runs: list[list[str]] = []
+    for ln in log_lines(red_dir):
+        if "========== run " in ln:
+            runs.append([])
+        if runs:
+            runs[-1].append(ln)
+    return runs
+
+
+def user_dataset(red_dir: Path, cfg) -> Path:
+    """A generated dataset as users have it: frames and configuration, no truth tables."""
+    from luigi_phot.synthetic import generate_dataset
+
+    generate_dataset(red_dir, cfg)
+    for name in ("synthetic_truth.ecsv", "synthetic_stars.ecsv"):
+        (red_dir / name).unlink()
+    return red_dir
+
+
 def luigi_args(red_dir: Path, *extra: str, local: bool = True) -> list[str]:
     return [str(LUIGI), "--module", "luigi_phot", "ReduceDataset", "--red-dir", str(red_dir),
             *(["--local-scheduler"] if local else []), *extra]

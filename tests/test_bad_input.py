@@ -22,9 +22,10 @@ from astropy.table import Table
 from astropy.time import Time
 
 from luigi_phot.photometry import flags as F
-from luigi_phot.synthetic import SyntheticConfig, generate_dataset
+from luigi_phot.synthetic import SyntheticConfig
 from tests.conftest import copy_dataset, reduce_dataset
-from tests.fault_tools import LOG, assert_no_traceback, console, input_checksums, log_lines, reduce_with_permissions
+from tests.fault_tools import (LOG, assert_no_traceback, console, input_checksums, log_lines, reduce_with_permissions,
+                               user_dataset)
 
 pytestmark = pytest.mark.slow
 
@@ -137,11 +138,7 @@ def wrong_wcs(red_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    red = tmp_path_factory.mktemp("bad_input") / TARGET / "sinistro" / "ip"
-    generate_dataset(red, SMALL)
-    for name in ("synthetic_truth.ecsv", "synthetic_stars.ecsv"):
-        (red / name).unlink()
-    return red
+    return user_dataset(tmp_path_factory.mktemp("bad_input") / TARGET / "sinistro" / "ip", SMALL)
 
 
 @pytest.fixture

@@ -40,11 +40,11 @@ import pytest
 import yaml
 from astropy.table import Table
 
-from luigi_phot.synthetic import SyntheticConfig, generate_dataset
+from luigi_phot.synthetic import SyntheticConfig
 from tests.conftest import copy_dataset, reduce_dataset
 from tests.fault_tools import (Luigid, Reduction, assert_no_traceback, check_outputs_readable, console,
-                               input_checksums, log_lines, measured_lines, measurements, reduce_with_permissions,
-                               temporaries, wait_for)
+                               input_checksums, log_lines, log_runs, measured_lines, measurements,
+                               reduce_with_permissions, temporaries, user_dataset, wait_for)
 from tests.tom_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -63,11 +63,7 @@ STALE = "took over a stale lock"
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    red = tmp_path_factory.mktemp("faults") / TARGET / "sinistro" / "ip"
-    generate_dataset(red, SMALL)
-    for name in ("synthetic_truth.ecsv", "synthetic_stars.ecsv"):
-        (red / name).unlink()
-    return red
+    return user_dataset(tmp_path_factory.mktemp("faults") / TARGET / "sinistro" / "ip", SMALL)
 
 
 @pytest.fixture
@@ -82,12 +78,7 @@ def frames_of(red: Path) -> list[str]:
 def run_lines(red: Path, run: int) -> list[str]:
     """Log lines of the `run`-th run (0-based) recorded in aperture_pipeline.log ([] when
     there was no such run: a dataset found up to date starts none)."""
-    runs: list[list[str]] = []
-    for ln in log_lines(red):
-        if "========== run " in ln:
-            runs.append([])
-        if runs:
-            runs[-1].append(ln)
+    runs = log_runs(red)
     return runs[run] if run < len(runs) else []
 
 
@@ -354,11 +345,7 @@ TINY = SyntheticConfig(seed=5, n_frames=4, shape=(256, 256), n_stars=300, bad_co
 
 @pytest.fixture(scope="module")
 def tiny_template(tmp_path_factory) -> Path:
-    red = tmp_path_factory.mktemp("faults_tiny") / KILL_TARGET / "sinistro" / "ip"
-    generate_dataset(red, TINY)
-    for name in ("synthetic_truth.ecsv", "synthetic_stars.ecsv"):
-        (red / name).unlink()
-    return red
+    return user_dataset(tmp_path_factory.mktemp("faults_tiny") / KILL_TARGET / "sinistro" / "ip", TINY)
 
 
 @pytest.mark.tom

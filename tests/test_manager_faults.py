@@ -29,8 +29,8 @@ from luigi_phot.dataset import LOG_NAME, RECORD_NAME
 from luigi_phot.manager import MANAGER_LOG_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from tests.conftest import LUIGI, copy_dataset
-from tests.fault_tools import (Luigid, LuigiRun, assert_no_traceback, console, log_lines, measured_lines,
-                               measurements, temporaries, wait_for)
+from tests.fault_tools import (Luigid, LuigiRun, assert_no_traceback, console, log_lines, log_runs,
+                               measured_lines, measurements, temporaries, wait_for)
 from tests.test_manager import SMALL, TODAY, copy_tree, finished_runs, night_field_ra, summaries
 from tests.test_manager_selection import write_config
 from tests.tom_server import free_port
@@ -101,17 +101,6 @@ def assert_each_frame_measured_once(root: Path, rels, done_before: dict[str, dic
         after = measurements(red)
         assert all(after[name] == ident for name, ident in done_before[rel].items()), rel
         assert finished_runs(red) == 1, rel
-
-
-def run_lines(red: Path) -> list[list[str]]:
-    """The dataset log's lines, run by run."""
-    runs: list[list[str]] = []
-    for ln in log_lines(red):
-        if "========== run " in ln:
-            runs.append([])
-        if runs:
-            runs[-1].append(ln)
-    return runs
 
 
 # --------------------------------------------------------------------------
@@ -225,7 +214,7 @@ def test_manager_killed_mid_run_then_a_rerun_takes_the_locks_over_and_reduces_no
     rerun = summaries(tmp_path / "logs")[-1]
     assert rerun["counts"] == {"reduced": 3, "up_to_date": 0, "skipped": 0, "failed": 0}, rerun["counts"]
     for rel, holder in left.items():   # each lock of the killed run taken over once, with a warning
-        last = run_lines(root / rel)[-1]
+        last = log_runs(root / rel)[-1]
         taken = [ln for ln in last if STALE in ln]
         assert len(taken) == 1 and " WARNING " in taken[0] and holder.run_id in taken[0], last[:5]
     for rel in set(THREE) - set(left):
