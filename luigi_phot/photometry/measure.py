@@ -373,7 +373,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     flux_ref = np.asarray(stars["flux_ref"], float)
     first = psf_rows[:20]  # a first look, only to render the PSF stars' neighbours
     fit = fit_psf(data, x[first], y[first], sky_sigma ** 2, fwhm_guess, pixel_ok=(pflags == 0), size_field=False)
-    scale, scale_err = _photometric_scale(fit, flux_ref[first])
+    scale, _ = _photometric_scale(fit, flux_ref[first])
     # again with the PSF stars' neighbours removed from their stamps (their reference
     # fluxes at this scale): in poor seeing they would otherwise pull the wings
     fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fit.psf.fwhm_pix, pixel_ok=(pflags == 0),
