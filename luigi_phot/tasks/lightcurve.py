@@ -151,7 +151,7 @@ class BuildLightcurve(DatasetStage):
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
-                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order]}
+                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order] + [files["finder_png"]]}
             write_json_atomic(self.index_path, index)
             with atomic_paths(final) as tmp:
                 write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)
