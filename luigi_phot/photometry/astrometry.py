@@ -526,6 +526,9 @@ def reference_astrometry(req: AstrometryRequest, det_xy: np.ndarray, fwhm_pix: f
                               + _needs(req))
     stars = None if req.mode == "header" else _catalogue_stars(req, notes, warned)
     sol = None
+    if stars is not None and req.header_wcs is None and not np.isfinite(stars.mag).any():
+        raise AstrometryError(f"{name} has no WCS, and {stars.source} has no magnitude column to match its "
+                              "brightest stars to the frame's: add one (e.g. Gaia's phot_g_mean_mag)")
     if stars is not None:
         sol = _solve(req, stars, det_xy, fwhm_pix)
         if sol is not None:

@@ -11,11 +11,14 @@ The rule (:func:`identify_target`):
 1. The match radius is ``max(3 sigma, 1.5 FWHM)``, with sigma the quadrature sum of the
    coordinates' uncertainty (:data:`COORDINATE_ERROR_ARCSEC`, 1 sigma) and the WCS's, in
    reference pixels, and FWHM the reference PSF's. ``target_snap_arcsec`` overrides it.
-2. The nearest detected star inside the radius is the target.
-3. When another star lies inside the radius not much farther than the nearest (within
-   1 sigma of the position or half a FWHM, whichever is larger), the choice is ambiguous:
-   both are named with their offsets and fluxes, and the nearest is kept. The ambiguity is
-   written into the catalogue notes and the finder chart.
+2. The nearest detected star inside the radius is the target,
+3. unless other stars inside the radius are not much farther (within 1 sigma of the
+   position or half a FWHM, whichever is larger): then the distances cannot tell them
+   apart, and the brightest of these is the target - a faint detection beside the
+   coordinates is more often a companion, a wing of a brighter star or a noise peak than
+   the star being followed (a series built from a real frame and the 2"/px case showed
+   both). The log names every such candidate with its offset and peak, the catalogue
+   header (TGTAMBIG) and the finder chart say it was ambiguous.
 4. When no star is inside the radius, the target is placed at its coordinates (a
    "phantom": a star too faint to detect on the reference, e.g. a microlensing source at
    baseline) - but never within 1.5 FWHM of a detected star: closer than that, its light
@@ -97,15 +100,16 @@ def identify_target(x: np.ndarray, y: np.ndarray, flux: np.ndarray, tx: float, t
                 f"peak {c.flux:.4g} e- above the sky")
 
     if cands:
-        best = cands[0]
+        comparable = [c for c in cands if c.distance_pix - cands[0].distance_pix <= max(sigma, 0.5 * fwhm_pix)]
+        best = max(comparable, key=lambda c: c.flux)
         choice.row = best.row
         choice.x, choice.y = float(x[best.row]), float(y[best.row])
-        rivals = [c for c in cands[1:] if c.distance_pix - best.distance_pix <= max(sigma, 0.5 * fwhm_pix)]
-        if rivals:
+        if len(comparable) > 1:
             choice.ambiguous = True
             choice.warnings.append(
-                f"target identification ambiguous within the {head}: " + "; ".join(describe(c) for c in [best] + rivals)
-                + f". Rule: the nearest is the target ({describe(best)}); check the finder chart")
+                f"target identification ambiguous within the {head}: " + "; ".join(describe(c) for c in comparable)
+                + f". Rule: at comparable distances the brightest is the target ({describe(best)}); "
+                  "check the finder chart")
         choice.notes.append(f"target is detected {describe(best)} from its coordinates; {head}")
         return choice
     nearest = order[0] if order.size else None
