@@ -280,7 +280,8 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
     unflagged = finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0)
     tom_csv = _tom_table(lc, unflagged, filter_name)
-    tom_csv_all = _tom_table(lc, finite, filter_name)
+    # not the star's own light: never for the TOM, not even with tom.include_flagged
+    tom_csv_all = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.BLENDED_OR_ABSENT) == 0), filter_name)
 
     rej = Table()
     rej["image"] = sorted(rejected)
