@@ -22,6 +22,7 @@ from luigi_phot.photometry.frames import load_frame
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset, series_from_real_frame
 from luigi_phot.validation import target_figures
 from tests.conftest import reduce_dataset
+from tests.fault_tools import log_runs
 from tests.gaia_archive import GaiaArchive, gaia_table_from_synthetic
 
 pytestmark = pytest.mark.slow
@@ -105,6 +106,13 @@ def test_header_wcs_2_arcsec_off_with_the_default_configuration(tmp_path, archiv
     assert finder.stat().st_size > 20_000
     hdr, _ = _catalogue(red)
     assert hdr["ASTREF"] is False and hdr["TGTDET"] is True and 0.5 < hdr["TGTSEP"] < 4.5
+    # the chart is part of every finished run: deleted, it is drawn again, the catalogue kept
+    finder.unlink()
+    _reduce(red)
+    assert finder.stat().st_size > 20_000 and _catalogue(red)[0]["CATID"] == hdr["CATID"]
+    last = log_runs(red)[-1]
+    assert any("finder chart" in line for line in last)
+    assert not any("MeasureImage" in line and "measured" in line for line in last), "no frame measured again"
 
 
 def test_wcserr_pointing_30_arcsec_off_is_recovered_through_gaia(tmp_path):

@@ -77,6 +77,8 @@ class BuildCatalogue(DatasetStage):
         from ..photometry.frames import FrameError, list_frames, load_frame
 
         self.check_lock()
+        if self._redraw_finder_only():
+            return
         cfg = self.config
         frames = list_frames(self.red)
         if not frames:
@@ -118,6 +120,23 @@ class BuildCatalogue(DatasetStage):
         with atomic_path(catalogue_path(self.red)) as tmp:
             cat.save(tmp)
         self.note(f"catalogue of {len(cat.stars)} stars (target row {cat.target_index}) built in {t.seconds:.1f} s")
+
+    def _redraw_finder_only(self) -> bool:
+        """The catalogue is current and only its finder chart is missing: draw it again
+        (a new catalogue would have new ids, and every frame would be measured again)."""
+        from ..photometry.catalogue import Catalogue
+        from ..photometry.frames import FrameError, load_frame
+
+        hdr = catalogue_header(catalogue_path(self.red))
+        if hdr is None or hdr.get("CATKEY") != self.config.catalogue_key():
+            return False
+        try:
+            cat = Catalogue.load(catalogue_path(self.red))
+            frame = load_frame(self.red / cat.reference_image, self.config.camera)
+        except (OSError, FrameError, KeyError):
+            return False
+        self._write_finder(frame, cat)
+        return True
 
     def _gaia_cache(self):
         return self.config.photometry.gaia_cache_file or catalogue_path(self.red).parent / "gaia_dr3.ecsv"
