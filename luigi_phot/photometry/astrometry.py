@@ -36,7 +36,8 @@ from astropy.wcs import WCS
 
 __all__ = ["AstrometryError", "GaiaUnavailable", "ReferenceStars", "AstrometricSolution", "read_catalogue_file",
            "gaia_adql", "query_gaia_dr3", "parse_gaia_votable", "gaia_stars", "refine_wcs", "solve_by_pattern",
-           "header_wcs_scatter", "compose_wcs", "GAIA_COLUMNS", "GAIA_EPOCH_JYEAR"]
+           "header_wcs_scatter", "compose_wcs", "GAIA_COLUMNS", "GAIA_EPOCH_JYEAR", "AstrometryRequest",
+           "reference_astrometry", "frame_stars_near", "header_scatter_of_frames"]
 
 #: Columns asked of gaiadr3.gaia_source.
 GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "phot_g_mean_mag")

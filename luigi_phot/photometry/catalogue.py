@@ -5,10 +5,11 @@
   usable WCS that covers the target (measured on a crop around the target).
 - :func:`build_catalogue` detects stars on the reference (matched filter),
   fits the reference PSF, measures every star's reference flux by
-  simultaneous PSF photometry, gives each star its sky position through the
-  reference WCS, and puts the target in the catalogue whether or not a star
-  is detected there. An optional external catalogue (CSV/ECSV with ra, dec
-  and a magnitude) corrects the reference WCS and later sets the zero point.
+  simultaneous PSF photometry, refines the reference WCS against an astrometric
+  catalogue (astrometry.py: a catalogue file, Gaia DR3, or the header as it is),
+  gives each star its sky position, and identifies the target
+  (identification.py), adding it where no star is detected. A catalogue file's
+  magnitudes later set the zero point.
 
 The catalogue is a FITS file: a primary header with the reference frame's
 facts and WCS, and a STARS table. Star ids are row numbers (0-based).

@@ -72,21 +72,29 @@ def plot_finder_chart(data: np.ndarray, wcs, stars, facts: dict, scale_arcsec: f
     img, lo, hi = _stretch(np.asarray(data[y0:y1, x0:x1], dtype=float))
 
     fig, ax = plt.subplots(figsize=(7.2, 7.8), dpi=110)
-    ax.imshow(img, origin="lower", cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest",
-              extent=(x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5))
+    extent = (x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5)
+    ax.imshow(img, origin="lower", cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
     r_ap, r_in, r_out = radii_pix
-    ax.add_patch(plt.Circle((sx, sy), r_ap, fill=False, color="limegreen", lw=1.6, label="target aperture"))
-    for r in (r_in, r_out):
-        ax.add_patch(plt.Circle((sx, sy), r, fill=False, color="limegreen", lw=1.0, ls="--"))
-    ax.plot([], [], ls="--", color="limegreen", label="sky annulus")
-    ax.plot(cx, cy, marker="+", ms=18, mew=1.8, color="red", ls="none", label="given coordinates")
     xs, ys = np.asarray(stars["x_ref"], float), np.asarray(stars["y_ref"], float)
     d = np.hypot(xs - sx, ys - sy)
     near = np.flatnonzero((d > 0) & (d <= r_out + 3 * fwhm_pix))
-    for k in near:
-        ax.add_patch(plt.Circle((xs[k], ys[k]), max(0.8 * fwhm_pix, 1.5), fill=False, color="deepskyblue", lw=1.0))
+    marks = dict(plt=plt, target=(sx, sy), radii=radii_pix, given=(cx, cy), neighbours=(xs[near], ys[near]),
+                 fwhm_pix=fwhm_pix)
+    _mark(ax, labels=True, **marks)
     if near.size:
         ax.plot([], [], "o", mfc="none", color="deepskyblue", label=f"catalogue neighbours in reach ({near.size})")
+    zoom = r_out + 2 * fwhm_pix
+    if half > 3 * zoom:
+        # fine pixel scales: the aperture is small on an arcminute; a close-up in the upper left
+        inset = ax.inset_axes([0.02, 0.60, 0.36, 0.36])
+        inset.imshow(img, origin="lower", cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest", extent=extent)
+        _mark(inset, labels=False, **marks)
+        inset.set_xlim(sx - zoom, sx + zoom)
+        inset.set_ylim(sy - zoom, sy + zoom)
+        inset.set_xticks([])
+        inset.set_yticks([])
+        for spine in inset.spines.values():
+            spine.set_color("limegreen")
 
     # north and east arrows in the lower left, a scale bar in the lower right
     north, east = _sky_directions(wcs, sx, sy)
@@ -113,14 +121,29 @@ def plot_finder_chart(data: np.ndarray, wcs, stars, facts: dict, scale_arcsec: f
     ident = ("detected star" if fact.get("TGTDET") else "not detected: placed at its coordinates")
     lines = [title,
              f"target: {ident}, {float(fact.get('TGTSEP', np.nan)):.2f}\" from the coordinates "
-             f"(match radius {float(fact.get('TGTRAD', np.nan)):.2f}\")"
-             + ("; AMBIGUOUS: another star nearly as close" if fact.get("TGTAMBIG") else ""),
-             _astrometry_line(fact)]
+             f"(match radius {float(fact.get('TGTRAD', np.nan)):.2f}\")", _astrometry_line(fact)]
+    if fact.get("TGTAMBIG"):
+        lines.append("AMBIGUOUS: another star nearly as close (the log names both; the brightest was taken)")
     ax.set_title("\n".join(lines), fontsize=9)
     ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def _mark(ax, plt, target, radii, given, neighbours, fwhm_pix, labels: bool) -> None:
+    """Aperture and annulus on the adopted star, the given coordinates, the neighbours."""
+    sx, sy = target
+    r_ap, r_in, r_out = radii
+    ax.add_patch(plt.Circle((sx, sy), r_ap, fill=False, color="limegreen", lw=1.6,
+                            label="target aperture" if labels else None))
+    for r in (r_in, r_out):
+        ax.add_patch(plt.Circle((sx, sy), r, fill=False, color="limegreen", lw=1.0, ls="--"))
+    if labels:
+        ax.plot([], [], ls="--", color="limegreen", label="sky annulus")
+    ax.plot(*given, marker="+", ms=18, mew=1.8, color="red", ls="none", label="given coordinates" if labels else None)
+    for x, y in zip(*neighbours):
+        ax.add_patch(plt.Circle((x, y), max(0.8 * fwhm_pix, 1.5), fill=False, color="deepskyblue", lw=1.0))
 
 
 def _astrometry_line(fact: dict) -> str:
