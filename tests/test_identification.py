@@ -112,3 +112,26 @@ def test_a_light_curve_mostly_blended_or_absent_fails_in_one_line_naming_the_fin
     # half or fewer: the points are flagged (kept out of the TOM), the dataset goes on
     check_target_identification(_lc([bad] * 5 + [0] * 5), "OGLE-1", "ip")
     check_target_identification(_lc([F.FRAME_REJECTED] * 3), "OGLE-1", "ip")
+
+
+def test_the_generator_puts_header_wcs_and_coordinates_off_by_what_it_is_asked(tmp_path):
+    from astropy.io import fits
+
+    from luigi_phot.config import load_reduction_config
+    from luigi_phot.synthetic import generate_dataset
+
+    cfg = SyntheticConfig(seed=3, n_frames=6, n_nights=2, shape=(256, 256), n_stars=200, bad_column=None,
+                          wcs_error_range_arcsec=(0.0, 3.0), wcs_rotation_error_deg=0.05,
+                          target_coord_offset_arcsec=1.5, wcs_pointing_offset_arcsec=30.0, wcs_status=4)
+    ds = generate_dataset(tmp_path / "ip", cfg)
+    err = np.asarray(ds.truth["header_wcs_error_arcsec"])
+    assert np.all((err > 27) & (err < 33.5)), err          # the 30" pointing plus 0-3" per frame
+    assert np.ptp(err) > 1.0
+    assert fits.getheader(ds.frame_paths[0], "SCI")["WCSERR"] == 4
+    given = load_reduction_config(ds.config_path, check_tom_file=False).target
+    ra, dec = ds.truth.meta["target_ra_deg"], ds.truth.meta["target_dec_deg"]
+    off = np.hypot((given.ra_deg - ra) * np.cos(np.radians(dec)), given.dec_deg - dec) * 3600
+    assert off == pytest.approx(1.5, abs=0.01)
+    # the defaults' frames are untouched by the new options' draws
+    plain = _make_plan(SyntheticConfig(seed=3, n_frames=6, n_nights=2, shape=(256, 256), n_stars=200, bad_column=None))
+    assert plain.given_ra == plain.target_ra and plain.given_dec == plain.target_dec
