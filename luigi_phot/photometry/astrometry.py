@@ -44,6 +44,8 @@ GAIA_COLUMNS = ("source_id", "ra", "dec", "pmra", "pmdec", "phot_g_mean_mag")
 GAIA_EPOCH_JYEAR = 2016.0
 #: Rows asked of the archive at most (brightest first): enough for astrometry of any frame.
 GAIA_ROW_LIMIT = 20000
+#: Detections (brightest first) used to fit a WCS; catalogue stars: twice as many.
+MAX_FIT_STARS = 2000
 
 
 class AstrometryError(Exception):
@@ -338,7 +340,9 @@ def refine_wcs(wcs: WCS, det_xy: np.ndarray, stars: ReferenceStars, shape, fwhm_
     on = np.flatnonzero((px > -margin) & (px < nx + margin) & (py > -margin) & (py < ny + margin))
     if on.size < 6 or len(det_xy) < 6:
         return None
-    on = on[np.argsort(np.where(np.isfinite(stars.mag[on]), stars.mag[on], 99.0), kind="stable")]
+    # the brightest few thousand of each fix a WCS as well as all of a bulge field would
+    det_xy = np.asarray(det_xy, float)[:MAX_FIT_STARS]
+    on = on[np.argsort(np.where(np.isfinite(stars.mag[on]), stars.mag[on], 99.0), kind="stable")][:2 * MAX_FIT_STARS]
     pred = np.column_stack([px[on], py[on]])
     shift = _voted_offset(pred, np.asarray(det_xy, float), search_radius_arcsec / scale)
     if shift is None:
