@@ -95,6 +95,13 @@ def test_a_catalogue_of_another_field_is_not_matched(sky):
     elsewhere = _stars(sky)
     elsewhere.ra_deg = elsewhere.ra_deg[::-1].copy()     # same stars' numbers, shuffled positions
     assert refine_wcs(true, det, elsewhere, SHAPE, fwhm_pix=5.0) is None
+    # nor a dense catalogue of random stars, where chance pairs are within the tolerance everywhere
+    rng = np.random.default_rng(3)
+    n = 8000
+    rx, ry = rng.uniform(0, SHAPE[1], n), rng.uniform(0, SHAPE[0], n)
+    r_ra, r_dec = true.all_pix2world(rx, ry, 0)
+    dense = ReferenceStars(r_ra, r_dec, rng.uniform(12, 20, n), "random stars")
+    assert refine_wcs(true, det, dense, SHAPE, fwhm_pix=5.0) is None
 
 
 @pytest.mark.parametrize("rotation_deg,parity", [(180.0, -1), (73.0, 1)])

@@ -354,6 +354,10 @@ def refine_wcs(wcs: WCS, det_xy: np.ndarray, stars: ReferenceStars, shape, fwhm_
         return None
     new, det_rows, cat_rows, res = fit
     rms_pix = float(np.sqrt(np.mean(res ** 2)))
+    if rms_pix > max(0.3 * fwhm_pix, 0.3):
+        # chance pairs in a dense field fall anywhere within the tolerance (rms ~ 0.7 of it);
+        # true pairs sit at the centroid error
+        return None
     centre = [[(nx - 1) / 2, (ny - 1) / 2]]
     moved = np.hypot(*(new.all_world2pix(wcs.all_pix2world(centre, 0), 0) - np.asarray(centre))[0])
     return AstrometricSolution(
