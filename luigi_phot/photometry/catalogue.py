@@ -510,17 +510,17 @@ def _place_target(info, wcs, astro, x, y, height, saturated, detected, cat_mag, 
         cat_mag = np.append(cat_mag, np.nan)
         is_target = np.append(is_target, True)
     facts = {
-        "ASTSRC": (astro.source[:60], "reference WCS: catalogue it was refined on, or header"),
-        "ASTREF": (bool(astro.refined), "reference WCS refined against a catalogue"),
-        "ASTNMAT": (int(astro.n_matched), "stars matched in the WCS refinement"),
-        "ASTRMS": (_finite_or_nan(astro.rms_arcsec), "WCS refinement residual rms [arcsec]"),
-        "ASTUNC": (_finite_or_nan(astro.uncertainty_arcsec), "1-sigma WCS position error used [arcsec]"),
+        "ASTSRC": (astro.source[:40], "reference WCS source"),
+        "ASTREF": (bool(astro.refined), "reference WCS refined on a catalogue"),
+        "ASTNMAT": (int(astro.n_matched), "stars matched in the WCS fit"),
+        "ASTRMS": (_finite_or_nan(astro.rms_arcsec), "WCS fit residual rms [arcsec]"),
+        "ASTUNC": (_finite_or_nan(astro.uncertainty_arcsec), "WCS 1-sigma error used [arcsec]"),
         "TGTRA": (float(ra), "target RA as configured [deg]"),
         "TGTDEC": (float(dec), "target Dec as configured [deg]"),
-        "TGTSEP": (float(np.hypot(choice.x - tx, choice.y - ty) * scale), "adopted star - coordinates [arcsec]"),
+        "TGTSEP": (float(np.hypot(choice.x - tx, choice.y - ty) * scale), "target - coordinates [arcsec]"),
         "TGTRAD": (float(choice.radius_pix * scale), "target match radius [arcsec]"),
         "TGTDET": (choice.row is not None, "target detected on the reference"),
-        "TGTAMBIG": (bool(choice.ambiguous), "another star was nearly as close"),
+        "TGTAMBIG": (bool(choice.ambiguous), "another star nearly as close"),
     }
     return x, y, saturated, detected, cat_mag, is_target, facts
 

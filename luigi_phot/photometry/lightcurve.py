@@ -298,7 +298,9 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         n_good = good.sum(0)
         dev = np.where(good, (cal - mean_flux[None, :]), 0.0)
         st["rms_flux"] = np.sqrt((dev ** 2).sum(0) / np.maximum(n_good - 1, 1))
-        st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
+        with warnings.catch_warnings():   # a star with no usable point (e.g. never seen): NaN, said once here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
     st["n_good"] = n_good
     st["comparison"] = sol.comparison
     st["calibration_chi2"] = sol.star_chi2
