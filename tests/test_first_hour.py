@@ -145,3 +145,22 @@ def test_the_predicted_noise_curve_follows_the_trend_through_odd_stars():
     assert np.all(np.abs(median / expected - 1) < 0.1)
     assert np.all(np.diff(centre) > 0) and np.all(np.diff(median) > 0)
     assert centre[0] < 16.2 and centre[-1] > 21.2  # the whole range, the sparse bright end included
+
+
+def test_a_python_warning_in_a_stage_is_one_line_in_the_dataset_log(tmp_path):
+    from luigi_phot.dataset import LOG_NAME
+    from luigi_phot.tasks.base import warnings_to_log
+    from luigi_phot.tasks.measure import MeasureImage
+
+    class Probe(MeasureImage):
+        @warnings_to_log
+        def run(self):
+            for _ in range(3):  # the same warning three times: one line
+                np.log(np.zeros(2))
+            warnings.warn("a frame with an odd header", UserWarning)
+
+    Probe(red_dir=str(tmp_path), run_id="r1", image="f.fits").run()
+    lines = (tmp_path / LOG_NAME).read_text().splitlines()
+    assert len(lines) == 2 and all(" WARNING " in ln and "[r1] Probe: f.fits: " in ln for ln in lines), lines
+    assert "RuntimeWarning: divide by zero encountered in log (test_first_hour.py:" in lines[0]
+    assert "UserWarning: a frame with an odd header (test_first_hour.py:" in lines[1]
