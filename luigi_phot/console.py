@@ -14,7 +14,9 @@ Luigi's own console logging prints every scheduling step at DEBUG and INFO
 Luigi's log level brings the detail back: ``--log-level INFO`` (or ``DEBUG``) on
 the command line, or ``log_level`` in the ``[core]`` section of the Luigi
 configuration, prints every record from that level, nested summaries included,
-as Luigi does by default.
+as Luigi does by default. (From Python, ``luigi.build(..., log_level=...)`` does not
+reach the handler, which reads the command line and the configuration: set
+``[core] log_level`` or configure logging yourself.)
 
 The handler is installed by Luigi itself, from :data:`LOGGING_CONF` (a
 ``logging.config.fileConfig`` file) named by ``[core] logging_conf_file``. The
