@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import hashlib
 import json
 import math
@@ -164,6 +165,14 @@ def parse_dec(value: Any) -> float:
 # Small validation helpers: every error names the file and the dotted key
 # --------------------------------------------------------------------------
 
+#: difflib similarity above which a key that is not known is reported as a misspelling
+#: of a missing required key ("unknown key max_paralel (did you mean max_parallel?)")
+#: rather than the required key as missing. The most alike distinct keys of one
+#: section (catalogue_file, catalogue_mag_column) score 0.65.
+TYPO_CUTOFF = 0.75
+#: Above this, an unknown key's message suggests the nearest known key.
+SUGGESTION_CUTOFF = 0.6
+
 
 class _Section:
     """A mapping from a YAML file, read key by key, remembering which keys were used."""
@@ -195,9 +204,20 @@ class _Section:
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             if required:
+                typo = self._typo_of(name)
+                if typo is not None:
+                    raise self.error(f"unknown key {self.key(typo)} (did you mean {self.key(name)}?)")
                 raise self.error(f"missing key {self.key(name)}")
             return default
         return self.data[name]
+
+    def _typo_of(self, name: str) -> Any:
+        """The key of this section that looks like a misspelling of `name` (not a key
+        read already), or None. Distinct keys of one section are less alike than this
+        cutoff (test_config_fuzz checks it), so a legitimate key is never taken for a typo."""
+        unread = {str(k).lower(): k for k in self.data if k not in self.used}
+        match = difflib.get_close_matches(name.lower(), list(unread), n=1, cutoff=TYPO_CUTOFF)
+        return unread[match[0]] if match else None
 
     def section(self, name: str, required: bool = False) -> "_Section":
         value = self.raw(name, required=required)
@@ -262,8 +282,15 @@ class _Section:
         """Unknown keys are an error: a typo must not silently fall back to a default."""
         unknown = sorted(set(map(str, self.data)) - self.used)
         if unknown:
-            known = ", ".join(sorted(self.used))
-            raise self.error(f"unknown key {self.key(unknown[0])} (known keys here: {known})")
+            raise self.error(f"unknown key {self.key(unknown[0])} ({self.suggestion(unknown[0])})")
+
+    def suggestion(self, unknown: str) -> str:
+        """'did you mean <the nearest known key>?', or the list of known keys when none is near."""
+        known = {k.lower(): k for k in self.used}
+        match = difflib.get_close_matches(unknown.lower(), list(known), n=1, cutoff=SUGGESTION_CUTOFF)
+        if match:
+            return f"did you mean {self.key(known[match[0]])}?"
+        return f"known keys here: {', '.join(sorted(self.used))}"
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -568,14 +595,13 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     p.finish()
 
     c = top.section("camera")
-    site = c.raw("site")
-    if site is not None:
-        if (not isinstance(site, dict) or set(site) != {"latitude", "longitude", "height"}
-                or not all(_finite(v) is not None for v in site.values())):
-            raise c.error("camera.site must be a mapping with latitude (deg), longitude (deg east) and height (m)")
-        site = (_finite(site["latitude"]), _finite(site["longitude"]), _finite(site["height"]))
-        if not (-90 <= site[0] <= 90 and -360 <= site[1] <= 360):
-            raise c.error(f"camera.site latitude/longitude out of range: {_show(site)}")
+    site = None
+    if c.raw("site") is not None:  # latitude (deg), longitude (deg east), height (m)
+        s = c.section("site")
+        site = (s.number("latitude", required=True, minimum=-90.0, maximum=90.0),
+                s.number("longitude", required=True, minimum=-360.0, maximum=360.0),
+                s.number("height", required=True))
+        s.finish()
     camera = CameraConfig(
         gain_e_per_adu=c.number("gain_e_per_adu", minimum=0.0, exclusive_minimum=True),
         read_noise_e=c.number("read_noise_e", minimum=0.0),
@@ -653,12 +679,12 @@ def load_tom_config(path: str | os.PathLike) -> TomConfig:
         raise s.error("tom_password must be a string")
     if token is not None and not isinstance(token, str):
         raise s.error("api_token must be a string")
-    if token is None and (user is None or password is None):
-        raise s.error("needs tom_user_id and tom_password, or api_token")
     cfg_timeout = s.number("timeout_s", 30.0, minimum=0.1, exclusive_minimum=True, maximum=600)
     retries = s.number("max_retries", 4, minimum=0, maximum=20, integer=True)
     backoff = s.number("backoff_s", 1.0, minimum=0.0, maximum=60)
-    s.finish()
+    s.finish()  # before the check below: a misspelled tom_password is named as the typo it is
+    if token is None and (user is None or password is None):
+        raise s.error("needs tom_user_id and tom_password, or api_token")
     warning = None
     try:
         mode = path.stat().st_mode

@@ -361,7 +361,8 @@ def _wcs_of(header):
         if not w.has_celestial:
             return None, None
         w = w.celestial
-        scales = w.proj_plane_pixel_scales()
+        with np.errstate(over="ignore", invalid="ignore"):  # an absurd CD matrix: refused just below
+            scales = w.proj_plane_pixel_scales()
         scale = float(np.sqrt(abs(scales[0].to_value("deg") * scales[1].to_value("deg")))) * 3600.0
         if not (math.isfinite(scale) and 1e-3 < scale < 3600.0):
             return None, None
@@ -538,10 +539,13 @@ def _useful_err_plane(path: Path, hdul, info: FrameInfo, data: np.ndarray, flags
     # a band of rows across the middle: one contiguous read (compressed: its tiles only)
     ny = data.shape[0]
     rows = slice(max(0, ny // 2 - max(16, 250_000 // data.shape[1] // 2)), min(ny, ny // 2 + max(16, 250_000 // data.shape[1] // 2)))
-    try:
-        sample = np.asarray(hdu.section[rows, :], dtype=np.float64) * info.to_electrons
-    except Exception:
-        sample = _read_plane(path, hdu, "ERR")[rows].astype(np.float64) * info.to_electrons
+    # a corrupt plane may hold signalling NaNs, which raise 'invalid' when widened; they
+    # are non-finite like any NaN and left out below
+    with np.errstate(invalid="ignore"):
+        try:
+            sample = np.asarray(hdu.section[rows, :], dtype=np.float64) * info.to_electrons
+        except Exception:
+            sample = _read_plane(path, hdu, "ERR")[rows].astype(np.float64) * info.to_electrons
     ok = (flags[rows] == 0) & np.isfinite(sample)
     if ok.sum() < 100:
         return None
@@ -591,8 +595,11 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         if info.to_electrons != 1.0:
             data *= np.float32(info.to_electrons)
         flags = np.zeros(data.shape, dtype=np.uint8)
-        # a sum that is finite means every pixel is (one pass instead of a mask)
-        if not np.isfinite(np.sum(data, dtype=np.float64)):
+        # a sum that is finite means every pixel is (one pass instead of a mask); +inf and
+        # -inf pixels together sum to NaN, which is what it should say
+        with np.errstate(invalid="ignore"):
+            all_finite = np.isfinite(np.sum(data, dtype=np.float64))
+        if not all_finite:
             _set_flag(flags, ~np.isfinite(data), PIXEL_BAD)
         if info.bpm_hdu is not None:
             bpm = _read_plane(path, hdul[info.bpm_hdu], "BPM")

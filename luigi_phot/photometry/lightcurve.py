@@ -42,11 +42,24 @@ def write_measurement(path: Path, columns: dict, header: dict, extra: dict | Non
         value, comment = v if isinstance(v, tuple) else (v, "")
         if isinstance(value, float) and not np.isfinite(value):
             value = "NaN"
-        hdr[k] = (value, comment)
+        hdr[k] = (value, _fitted_comment(k, value, comment))
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=k, array=v, format={"f4": "E", "f8": "D", "i2": "I", "i4": "J", "i8": "K"}[v.dtype.str[1:]])
          for k, v in columns.items()], header=hdr, name="PHOT")
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
+
+
+def _fitted_comment(keyword: str, value, comment: str) -> str:
+    """The comment, cut to what fits on the keyword's card beside its value (astropy
+    would cut it too, with a warning per card). Long string values continue on
+    CONTINUE cards and keep the whole comment."""
+    bare = fits.Card(keyword, value).image
+    if len(bare) > fits.Card.length:
+        return comment
+    if len(bare.rstrip()) + len(" / #") > fits.Card.length:
+        return ""
+    room = fits.Card.length - len(fits.Card(keyword, value, "#").image.rstrip()) + 1
+    return comment if len(comment) <= room else comment[:room].rstrip()
 
 
 def write_rejection(path: Path, image: str, reason: str, mjd_mid: float | None = None,
@@ -298,9 +311,11 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         n_good = good.sum(0)
         dev = np.where(good, (cal - mean_flux[None, :]), 0.0)
         st["rms_flux"] = np.sqrt((dev ** 2).sum(0) / np.maximum(n_good - 1, 1))
-        with warnings.catch_warnings():   # a star with no usable point (e.g. never seen): NaN, said once here
-            warnings.simplefilter("ignore", RuntimeWarning)
-            st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
+        # stars with no good point (off every frame, saturated) have no median error
+        median_err = np.full(good.shape[1], np.nan)
+        seen = (good & np.isfinite(cal_err)).any(axis=0)
+        median_err[seen] = np.nanmedian(np.where(good[:, seen], cal_err[:, seen], np.nan), axis=0)
+        st["median_flux_err"] = median_err
     st["n_good"] = n_good
     st["comparison"] = sol.comparison
     st["calibration_chi2"] = sol.star_chi2

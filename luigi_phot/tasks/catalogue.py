@@ -6,7 +6,7 @@ import luigi
 from astropy.io import fits
 
 from ..dataset import atomic_path, catalogue_path
-from .base import DatasetStage, StageError
+from .base import DatasetStage, StageError, warnings_to_log
 from .lock import LockDataset
 
 __all__ = ["BuildCatalogue", "catalogue_header"]
@@ -72,6 +72,7 @@ class BuildCatalogue(DatasetStage):
     def output(self):
         return _CatalogueTarget(catalogue_path(self.red), self.config.catalogue_key(), self.config.target.name)
 
+    @warnings_to_log
     def run(self):
         from ..photometry.catalogue import CatalogueError, build_catalogue, choose_reference
         from ..photometry.frames import FrameError, list_frames, load_frame

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_stats, measurement_dir,
                        write_json_atomic)
-from .base import DatasetStage, StageError
+from .base import DatasetStage, StageError, warnings_to_log
 from .catalogue import BuildCatalogue
 from .lock import LockDataset
 from .measure import MeasureImage, measurement_key, retry_markers
@@ -117,6 +117,7 @@ class BuildLightcurve(DatasetStage):
         self.check_lock()
         self._build([Path(m.path) for m in measures])
 
+    @warnings_to_log
     def _build(self, paths):
         from ..photometry import plots
         from ..photometry.catalogue import Catalogue

@@ -19,7 +19,7 @@ from pathlib import Path
 import luigi
 
 from ..dataset import atomic_path, catalogue_path, measurement_dir, read_json, write_json_atomic
-from .base import DatasetStage
+from .base import DatasetStage, warnings_to_log
 from .catalogue import BuildCatalogue, catalogue_header
 from .lock import LockDataset
 
@@ -139,6 +139,7 @@ class MeasureImage(DatasetStage):
         return _FreshTarget(measurement_dir(self.red, key) / f"{self.image}{_PHOT_SUFFIX}", self.red / self.image,
                             self.run_id)
 
+    @warnings_to_log
     def run(self):
         from ..photometry.catalogue import Catalogue
         from ..photometry.frames import FrameError, load_frame

@@ -25,6 +25,7 @@ import luigi
 
 from .. import lock
 from ..config import ConfigError
+from ..console import nested_build
 from ..dataset import (LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir,
                        write_json_atomic)
 from .base import Reporting, StageError, install_console_filter, load_config, register_run_owner
@@ -128,8 +129,9 @@ class ReduceDataset(Reporting, luigi.Task):
         _preload_science()
         result = None
         try:
-            result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
-                                 detailed_summary=True, no_lock=True)
+            with nested_build():
+                result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
+                                     detailed_summary=True, no_lock=True)
         finally:
             try:
                 if lock.release(red, run_id):
