@@ -105,6 +105,17 @@ def _fwhm(path: Path) -> str:
     return f"residuals of constant stars and the target against the frames' FWHM{seeing}"
 
 
+def _finder(catalogue: Path) -> str:
+    """How the target was identified, from the catalogue's TGT/AST cards."""
+    from astropy.io import fits
+
+    hdr = fits.getheader(catalogue, 0)
+    how = "detected star" if hdr.get("TGTDET") else "NOT DETECTED: placed at its coordinates"
+    ambiguous = "; another star nearly as close (see the chart)" if hdr.get("TGTAMBIG") else ""
+    return (f"target: {how}, {hdr.get('TGTSEP', float('nan')):.2f}\" from its coordinates; "
+            f"astrometry {hdr.get('ASTSRC', '?')}{ambiguous}")
+
+
 def _line(label: str, path: Path, summarise) -> Output:
     if not path.exists():
         return Output(label, path, "not written")
@@ -138,6 +149,7 @@ def describe_outputs(red_dir: Path) -> list[Output]:
     if names:
         out += [_line("light curve (ECSV)", path["lc_ecsv"], lambda: _light_curve(path["lc_ecsv"])),
                 _line("light curve for the TOM (CSV)", path["lc_csv"], lambda: _tom_csv(path["lc_csv"])),
+                _line("finder chart", path["finder_png"], lambda: _finder(catalogue_path(red))),
                 _line("light-curve plot", path["lc_png"], lambda: "magnitude against time, flagged points in grey"),
                 _line("noise diagnostic", path["noise_png"], lambda: all_stars(1)),
                 _line("crowding diagnostic", path["crowding_png"], lambda: _fwhm(path["lc_ecsv"])),
