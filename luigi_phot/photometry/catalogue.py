@@ -26,12 +26,13 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from ..names import name_cards, name_from_header
 from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
                         windowed_centroids)
 from .aperture import repair_pixels
-from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, read_frame_info
+from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, mask_defective_lines, read_frame_info
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
 __all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
@@ -60,6 +61,12 @@ class Catalogue:
     catalogue_id: str
     key: str
     notes: list[str] = field(default_factory=list)
+    #: Content digest of the reference frame (a reference replaced by other pixels under
+    #: the same name makes the catalogue stale).
+    reference_digest: str = ""
+    #: Magnitude offset added to the default zero point so that magnitudes stay on the
+    #: scale of the first reference after the reference changed (see reference_change.py).
+    zp_offset: float = 0.0
 
     @property
     def target_index(self) -> int:
@@ -87,7 +94,6 @@ class Catalogue:
         hdr["CATFMT"] = (CATALOGUE_FORMAT, "luigi_phot catalogue format")
         hdr["CATID"] = (self.catalogue_id, "unique id of this catalogue build")
         hdr["CATKEY"] = (self.key, "configuration key the catalogue was built for")
-        hdr["REFIMAGE"] = (self.reference_image, "reference frame")
         hdr["REFNY"], hdr["REFNX"] = self.shape
         hdr["PIXSCALE"] = (self.pixel_scale_arcsec, "reference pixel scale [arcsec/pix]")
         hdr["FILTER"] = (self.filter_name, "dataset filter")
@@ -95,6 +101,9 @@ class Catalogue:
         hdr["MJDMID"] = (self.mjd_mid, "reference mid-exposure MJD (UTC)")
         hdr["SKY_E"] = (self.sky_e, "reference sky [e-/pix]")
         hdr["TARGIDX"] = (self.target_index, "row of the target")
+        hdr["REFDIGST"] = (self.reference_digest, "sha256 of the reference frame's content")
+        hdr["ZPOFFSET"] = (self.zp_offset, "[mag] added to the default zero point (reference changes)")
+        hdr.update(name_cards(self.reference_image, "REFIMAGE", "REFIMHEX", "reference frame"))
         for k, v in self.psf.to_header().items():
             hdr[k] = v
         for note in self.notes:
@@ -111,11 +120,13 @@ class Catalogue:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wcs_header = WCS(hdr, naxis=2).to_header(relax=True)
-        return cls(stars=stars, reference_image=hdr["REFIMAGE"], shape=(hdr["REFNY"], hdr["REFNX"]),
+        return cls(stars=stars, reference_image=name_from_header(hdr, "REFIMAGE", "REFIMHEX"),
+                   shape=(hdr["REFNY"], hdr["REFNX"]),
                    wcs_header=wcs_header, pixel_scale_arcsec=hdr["PIXSCALE"], filter_name=hdr["FILTER"],
                    psf=MoffatPSF.from_header(hdr), exptime_s=hdr["EXPTIME"], mjd_mid=hdr["MJDMID"],
                    sky_e=hdr["SKY_E"], catalogue_id=hdr["CATID"], key=hdr["CATKEY"],
-                   notes=[str(h) for h in hdr.get("HISTORY", [])])
+                   notes=[str(h) for h in hdr.get("HISTORY", [])], reference_digest=str(hdr.get("REFDIGST", "")),
+                   zp_offset=float(hdr.get("ZPOFFSET", 0.0)))
 
 
 # --------------------------------------------------------------------------
@@ -153,6 +164,8 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
             if bpm.shape == crop.shape and np.issubdtype(bpm.dtype, np.integer):
                 flags[bpm != 0] = 1
     flags[~np.isfinite(crop)] = 1
+    if info.bpm_hdu is None:
+        mask_defective_lines(crop, flags)   # a hot column would pass for a line of sharp stars
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))

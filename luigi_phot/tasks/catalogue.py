@@ -1,11 +1,19 @@
-"""BuildCatalogue: choose the reference frame and build the star catalogue."""
+"""BuildCatalogue: choose the reference frame and build the star catalogue.
+
+The catalogue is kept while the configuration that shaped it is unchanged and
+its reference frame is still in red_dir with the same content. When it is built
+again on another reference (or on new content of the same one), the new
+reference is calibrated against the old catalogue (``reference_change.py``) and
+the log says how the zero point moved to keep the magnitudes on the old scale.
+"""
 
 from __future__ import annotations
 
 import luigi
 from astropy.io import fits
 
-from ..dataset import atomic_path, catalogue_path
+from ..dataset import atomic_path, catalogue_path, frame_identity
+from ..names import UnsafeName, name_from_header, safe_token, shown
 from .base import DatasetStage, StageError
 from .lock import LockDataset
 
@@ -17,6 +25,11 @@ def catalogue_header(path) -> fits.Header | None:
         return fits.getheader(path, 0)
     except (OSError, ValueError):
         return None
+
+
+def reference_name(header: fits.Header | None) -> str | None:
+    """The reference frame's exact file name in a catalogue header."""
+    return None if header is None else name_from_header(header, "REFIMAGE", "REFIMHEX")
 
 
 def _frame_problems(frames, camera, shown: int = 6) -> str:
@@ -38,7 +51,7 @@ def _frame_problems(frames, camera, shown: int = 6) -> str:
 
 class _CatalogueTarget(luigi.LocalTarget):
     """The catalogue exists, was built for the current configuration, and its
-    reference frame is still in the dataset."""
+    reference frame is still in the dataset with the same content."""
 
     def __init__(self, path, key):
         super().__init__(str(path))
@@ -50,7 +63,11 @@ class _CatalogueTarget(luigi.LocalTarget):
             return False
         from pathlib import Path
 
-        return (Path(self.path).parent.parent / str(hdr.get("REFIMAGE"))).is_file()
+        name = reference_name(hdr)
+        if not name or "/" in name:
+            return False
+        ident = frame_identity(Path(self.path).parent.parent, name)
+        return ident.readable and ident.digest == hdr.get("REFDIGST")
 
 
 class BuildCatalogue(DatasetStage):
@@ -72,9 +89,10 @@ class BuildCatalogue(DatasetStage):
         if not frames:
             raise StageError(f"{self.red}: no frames (*.fits, *.fits.fz, ...) in the dataset directory")
         configured = cfg.photometry.reference_image
-        previous = catalogue_header(catalogue_path(self.red))
-        if configured is None and previous is not None and (self.red / str(previous.get("REFIMAGE"))).is_file():
-            configured = str(previous["REFIMAGE"])  # keep the reference: star ids stay stable
+        previous = self._previous()
+        kept = previous.reference_image if previous is not None else None
+        if configured is None and kept and "/" not in kept and (self.red / kept).is_file():
+            configured = kept  # keep the reference: star ids stay stable
             reason_prefix = "kept from the previous catalogue"
         else:
             reason_prefix = None
@@ -88,9 +106,16 @@ class BuildCatalogue(DatasetStage):
                     raise StageError(f"{self.red}: {exc}") from None
                 raise StageError(f"{self.red}: no usable frame among the {len(frames)} frames: {exc}"
                                  f"{_frame_problems(frames, cfg.camera)}") from None
+            name = choice.path.name
+            try:
+                token = safe_token(choice.filter_name, "FILTER", shown(name), rewrite=True)
+            except UnsafeName as exc:
+                raise StageError(f"{self.red}: {exc}") from None
             reason = reason_prefix or choice.reason
-            self.note(f"reference frame {choice.path.name} ({reason}); dataset filter {choice.filter_name}")
-            self.report_status(f"building the catalogue on {choice.path.name}")
+            self.note(f"reference frame {shown(name)} ({reason}); dataset filter {choice.filter_name}"
+                      + (f" (written {token} in file names)" if token != choice.filter_name else ""))
+            self.report_status(f"building the catalogue on {shown(name)}")
+            ident = frame_identity(self.red, name)
             try:
                 frame = load_frame(choice.path, cfg.camera)
                 cat = build_catalogue(frame, cfg.target.ra_deg, cfg.target.dec_deg, cfg.photometry,
@@ -98,8 +123,53 @@ class BuildCatalogue(DatasetStage):
             except (FrameError, CatalogueError) as exc:
                 raise StageError(f"reference frame {exc}") from None
         cat.filter_name = choice.filter_name
-        with atomic_path(catalogue_path(self.red)) as tmp:
+        cat.reference_digest = ident.digest or ""
+        if previous is not None:
+            self._carry_zero_point(previous, cat)
+        with atomic_path(catalogue_path(self.red), inside=self.red) as tmp:
             cat.save(tmp)
         for n in cat.notes:
             self.note(n)
         self.note(f"catalogue of {len(cat.stars)} stars (target row {cat.target_index}) built in {t.seconds:.1f} s")
+
+    def _previous(self):
+        """The catalogue this build replaces (None when there is none or it cannot be read)."""
+        from ..photometry.catalogue import Catalogue
+
+        if catalogue_header(catalogue_path(self.red)) is None:
+            return None
+        try:
+            return Catalogue.load(catalogue_path(self.red))
+        except Exception:  # a damaged catalogue is simply built again
+            return None
+
+    def _carry_zero_point(self, previous, cat) -> None:
+        """Keep the magnitude scale: calibrate the new reference against the old one, log
+        the change and its effect on the zero point (a warning when the reference changed)."""
+        from ..photometry.reference_change import calibrate_reference_change
+
+        old, new = previous.reference_image, cat.reference_image
+        if old == new and previous.reference_digest == cat.reference_digest:
+            cat.zp_offset = previous.zp_offset   # the same frame: the same scale
+            return
+        why = ("its content changed" if old == new else
+               "it is no longer in red_dir" if not (self.red / old).is_file() else "the configuration changed")
+        zp0 = self.config.photometry.default_zero_point
+        if self.config.photometry.catalogue_file is not None:
+            cat.zp_offset = previous.zp_offset
+            self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}); the zero point comes "
+                      "from the external catalogue", 30)
+            return
+        try:
+            step = calibrate_reference_change(previous, cat, self.config.photometry)
+        except ValueError as exc:
+            cat.zp_offset = previous.zp_offset
+            self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}); the new reference "
+                      f"cannot be calibrated against the old ({exc}): magnitudes may shift", 30)
+            return
+        cat.zp_offset = previous.zp_offset + step.offset_mag
+        brighter = "brighter" if step.offset_mag > 0 else "fainter"
+        self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}): the new reference sees the "
+                  f"stars {abs(step.offset_mag):.3f} +- {step.offset_err_mag:.3f} mag {brighter} ({step.n_stars} stars "
+                  f"matched by sky position); zero point {zp0 + previous.zp_offset:.3f} -> {zp0 + cat.zp_offset:.3f}, "
+                  "so that magnitudes stay on the previous scale", 30)
