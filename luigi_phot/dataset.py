@@ -101,10 +101,12 @@ def _name_bytes(name: str) -> bytes:
 
 #: Prefix of the identity of a frame whose content cannot be read (a link loop, permission denied).
 UNREADABLE = "unreadable: "
-#: A file changed this recently may change again within its timestamps' resolution: its
-#: digest is used but not remembered (it is computed again next time).
+#: A file changed this recently may change again within its timestamps' resolution
+#: without changing them: its digest is remembered by this process only, not in the
+#: cache file (the next run computes it again).
 _SETTLE_NS = 2_000_000_000
 _DIGESTS: dict[tuple, str] = {}          # (dev, ino, size, mtime_ns, ctime_ns) -> digest, this process
+_UNSETTLED: set[tuple] = set()           # keys of _DIGESTS not to be written to a cache file
 _LOADED: dict[str, tuple] = {}           # red_dir -> stat of the digest cache file last read
 
 
@@ -156,8 +158,10 @@ def _identify(red_dir: Path, name: str, hash_new: bool) -> tuple[FrameIdentity, 
         digest, key = _hash_file(path)
     except OSError as exc:
         return FrameIdentity(name, UNREADABLE + _os_reason(exc)), False
-    if key is not None and time.time_ns() - max(key[3], key[4]) > _SETTLE_NS:
+    if key is not None:
         _DIGESTS[key] = digest
+        if time.time_ns() - max(key[3], key[4]) <= _SETTLE_NS:
+            _UNSETTLED.add(key)
     return FrameIdentity(name, digest, key), True
 
 
@@ -194,7 +198,7 @@ def _save_digest_cache(red_dir: Path, identities: list[FrameIdentity]) -> None:
     """Write the cache of the current frames' digests (atomically; concurrent writers:
     the last one wins, and a lost entry costs one more read of that frame)."""
     frames = {i.name: [*i.stat_key, i.digest] for i in identities
-              if i.readable and i.stat_key is not None and _DIGESTS.get(i.stat_key) == i.digest}
+              if i.readable and i.stat_key is not None and i.stat_key not in _UNSETTLED}
     try:
         write_json_atomic(_digest_cache(red_dir), {"version": 1, "frames": frames}, inside=red_dir)
     except (OSError, WriteError):
@@ -222,7 +226,7 @@ def frame_identities(red_dir: Path, hash_new: bool = True) -> list[FrameIdentity
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             for ident, new in pool.map(lambda n: _identify(red_dir, n, hash_new=True), todo):
                 found[ident.name] = ident
-                hashed |= new
+                hashed |= new and ident.stat_key not in _UNSETTLED   # worth writing down
     identities = [found[n] for n in names]
     cached = read_json(_digest_cache(red_dir)) if not hashed else None
     if hashed or (cached is not None and set((cached.get("frames") or {})) - set(names)):

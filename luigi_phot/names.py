@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["MAX_TOKEN_LENGTH", "SAFE_CHARACTERS", "UnsafeName", "safe_token", "file_stem", "shown", "shown_ascii", "name_cards",
+__all__ = ["MAX_TOKEN_LENGTH", "SAFE_CHARACTERS", "UnsafeName", "safe_token", "file_stem", "shown", "shown_ascii", "name_cards", "fitting_comment",
            "name_from_header"]
 
 #: Longest safe token (characters). Target name and FILTER at this length give a longest
@@ -114,10 +114,17 @@ def name_cards(name: str, key: str = "IMAGE", hex_key: str = "IMAGEHEX", comment
     ASCII only: the name is in `key` when it is that, else `key` holds it escaped
     (readable) and `hex_key` its bytes in hexadecimal."""
     text = shown_ascii(name)
-    cards = {key: (text, comment)}
+    cards = {key: (text, fitting_comment(text, comment))}
     if text != name:
-        cards[hex_key] = (_bytes(name).hex(), "exact file name: its bytes in hexadecimal")
+        exact = _bytes(name).hex()
+        cards[hex_key] = (exact, fitting_comment(exact, "file name bytes (hex)"))
     return cards
+
+
+def fitting_comment(text: str, comment: str) -> str:
+    """`comment` when a FITS card holds it beside the string `text`, else '' (astropy
+    would cut it with a warning)."""
+    return comment if len(text.replace("'", "''")) + len(comment) <= 65 else ""
 
 
 def name_from_header(header, key: str = "IMAGE", hex_key: str = "IMAGEHEX") -> str | None:

@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..names import name_cards, name_from_header, safe_token, shown, shown_ascii
+from ..names import fitting_comment, name_cards, name_from_header, safe_token, shown, shown_ascii
 from . import flags as F
 from .calibration import solve_ensemble
 from .catalogue import Catalogue
@@ -51,7 +51,9 @@ def write_measurement(path: Path, columns: dict, header: dict, extra: dict | Non
         if isinstance(value, float) and not np.isfinite(value):
             value = "NaN"
         elif isinstance(value, str) and k not in ("IMAGE", "IMAGEHEX"):
-            value = shown(value).encode("ascii", "backslashreplace").decode("ascii")
+            value = shown_ascii(value)
+        if isinstance(value, str):
+            comment = fitting_comment(value, comment)
         hdr[k] = (value, comment)
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=k, array=v, format={"f4": "E", "f8": "D", "i2": "I", "i4": "J", "i8": "K"}[v.dtype.str[1:]])

@@ -12,6 +12,11 @@ between the two is voted first), and the ratio of their reference fluxes per
 second, each times the fraction of a star's light its reference puts in the
 aperture (from its PSF), is the ratio of the two flux scales. Its logarithm,
 ``2.5 log10(ratio)``, added to the zero point keeps the magnitudes where they were.
+
+When both reference frames were measured against the old catalogue (the old
+reference, and the new one while it was an ordinary frame), their measured
+aperture fluxes of the same stars give that ratio directly, with no PSF model
+in between: :func:`calibrate_on_measurements` (the better of the two).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from .alignment import _voted_shift
 from .catalogue import Catalogue
 from .psf import MoffatPSF
 
-__all__ = ["ReferenceCalibration", "calibrate_reference_change", "aperture_fraction"]
+__all__ = ["ReferenceCalibration", "calibrate_reference_change", "calibrate_on_measurements", "aperture_fraction"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,15 @@ def _aperture_pix(cat: Catalogue, photometry) -> float:
     return photometry.aperture_arcsec / cat.pixel_scale_arcsec
 
 
-def _bright(cat: Catalogue) -> np.ndarray:
-    """Rows of well-measured single stars: detected, unsaturated, isolated, S/N > 20."""
+def _bright(cat: Catalogue, enough: int) -> np.ndarray:
+    """Rows of well-measured stars: detected, unsaturated, S/N > 20; only the isolated
+    ones when there are `enough` of those (a crowded field has few)."""
     s = cat.stars
     flux = np.asarray(s["flux_ref"], float)
-    return np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"]) & np.asarray(s["isolated"])
-                          & np.isfinite(flux) & (flux > 0) & (np.asarray(s["snr_ref"], float) > 20))
+    good = (np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"]) & np.isfinite(flux) & (flux > 0)
+            & (np.asarray(s["snr_ref"], float) > 20))
+    single = good & np.asarray(s["isolated"])
+    return np.flatnonzero(single if single.sum() >= enough else good)
 
 
 def calibrate_reference_change(old: Catalogue, new: Catalogue, photometry, min_stars: int = 10,
@@ -60,9 +68,9 @@ def calibrate_reference_change(old: Catalogue, new: Catalogue, photometry, min_s
     stars can be matched."""
     from scipy.spatial import cKDTree
 
-    o, n = _bright(old), _bright(new)
+    o, n = _bright(old, 3 * min_stars), _bright(new, 3 * min_stars)
     if o.size < min_stars or n.size < min_stars:
-        raise ValueError(f"too few bright single stars ({o.size} on the old reference, {n.size} on the new)")
+        raise ValueError(f"too few bright stars ({o.size} on the old reference, {n.size} on the new)")
     world = np.column_stack([np.asarray(old.stars["ra"], float)[o], np.asarray(old.stars["dec"], float)[o]])
     pred = new.wcs.all_world2pix(world, 0)
     new_xy = np.column_stack([np.asarray(new.stars["x_ref"], float)[n], np.asarray(new.stars["y_ref"], float)[n]])
@@ -79,7 +87,26 @@ def calibrate_reference_change(old: Catalogue, new: Catalogue, photometry, min_s
     rate_new = np.asarray(new.stars["flux_ref"], float)[n[j[hit]]] / new.exptime_s
     f_old = aperture_fraction(old.psf, _aperture_pix(old, photometry))
     f_new = aperture_fraction(new.psf, _aperture_pix(new, photometry))
-    log_ratio = np.log(rate_new * f_new / (rate_old * f_old))
+    return _offset(np.log(rate_new * f_new / (rate_old * f_old)))
+
+
+def calibrate_on_measurements(old: Catalogue, old_ref: tuple[np.ndarray, np.ndarray, float],
+                              new_ref: tuple[np.ndarray, np.ndarray, float],
+                              min_stars: int = 10) -> ReferenceCalibration:
+    """The same offset from the two reference frames' measurements against the `old`
+    catalogue: each a (flux [e-], flags, exposure [s]) per catalogue star. Stars free
+    of flags on both, well measured on the old reference, are used. Raises
+    ValueError when fewer than `min_stars` are."""
+    (f_old, g_old, t_old), (f_new, g_new, t_new) = old_ref, new_ref
+    rows = _bright(old, 3 * min_stars)
+    rows = rows[(g_old[rows] == 0) & (g_new[rows] == 0) & (f_old[rows] > 0) & (f_new[rows] > 0)]
+    if rows.size < min_stars:
+        raise ValueError(f"only {rows.size} stars measured well on both")
+    return _offset(np.log((f_new[rows] / t_new) / (f_old[rows] / t_old)))
+
+
+def _offset(log_ratio: np.ndarray) -> ReferenceCalibration:
+    """Clipped mean of ln(new/old) as a magnitude offset."""
     med = np.median(log_ratio)
     mad = 1.4826 * np.median(np.abs(log_ratio - med))
     keep = np.abs(log_ratio - med) <= max(3 * mad, 0.02)   # variables and blends out

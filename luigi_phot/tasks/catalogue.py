@@ -10,9 +10,10 @@ the log says how the zero point moved to keep the magnitudes on the old scale.
 from __future__ import annotations
 
 import luigi
+import numpy as np
 from astropy.io import fits
 
-from ..dataset import atomic_path, catalogue_path, frame_identity
+from ..dataset import atomic_path, catalogue_path, frame_identity, measurement_path
 from ..names import UnsafeName, name_from_header, safe_token, shown
 from .base import DatasetStage, StageError
 from .lock import LockDataset
@@ -146,7 +147,7 @@ class BuildCatalogue(DatasetStage):
     def _carry_zero_point(self, previous, cat) -> None:
         """Keep the magnitude scale: calibrate the new reference against the old one, log
         the change and its effect on the zero point (a warning when the reference changed)."""
-        from ..photometry.reference_change import calibrate_reference_change
+        from ..photometry.reference_change import calibrate_on_measurements, calibrate_reference_change
 
         old, new = previous.reference_image, cat.reference_image
         if old == new and previous.reference_digest == cat.reference_digest:
@@ -161,7 +162,12 @@ class BuildCatalogue(DatasetStage):
                       "from the external catalogue", 30)
             return
         try:
-            step = calibrate_reference_change(previous, cat, self.config.photometry)
+            measured = self._reference_measurements(previous, new, cat.reference_digest)
+            if measured is not None:
+                step, how = calibrate_on_measurements(previous, *measured), "measured on both against the old catalogue"
+            else:
+                step, how = calibrate_reference_change(previous, cat, self.config.photometry), \
+                    "matched by sky position"
         except ValueError as exc:
             cat.zp_offset = previous.zp_offset
             self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}); the new reference "
@@ -171,5 +177,25 @@ class BuildCatalogue(DatasetStage):
         brighter = "brighter" if step.offset_mag > 0 else "fainter"
         self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}): the new reference sees the "
                   f"stars {abs(step.offset_mag):.3f} +- {step.offset_err_mag:.3f} mag {brighter} ({step.n_stars} stars "
-                  f"matched by sky position); zero point {zp0 + previous.zp_offset:.3f} -> {zp0 + cat.zp_offset:.3f}, "
+                  f"{how}); zero point {zp0 + previous.zp_offset:.3f} -> {zp0 + cat.zp_offset:.3f}, "
                   "so that magnitudes stay on the previous scale", 30)
+
+    def _reference_measurements(self, previous, new_name: str, new_digest: str):
+        """The old and the new reference frames' measurements against the previous catalogue
+        (both were frames of the last reduction): ((flux, flags, exptime), (...)), or None."""
+        from ..photometry.lightcurve import read_measurement
+
+        found = []
+        for name, digest in ((previous.reference_image, previous.reference_digest), (new_name, new_digest)):
+            for key_dir in sorted((self.red / "photometry" / "frames").glob("*")):
+                path = measurement_path(self.red, key_dir.name, name, digest)
+                try:
+                    record = read_measurement(path, columns=("flux", "flags"))
+                except (OSError, KeyError, ValueError):
+                    continue
+                if record.columns is not None and record.header.get("CATID") == previous.catalogue_id \
+                        and len(record.columns["flux"]) == len(previous.stars):
+                    found.append((np.asarray(record.columns["flux"], float), np.asarray(record.columns["flags"]),
+                                  float(record.header["EXPTIME"])))
+                    break
+        return tuple(found) if len(found) == 2 else None
