@@ -49,7 +49,7 @@ from .photometry.frames import list_frames
 
 __all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION", "DIGEST_CACHE_NAME",
            "WriteError", "UnsafePath", "FrameIdentity", "frame_identities", "frame_identity", "duplicate_exposures",
-           "fingerprint", "read_json", "check_inside", "atomic_path", "atomic_paths", "write_json_atomic",
+           "fingerprint", "read_json", "check_inside", "is_inside", "atomic_path", "atomic_paths", "write_json_atomic",
            "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir", "measurement_path",
            "resolve_red_dir"]
 
@@ -306,7 +306,9 @@ class UnsafePath(RuntimeError):
 def check_inside(path: Path, root: Path) -> Path:
     """`path` with its directory resolved (symbolic links followed), when it lies inside
     `root` (resolved likewise) and its own name is an ordinary file name; else
-    :class:`UnsafePath`. Every file of red_dir is checked here before it is written."""
+    :class:`UnsafePath`. Every file of red_dir is checked here before it is written:
+    a name made of outside values cannot lead out, nor can a symbolic link planted
+    in red_dir (``photometry -> elsewhere``): nothing is written through it."""
     path, root = Path(path), Path(root).resolve()
     name = path.name
     if name in ("", ".", "..") or "\0" in str(path):
@@ -428,11 +430,21 @@ def write_json_atomic(path: Path, data: dict, *, inside: Path) -> None:
             fh.write("\n")
 
 
+def is_inside(path: Path, root: Path) -> bool:
+    """True when `path` (symbolic links resolved) is `root` or lies inside it."""
+    try:
+        check_inside(Path(path) / "x", root)
+        return True
+    except UnsafePath:
+        return False
+
+
 def remove_stale_temporaries(red_dir: Path) -> int:
-    """Remove temporary files left by crashed runs (only call while holding the lock)."""
+    """Remove temporary files left by crashed runs (only call while holding the lock).
+    Directories that a symbolic link leads out of red_dir are left alone."""
     n = 0
     for d in (red_dir, red_dir / PRODUCTS_DIR, *(red_dir / PRODUCTS_DIR / "frames").glob("*")):
-        if not d.is_dir():
+        if not d.is_dir() or not is_inside(d, red_dir):
             continue
         for p in d.iterdir():
             if p.name.startswith(_TMP_PREFIX) or (p.name.startswith(".dataset.lock.") and d == red_dir):

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from luigi_phot.photometry import flags as F
 from luigi_phot.synthetic import SyntheticConfig
 from tests.conftest import copy_dataset, reduce_dataset
-from tests.fault_tools import (LOG, assert_no_traceback, check_outputs_readable, console, input_checksums,
+from tests.fault_tools import (assert_no_traceback, check_outputs_readable, console, input_checksums,
                                log_lines, log_runs, user_dataset)
 
 #: Small LCO-like dataset: 6 frames (plain and fpack), 384x384 (as in test_bad_input).

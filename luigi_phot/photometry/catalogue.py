@@ -26,7 +26,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from ..names import name_cards, name_from_header
+from ..names import name_cards, name_from_header, shown_ascii
 from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
@@ -107,7 +107,7 @@ class Catalogue:
         for k, v in self.psf.to_header().items():
             hdr[k] = v
         for note in self.notes:
-            hdr.add_history(note[:70])
+            hdr.add_history(shown_ascii(note)[:70])   # a file name in a note may be anything
         hdr.update(self.wcs_header)
         table = fits.BinTableHDU(self.stars, name="STARS")
         fits.HDUList([fits.PrimaryHDU(header=hdr), table]).writeto(path, overwrite=True)

@@ -150,8 +150,9 @@ class BuildCatalogue(DatasetStage):
         from ..photometry.reference_change import calibrate_on_measurements, calibrate_reference_change
 
         old, new = previous.reference_image, cat.reference_image
-        if old == new and previous.reference_digest == cat.reference_digest:
-            cat.zp_offset = previous.zp_offset   # the same frame: the same scale
+        if old == new and previous.reference_digest in (cat.reference_digest, ""):
+            # the same frame: the same scale (a catalogue of an earlier version kept no digest)
+            cat.zp_offset = previous.zp_offset
             return
         why = ("its content changed" if old == new else
                "it is no longer in red_dir" if not (self.red / old).is_file() else "the configuration changed")

@@ -20,7 +20,7 @@ import luigi
 
 import numpy as np
 
-from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities,
+from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities, is_inside,
                        measurement_dir, read_json, write_json_atomic)
 from ..names import UnsafeName, safe_token, shown
 from .base import DatasetStage, StageError
@@ -213,6 +213,8 @@ class BuildLightcurve(DatasetStage):
         """Measurements not of the current frames' content (other settings or catalogues,
         frames replaced or gone) are no longer needed."""
         keep = measurement_dir(self.red, measurement_key(self.red, self.config))
+        if not is_inside(keep, self.red):   # a symbolic link out of red_dir: never delete through it
+            return
         for d in (self.red / PRODUCTS_DIR / "frames").glob("*"):
             if d.is_dir() and d != keep:
                 shutil.rmtree(d, ignore_errors=True)
