@@ -101,8 +101,8 @@ class Catalogue:
         hdr["MJDMID"] = (self.mjd_mid, "reference mid-exposure MJD (UTC)")
         hdr["SKY_E"] = (self.sky_e, "reference sky [e-/pix]")
         hdr["TARGIDX"] = (self.target_index, "row of the target")
-        hdr["REFDIGST"] = (self.reference_digest, "sha256 of the reference frame's content")
-        hdr["ZPOFFSET"] = (self.zp_offset, "[mag] added to the default zero point (reference changes)")
+        hdr["REFDIGST"] = (self.reference_digest, "sha256 of the reference")
+        hdr["ZPOFFSET"] = (self.zp_offset, "[mag] added to the default zero point")
         hdr.update(name_cards(self.reference_image, "REFIMAGE", "REFIMHEX", "reference frame"))
         for k, v in self.psf.to_header().items():
             hdr[k] = v

@@ -49,6 +49,9 @@ def dataset_is_current(red_dir) -> bool:
     rec = read_json(red / RECORD_NAME)
     if rec is None or rec.get("retry") or lock.read_lock(red) is not None:
         return False
+    recorded = rec.get("frames")
+    if not isinstance(recorded, dict) or set(recorded) != {p.name for p in list_frames(red)}:
+        return False   # a frame came or went: no need to read the new ones here (the reduction will)
     if rec.get("fingerprint") != fingerprint(cfg, frame_identities(red)):
         return False
     # a product deleted since (by hand) is made again
