@@ -496,6 +496,15 @@ class ReductionConfig:
         return _digest({"lightcurve": self.lightcurve_key(), "tom": self.tom_key()})
 
 
+def _header_text(section: _Section, name: str) -> str | None:
+    """A configured value written into FITS headers: printable ASCII, at most 68 characters."""
+    value = section.string(name)
+    if value is not None and not (value.isascii() and value.isprintable() and len(value) <= 68):
+        raise section.error(f"{section.key(name)} {_show(value)} must be printable ASCII of at most 68 characters "
+                            "(it is written into FITS headers)")
+    return value
+
+
 def _file_name_part(section: _Section, name: str, what: str, required: bool = False) -> str | None:
     """A configured value that becomes part of file names: a safe token as it is
     (names.safe_token: letters, digits, _ . + -; no leading dot; bounded length)."""
@@ -586,7 +595,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         saturation_adu=c.number("saturation_adu", minimum=0.0, exclusive_minimum=True),
         units=c.choice("units", ("auto", "adu", "electrons"), "auto"),
         pixel_scale_arcsec=c.number("pixel_scale_arcsec", minimum=0.0, exclusive_minimum=True, maximum=3600.0),
-        filter_name=c.string("filter_name"),
+        filter_name=_header_text(c, "filter_name"),
         site=site,
     )
     c.finish()

@@ -531,6 +531,15 @@ def test_target_names_that_would_be_hidden_or_too_long_are_refused(tmp_path, nam
     assert "\n" not in str(err.value)
 
 
+def test_a_camera_filter_name_that_a_fits_header_cannot_hold_is_refused(tmp_path):
+    from luigi_phot.config import ConfigError, load_reduction_config
+
+    path = tmp_path / "reduction_config.yaml"
+    path.write_text(_config_text() + "camera:\n  filter_name: 'r\u00e9'\n")
+    with pytest.raises(ConfigError, match=r"camera.filter_name 'ré' must be printable ASCII"):
+        load_reduction_config(path, check_tom_file=False)
+
+
 def test_a_data_label_that_is_not_a_safe_token_is_refused(tmp_path):
     from luigi_phot.config import ConfigError, load_reduction_config
 
