@@ -25,7 +25,7 @@ import luigi
 
 from .. import lock
 from ..config import ConfigError
-from ..dataset import (LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_identities, read_json,
+from ..dataset import (LOG_NAME, RECORD_NAME, WriteError, dataset_logger, fingerprint, frame_identities, read_json,
                        resolve_red_dir, write_json_atomic)
 from ..photometry.frames import list_frames
 from .base import Reporting, StageError, install_console_filter, load_config, register_run_owner
@@ -99,9 +99,9 @@ class ReduceDataset(Reporting, luigi.Task):
             write_json_atomic(outcome, inside=outcome.parent, data={
                 **result, "red_dir": str(self.red_dir), "started_unix": started, "finished_unix": time.time(),
                 "host": socket.gethostname(), "pid": os.getpid()})
-        except OSError as exc:  # never hide the run's own exception
+        except (OSError, WriteError) as exc:  # never hide the run's own exception
             logging.getLogger("luigi-interface").warning(
-                f"{self.outcome_file}: cannot write the outcome ({exc.strerror})")
+                f"{self.outcome_file}: cannot write the outcome ({getattr(exc, 'reason', None) or exc.strerror})")
 
     def _reduce(self) -> dict:
         """The reduction; returns {'status': 'reduced'|'up_to_date'|'skipped', 'reason', 'run_id'}."""
