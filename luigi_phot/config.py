@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from .names import UnsafeName, safe_token
+
 __all__ = [
     "ConfigError",
     "REDUCTION_CONFIG_NAME",
@@ -296,8 +298,25 @@ class _Section:
 class _ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (plain data only: a ``!!python/...`` tag is an error)
     that also refuses aliases - a configuration needs none, and nested aliases
-    expand into billions of values ('billion laughs') - and keeps values that
-    look sexagesimal (17:30:25.5) as text instead of base-60 numbers."""
+    expand into billions of values ('billion laughs') - and keys given twice (YAML
+    would silently keep the last value), and keeps values that look sexagesimal
+    (17:30:25.5) as text instead of base-60 numbers."""
+
+    def construct_mapping(self, node, deep=False):
+        """A key given twice is an error (YAML itself would silently keep the last value)."""
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:   # an unhashable key: the constructor says so itself
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_show(key)}: each key may be given once", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -528,6 +547,27 @@ def _astrometry_keys(p: _Section, base: Path, cat_file: Path | None) -> dict:
     return {"astrometry": source, "gaia_cache_file": cache, "gaia_tap_url": url.rstrip("/")}
 
 
+def _header_text(section: _Section, name: str) -> str | None:
+    """A configured value written into FITS headers: printable ASCII, at most 68 characters."""
+    value = section.string(name)
+    if value is not None and not (value.isascii() and value.isprintable() and len(value) <= 68):
+        raise section.error(f"{section.key(name)} {_show(value)} must be printable ASCII of at most 68 characters "
+                            "(it is written into FITS headers)")
+    return value
+
+
+def _file_name_part(section: _Section, name: str, what: str, required: bool = False) -> str | None:
+    """A configured value that becomes part of file names: a safe token as it is
+    (names.safe_token: letters, digits, _ . + -; no leading dot; bounded length)."""
+    value = section.string(name, required=required)
+    if value is None:
+        return None
+    try:
+        return safe_token(value, what, section.path)
+    except UnsafeName as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) -> ReductionConfig:
     """Parse and validate a dataset's ``reduction_config.yaml``.
 
@@ -539,10 +579,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     top = _Section(path, _read_yaml(path, "reduction configuration"))
 
     t = top.section("target", required=True)
-    name = t.string("name", required=True)
-    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-        raise t.error(f"target.name {_show(name)} may use only letters, digits and _ . + - "
-                      "(it becomes part of file names)")
+    name = _file_name_part(t, "name", "target.name", required=True)
     ra_raw = t.raw("RA", required=True)
     dec_raw = t.raw("Dec", required=True)
     try:
@@ -600,7 +637,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         s = c.section("site")
         site = (s.number("latitude", required=True, minimum=-90.0, maximum=90.0),
                 s.number("longitude", required=True, minimum=-360.0, maximum=360.0),
-                s.number("height", required=True))
+                s.number("height", required=True, minimum=-1000.0, maximum=10000.0))
         s.finish()
     camera = CameraConfig(
         gain_e_per_adu=c.number("gain_e_per_adu", minimum=0.0, exclusive_minimum=True),
@@ -608,7 +645,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         saturation_adu=c.number("saturation_adu", minimum=0.0, exclusive_minimum=True),
         units=c.choice("units", ("auto", "adu", "electrons"), "auto"),
         pixel_scale_arcsec=c.number("pixel_scale_arcsec", minimum=0.0, exclusive_minimum=True, maximum=3600.0),
-        filter_name=c.string("filter_name"),
+        filter_name=_header_text(c, "filter_name"),
         site=site,
     )
     c.finish()
@@ -616,9 +653,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     tm = top.section("tom", required=True)
     upload = tm.boolean("upload", required=True)
     tom_file = tm.path_value("config_file", base)
-    label = tm.string("data_label", default=name) or name
-    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
-        raise tm.error(f"tom.data_label {_show(label)} may use only letters, digits and _ . + -")
+    label = _file_name_part(tm, "data_label", "tom.data_label") or name
     create = tm.boolean("create_target", False)
     flagged = tm.boolean("include_flagged", False)
     tm.finish()

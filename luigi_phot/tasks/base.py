@@ -15,7 +15,8 @@ from pathlib import Path
 import luigi
 
 from ..config import ConfigError, ReductionConfig, load_reduction_config
-from ..dataset import WriteError, config_path, dataset_logger
+from ..dataset import UnsafePath, WriteError, config_path, dataset_logger
+from ..names import UnsafeName
 from ..lock import LockHeldError, read_lock
 
 __all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
@@ -30,7 +31,8 @@ def _user_errors():
     from ..photometry.catalogue import CatalogueError
     from ..photometry.frames import FrameError
 
-    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError, WriteError]
+    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError, WriteError,
+              UnsafePath, UnsafeName]
     try:
         from ..tom import TomError
         errors.append(TomError)

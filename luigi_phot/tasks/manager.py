@@ -189,7 +189,7 @@ class ReductionManager(Reporting, luigi.Task):
             for outcome in ordered:
                 if outcome.status == status:
                     log.log(logging.ERROR if status == "failed" else logging.INFO, outcome.line())
-        write_json_atomic(run_dir / "summary.json", {
+        write_json_atomic(run_dir / "summary.json", inside=cfg.log_dir, data={
             "run_id": run_id, "config": str(cfg.path), "host": socket.gethostname(), "pid": os.getpid(),
             "group": selection.group, "selection": selection.description,
             "n_found": selection.n_found, "problems": selection.problems, "headers_read": selection.headers_read,
