@@ -157,7 +157,8 @@ def test_kill_while_measuring_then_rerun(dataset, tmp_path):
 def test_kill_while_writing_the_lightcurve_then_rerun(dataset, tmp_path):
     frames = frames_of(dataset)
     before = input_checksums(dataset)
-    products = re.compile(rf"^\.tmp-[0-9a-f]{{8}}-{re.escape(TARGET)}_ip_")
+    # the light curve's products (the finder chart is the catalogue stage's)
+    products = re.compile(rf"^\.tmp-[0-9a-f]{{8}}-{re.escape(TARGET)}_ip_(?!finder)")
 
     def product_temporary():
         return [p.name for p in temporaries(dataset) if products.match(p.name)]
@@ -575,10 +576,17 @@ def _fill(path: Path) -> None:
 
 
 def test_file_size_limit_while_writing_the_lightcurve(dataset, tmp_path):
-    """RLIMIT_FSIZE of 40 kB: the catalogue (29 kB) and the measurements (21 kB) fit,
-    the all-stars file (58 kB) that BuildLightcurve writes first does not."""
+    """RLIMIT_FSIZE of 40 kB while the light curve is built again (its products deleted
+    after a first run): the log and the records fit, the all-stars file (about 75 kB)
+    that BuildLightcurve writes first does not."""
     frames = frames_of(dataset)
     before = input_checksums(dataset)
+    first = reduce_dataset(dataset, "--workers", "2", timeout=RUN_TIMEOUT_S)
+    assert_finished(dataset, first, frames)
+    for product in [*dataset.glob(f"{TARGET}_ip_*"), *(dataset / "photometry").glob(f"{TARGET}_ip_*")]:
+        if not product.name.endswith("_finder.png"):
+            product.unlink()
+    (dataset / "reduction_record.json").unlink()   # so that a record written by the failed run would show
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
