@@ -40,7 +40,8 @@ REPAIR_ERROR = 0.2
 LARGE_REPAIR_FRACTION_INTERPOLATED = 0.05
 #: With the neighbour model, masked pixels in apertures take the model's value (the star's
 #: own PSF scaled by its fitted flux, plus its neighbours' light and the sky). Stars with more
-#: than REFIT_REPAIRED_FRACTION of their light there have their flux fitted on the frame; the
+#: than REFIT_REPAIRED_FRACTION of their light there (and more of their own light than their
+#: neighbours' in the aperture) have their flux fitted on the frame; the
 #: model's light carries the PSF's measured core misfit (at least MIN_PSF_MISFIT) and the
 #: fitted flux's error. LARGE_REPAIR_FRACTION: beyond it the residuals of generated data say
 #: the model fails (benchmarks/repair_fraction.py; README section 7).
@@ -233,12 +234,11 @@ class NeighbourModel:
                                           r=self.r_out + self.max_radius)
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
 
-    def _fit_change(self, residual, rows, pixel_ok, pixel_var):
-        """PSF fit of each star's flux change (with a constant local sky) on the residual
-        image within 1.5 FWHM of it; returns (change, its error)."""
-        ny, nx = residual.shape
-        change = np.full(rows.size, np.nan)
-        error = np.full(rows.size, np.nan)
+    def core_pixels(self, rows, shape, pixel_ok):
+        """For the stars `rows`, grouped by PSF size: (selection into rows, PSF, flat pixel
+        indices, usable) of the pixels within 1.5 FWHM (at least 3) of each, and the PSF's
+        unit-flux values there."""
+        ny, nx = shape
         for k, q in enumerate(self.psfs):
             sel = np.flatnonzero(self.level[rows] == k)
             if sel.size == 0:
@@ -248,15 +248,21 @@ class NeighbourModel:
             oy, ox = np.mgrid[-h:h + 1, -h:h + 1]
             disk = (ox * ox + oy * oy) <= h * h
             ox, oy = ox[disk], oy[disk]
-            xi = np.rint(self.x[r]).astype(int)
-            yi = np.rint(self.y[r]).astype(int)
-            px = xi[:, None] + ox[None, :]
-            py = yi[:, None] + oy[None, :]
+            px = np.rint(self.x[r]).astype(int)[:, None] + ox[None, :]
+            py = np.rint(self.y[r]).astype(int)[:, None] + oy[None, :]
             inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
             flat = np.where(inside, py * nx + px, 0)
-            ok = inside & pixel_ok.ravel()[flat]
+            unit = q.pixel_values(px - self.x[r, None], py - self.y[r, None])
+            yield sel, flat, inside & pixel_ok.ravel()[flat], unit
+
+    def _fit_change(self, residual, rows, pixel_ok, pixel_var):
+        """PSF fit of each star's flux change (with a constant local sky) on the residual
+        image within 1.5 FWHM of it; returns (change, its error)."""
+        change = np.full(rows.size, np.nan)
+        error = np.full(rows.size, np.nan)
+        for sel, flat, ok, m in self.core_pixels(rows, residual.shape, pixel_ok):
+            r = rows[sel]
             vals = np.where(ok, residual.ravel()[flat], 0.0).astype(np.float64)
-            m = q.pixel_values(px - self.x[r, None], py - self.y[r, None])
             # variance: background plus the star's own Poisson noise
             w = np.where(ok, 1.0 / (pixel_var + np.maximum(self.flux[r, None] * m, 0.0)), 0.0)
             s_w, s_m, s_mm = w.sum(1), (w * m).sum(1), (w * m * m).sum(1)
@@ -298,16 +304,20 @@ class MaskedLight:
     light there (the star's own PSF scaled by its fitted flux, its neighbours' model) plus
     the star's sky, so the aperture flux gains sum(weight x (sky - residual)) over them,
     the residual image being the frame less every modelled star. The uncertainty of that
-    light is the PSF's core misfit and the star's flux error. Without a model (plain
-    apertures) the interpolated values stay and the light on them is REPAIR_ERROR uncertain."""
+    light is the model's misfit (the larger of the PSF stars' core misfit and the star's
+    own on its unmasked core pixels: a position a fraction of a pixel off shows there) and
+    the star's flux error. Without a model (plain apertures) the interpolated values stay
+    and the light on them is REPAIR_ERROR uncertain."""
 
     def __init__(self, pixel_flags, bits: int, x, y, r_ap_pix: float, pixel_summary,
-                 model: "NeighbourModel | None", psf: MoffatPSF, psf_misfit: float):
+                 model: "NeighbourModel | None", psf: MoffatPSF, psf_misfit: float, pixel_var: float):
         n = np.size(x)
         touched = np.flatnonzero((pixel_summary & bits) != 0)
         self.masked = masked_overlaps(pixel_flags, bits, x, y, r_ap_pix, rows=touched)
         self.model = model
         self.misfit = max(psf_misfit, MIN_PSF_MISFIT)
+        self.pixel_ok = (pixel_flags == 0)
+        self.pixel_var = pixel_var
         if model is None or len(model.psfs) == 1:
             self.fraction = self.masked.light_fraction(psf if model is None else model.psfs[0], n)
         else:  # each star with the PSF size at its place
@@ -316,9 +326,15 @@ class MaskedLight:
                                 for k, q in enumerate(model.psfs))
         self.large_fraction = LARGE_REPAIR_FRACTION if model is not None else LARGE_REPAIR_FRACTION_INTERPOLATED
 
-    def refit_rows(self) -> np.ndarray:
-        """Stars whose flux is fitted because enough of their light is on masked pixels."""
-        return np.flatnonzero(self.fraction > REFIT_REPAIRED_FRACTION) if self.model is not None else np.zeros(0, int)
+    def refit_rows(self, neighbour_light: np.ndarray) -> np.ndarray:
+        """Stars whose flux is fitted because enough of their light is on masked pixels, and
+        whose own modelled light in their aperture exceeds their neighbours' there (a faint
+        star beside a bright one, its core on a bad column, would be fitted to the bright
+        star's residuals, and that error would land in the bright star's aperture)."""
+        if self.model is None:
+            return np.zeros(0, int)
+        own = self.model.flux * self.model.own_fraction
+        return np.flatnonzero((self.fraction > REFIT_REPAIRED_FRACTION) & (own > neighbour_light))
 
     def flux_correction(self, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
         """What replacing the interpolated values by the model's adds to each aperture flux."""
@@ -327,12 +343,32 @@ class MaskedLight:
         m = self.masked
         return m.per_star(sky[m.star] - residual.ravel()[m.pixel], self.fraction.size)
 
-    def variance(self, flux: np.ndarray) -> np.ndarray:
+    def variance(self, flux: np.ndarray, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
         """Variance (e^2) of the light each star has on masked pixels."""
         if self.model is None:
             return (REPAIR_ERROR * self.fraction * np.maximum(flux, 0.0)) ** 2
         own = self.fraction * np.abs(self.model.flux)
-        return own ** 2 * (self.misfit ** 2 + self.model.rel_err ** 2)
+        misfit = np.maximum(self.local_misfit(residual, sky), self.misfit)
+        return own ** 2 * (misfit ** 2 + self.model.rel_err ** 2)
+
+    def local_misfit(self, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """Each star's model misfit on its unmasked pixels within 1.5 FWHM: 0 while the
+        residuals there are noise (chi2 within 3 sigma of its expectation), else
+        sqrt(sum(residual^2 - variance) / sum(model light^2)), as the PSF's core misfit."""
+        rows = np.unique(self.masked.star)
+        out = np.zeros(self.fraction.size)
+        for sel, flat, ok, unit in self.model.core_pixels(rows, residual.shape, self.pixel_ok):
+            r = rows[sel]
+            light = self.model.flux[r, None] * unit
+            res = residual.ravel()[flat] - sky[r, None]
+            var = self.pixel_var + np.maximum(light, 0.0)
+            n = ok.sum(axis=1)
+            chi2 = np.where(ok, res * res / var, 0.0).sum(axis=1)
+            excess = np.where(ok, res * res - var, 0.0).sum(axis=1)
+            light2 = np.where(ok, light * light, 0.0).sum(axis=1)
+            poor = (chi2 > n + 3.0 * np.sqrt(2.0 * n)) & (light2 > 0) & np.isfinite(chi2)
+            out[r] = np.where(poor, np.sqrt(np.maximum(excess, 0.0) / np.where(poor, light2, 1.0)), 0.0)
+        return out
 
 
 def _photometric_scale(fit, flux_ref: np.ndarray) -> tuple[float, float]:
@@ -505,7 +541,8 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
 
     # light on masked pixels: from the model (or interpolated), its uncertainty in the error
-    masked = MaskedLight(pflags, PIXEL_BAD | PIXEL_COSMIC, x, y, r_ap, pix_summary, model, psf, fit.core_misfit)
+    masked = MaskedLight(pflags, PIXEL_BAD | PIXEL_COSMIC, x, y, r_ap, pix_summary, model, psf, fit.core_misfit,
+                         pixel_var)
 
     def fluxes():
         f = total - neighbour - sky * area + masked.flux_correction(data, sky)
@@ -513,7 +550,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
             v = total_err ** 2 + area ** 2 * pixel_var * sky_factor / np.maximum(n_sky, 1)
         else:
             v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor, sky_factor)
-        return f, np.sqrt(v + masked.variance(f) + neighbour_var)
+        return f, np.sqrt(v + masked.variance(f, data, sky) + neighbour_var)
 
     flux, flux_err = fluxes()
     if model is not None:
@@ -524,7 +561,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # the target first: until its light is modelled at its current brightness, its
         # neighbours' measured fluxes are wrong and would be "corrected" wrongly; then the
         # stars whose masked pixels take their model's light
-        refit = masked.refit_rows()
+        refit = masked.refit_rows(neighbour)
         for only in ((t_idx,), refit, None, None):
             affected = model.update_variables(flux, flux_err, clean & ~outside, data, pflags == 0, pixel_var,
                                               always=(t_idx,), only=only, refit=refit if only is refit else ())

@@ -196,7 +196,7 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
 
     `core_misfit` of the result says how well the profile fits the stars' cores: the
     median over the kept stars of sqrt(sum(residual^2 - variance) / sum(model^2)) over
-    their pixels above a tenth of the peak; 0 when the residuals are all noise. It is
+    their pixels above 1% of the peak; 0 when the residuals are all noise. It is
     the relative uncertainty of light that the model has to supply where pixels are
     masked (a real PSF is not a Moffat; the stars' position errors are in it too).
     """
@@ -277,12 +277,12 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
 
 
 def _core_misfit(model: np.ndarray, flux: np.ndarray, resid_w: np.ndarray, w: np.ndarray) -> float:
-    """Relative rms model error in the stars' cores (pixels above a tenth of the peak):
+    """Relative rms model error in the stars' cores (pixels above 1% of the peak):
     `model` unit-flux pixel values, `flux` each star's fitted flux, `resid_w` the
     weighted residuals sqrt(w) (data - model), `w` the inverse variances (0: unused)."""
     if flux.size == 0:
         return 0.0
-    core = (model > 0.1 * model.max(axis=1, keepdims=True)) & (w > 0)
+    core = (model > 0.01 * model.max(axis=1, keepdims=True)) & (w > 0)
     light = (flux[:, None] * model) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         excess = np.where(core, (resid_w ** 2 - 1.0) / np.where(w > 0, w, 1.0), 0.0).sum(axis=1)
