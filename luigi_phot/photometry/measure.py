@@ -21,8 +21,8 @@ import numpy as np
 
 from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
-from .aperture import (ApertureGeometry, MaskedOverlaps, annulus_sky, aperture_sums, ccd_variance, masked_overlaps,
-                       noise_model, pixel_flag_summary, repair_pixels, sky_estimate_factor)
+from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, masked_overlaps, noise_model,
+                       pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
 from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
@@ -221,7 +221,7 @@ class NeighbourModel:
         d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
         forced = np.isin(cand, list(always))
         keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
-                                 | forced & (np.abs(d) > 2 * err) | np.isin(cand, list(refit)))
+                                 | forced & (np.abs(d) > 2 * err) | np.isin(cand, np.asarray(refit, dtype=int)))
         changed, d = cand[keep], d[keep]
         if changed.size == 0:
             return changed
@@ -237,9 +237,9 @@ class NeighbourModel:
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
 
     def core_pixels(self, rows, shape, pixel_ok):
-        """For the stars `rows`, grouped by PSF size: (selection into rows, PSF, flat pixel
-        indices, usable) of the pixels within 1.5 FWHM (at least 3) of each, and the PSF's
-        unit-flux values there."""
+        """The pixels within 1.5 FWHM (at least 3) of each of the stars `rows`, one group per
+        PSF size: yields (selection into rows, flat pixel indices, usable: on the frame and
+        in `pixel_ok`, the unit-flux PSF's values there), each (stars in group, pixels)."""
         ny, nx = shape
         for k, q in enumerate(self.psfs):
             sel = np.flatnonzero(self.level[rows] == k)
@@ -565,7 +565,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # stars whose masked pixels take their model's light
         refit = masked.refit_rows(neighbour)
         for only in ((t_idx,), refit, None, None):
-            affected = model.update_variables(flux, flux_err, clean & ~outside, data, pflags == 0, pixel_var,
+            affected = model.update_variables(flux, flux_err, clean & ~outside, data, masked.pixel_ok, pixel_var,
                                               always=(t_idx,), only=only, refit=refit if only is refit else ())
             if affected.size == 0:
                 if only is None:
