@@ -215,6 +215,12 @@ def find_cosmic_rays(data: np.ndarray, pixel_flags: np.ndarray, sky_level: float
     cand = cand[pixel_flags.ravel()[cand] == 0]
     if cand.size == 0:
         return cand
+    # only pixels sharp enough to be hits at all (differences across masked pixels, left
+    # out below, can only lower this): most candidates are stars' cores
+    sharp = _second_differences(flat, cand, nx).max(axis=0) > sharpness_limit * (flat[cand] - sky_level)
+    cand = cand[sharp]
+    if cand.size == 0:
+        return cand
     d = _second_differences(flat, cand, nx, pixel_flags.ravel())
     k = np.argmax(d, axis=0)
     dmax = d[k, np.arange(cand.size)]

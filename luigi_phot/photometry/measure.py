@@ -227,13 +227,15 @@ class NeighbourModel:
             return changed
         # take the old model out and draw the new one (its radius follows its flux)
         self.subtract_from(data, changed, -self.flux[changed])
+        drawn = self.radius[changed].copy()
         self.flux[changed] += d
         self._set_radius(changed)
         self.subtract_from(data, changed)
+        drawn = np.maximum(drawn, self.radius[changed])
         # (of the absolute flux: a faint star fitted below zero must not blow its error up)
         self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(np.abs(self.flux[changed]), 1e-9))
-        near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]),
-                                          r=self.r_out + self.max_radius)
+        # the image changed only within each star's drawn radius
+        near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]), r=self.r_out + drawn)
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
 
     def core_pixels(self, rows, shape, pixel_ok):
@@ -561,12 +563,12 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         # (the fits leave masked pixels out: a star on a bad column is fitted like any other)
         clean = (pix_summary & PIXEL_SATURATED) == 0
         # the target first: until its light is modelled at its current brightness, its
-        # neighbours' measured fluxes are wrong and would be "corrected" wrongly; then the
-        # stars whose masked pixels take their model's light
+        # neighbours' measured fluxes are wrong and would be "corrected" wrongly; the stars
+        # whose masked pixels take their model's light with the others after it
         refit = masked.refit_rows(neighbour)
-        for only in ((t_idx,), refit, None, None):
+        for k, only in enumerate(((t_idx,), None, None)):
             affected = model.update_variables(flux, flux_err, clean & ~outside, data, masked.pixel_ok, pixel_var,
-                                              always=(t_idx,), only=only, refit=refit if only is refit else ())
+                                              always=(t_idx,), only=only, refit=refit if k == 1 else ())
             if affected.size == 0:
                 if only is None:
                     break
