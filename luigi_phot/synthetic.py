@@ -172,6 +172,11 @@ class SyntheticConfig:
     cosmic_rays_per_mpix_per_s: float = 0.1
     bpm_marks_cosmics: bool = False
     bleed_saturation: bool = True    # excess charge of saturated pixels runs along the column
+    # a second bad column (BPM bit 1) that the target drifts across with the jitter: it passes
+    # within target_column_reach_arcsec of the target's centre in about this fraction of frames
+    target_column_fraction: float | None = None
+    target_column_reach_arcsec: float = 2.0   # the generated configuration's aperture radius
+    target_column_value_e: float = 0.0        # its pixel values: 0 is a dead column
     poisson_exact_below_e: float = 100.0  # above this expectation, photon noise is drawn as Gaussian
     # --- conditions ---
     sky_e_per_s_per_pix: tuple[float, float] = (2.0, 8.0)
@@ -256,6 +261,10 @@ class SyntheticConfig:
             raise bad("compress", "'none', 'all' or 'mixed'")
         if self.bad_column is not None and not 0 <= self.bad_column < self.shape[1]:
             raise bad("bad_column", f"None or an x index in [0, {self.shape[1]}) (the frame width)")
+        if self.target_column_fraction is not None and not 0 < self.target_column_fraction <= 1:
+            raise bad("target_column_fraction", "None or a fraction of frames in (0, 1]")
+        if self.target_column_reach_arcsec <= 0:
+            raise bad("target_column_reach_arcsec", "> 0")
         if self.seeing_arcsec[0] <= 0 or self.moffat_beta[0] <= 1.0:
             raise ValueError("SyntheticConfig: seeing_arcsec must be > 0 and moffat_beta > 1")
         if not 0 <= self.psf_ellipticity_max < 0.9:
@@ -663,6 +672,7 @@ class _Plan:
     hot_pixels: tuple[np.ndarray, np.ndarray, np.ndarray]  # y, x, e-/s
     given_ra: float = 0.0     # the configured target coordinates (target_coord_offset_arcsec off)
     given_dec: float = 0.0
+    target_column: int | None = None  # x index of the bad column the target drifts across
 
 
 def _make_plan(cfg: SyntheticConfig) -> _Plan:
@@ -871,7 +881,26 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
            10 ** rng_det.uniform(np.log10(5.0), np.log10(300.0), n_hot))
     given = (tgt_ra + coord_offset[0] / 3600.0 / math.cos(math.radians(tgt_dec)), tgt_dec + coord_offset[1] / 3600.0)
     return _Plan(stars=stars, frames=frames, event=event, target_ra=tgt_ra, target_dec=tgt_dec,
-                 hot_pixels=hot, given_ra=given[0], given_dec=given[1])
+                 hot_pixels=hot, given_ra=given[0], given_dec=given[1],
+                 target_column=_target_column(cfg, frames, tgt_ra, tgt_dec))
+
+
+def _target_column(cfg: SyntheticConfig, frames: list[_Frame], ra_deg: float, dec_deg: float) -> int | None:
+    """The x index of a column that passes within target_column_reach_arcsec of the target's
+    centre in the fraction of frames closest to target_column_fraction (of equally good
+    columns, the one nearest the target's median position). Draws no random numbers, so
+    the rest of the dataset is the same with or without it."""
+    if cfg.target_column_fraction is None:
+        return None
+    tx = np.array([float(f.wcs_true.wcs_world2pix([[ra_deg, dec_deg]], 0)[0][0]) for f in frames])
+    reach = cfg.target_column_reach_arcsec / cfg.pixel_scale_arcsec
+    cols = np.arange(math.floor(tx.min() - reach), math.ceil(tx.max() + reach) + 1)
+    cols = cols[(cols >= 0) & (cols < cfg.shape[1])]
+    if cols.size == 0:
+        return None
+    fraction = (np.abs(tx[None, :] - cols[:, None]) <= reach).mean(axis=1)
+    order = np.lexsort((np.abs(cols - np.median(tx)), np.abs(fraction - cfg.target_column_fraction)))
+    return int(cols[order[0]])
 
 
 # --------------------------------------------------------------------------
@@ -958,6 +987,10 @@ def _render_frame(cfg: SyntheticConfig, plan: _Plan, frame: _Frame, rng) -> dict
         v = cfg.bad_column_value_e
         data[:, cfg.bad_column] = v + math.sqrt(v) * rng.standard_normal(ny, dtype=np.float32)
         bpm[:, cfg.bad_column] |= BPM_BAD_PIXEL
+    if plan.target_column is not None:
+        v = cfg.target_column_value_e
+        data[:, plan.target_column] = v + math.sqrt(max(v, 0.0)) * rng.standard_normal(ny, dtype=np.float32)
+        bpm[:, plan.target_column] |= BPM_BAD_PIXEL
     err = np.maximum(data, 0)
     err += rn * rn
     np.sqrt(err, out=err)
@@ -1176,6 +1209,8 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
             "header_wcs_error_arcsec": wcs_err, "n_cosmic_rays": out["n_cosmic_rays"],
             "n_saturated_pix": out["n_saturated_pix"],
         })
+        if plan.target_column is not None:
+            rows[-1]["target_column_offset_pix"] = out["target_x"] - plan.target_column
         if progress is not None:
             progress(frame.index + 1, cfg.n_frames, path)
         del out
@@ -1185,6 +1220,8 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
              "sky_e_per_pix": u.electron / u.pix, "offset_x_pix": u.pix, "offset_y_pix": u.pix,
              "rotation_deg": u.deg, "target_x_pix": u.pix, "target_y_pix": u.pix,
              "target_flux_e_per_s": u.electron / u.s, "header_wcs_error_arcsec": u.arcsec}
+    if plan.target_column is not None:
+        units["target_column_offset_pix"] = u.pix
     for name, unit in units.items():
         truth[name].unit = unit
     truth.meta.update({
@@ -1200,11 +1237,14 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
             "rotation_deg": "rotation of the pixel grid: CD = CD_nominal @ R(rotation_deg)",
             "target_flux_e_per_s": "true total target flux above the atmosphere: Fs*A + Fb",
             "header_wcs_error_arcsec": "distance between the header-WCS and the true target position",
+            **({"target_column_offset_pix": "target x minus the x of the bad column it drifts across "
+                                            "(meta target_column_x)"} if plan.target_column is not None else {}),
         },
         "seed": cfg.seed,
         "generator_parameters": cfg.to_meta(),
         "event": plan.event,
         "zero_point_mag": cfg.zero_point_mag,
+        **({"target_column_x": plan.target_column} if plan.target_column is not None else {}),
         "target_ra_deg": plan.target_ra,
         "target_dec_deg": plan.target_dec,
         "configured_ra_deg": plan.given_ra,

@@ -2,16 +2,17 @@
 """Precision figures of the pipeline on generated data with known truth.
 
 Generates a set of synthetic datasets (several seeds, PSF families, crowding,
-an isolated target and a target with an equally bright neighbour) and the
-series built from the real frames in ../shared/data/real, reduces each with the
-real `luigi` command, and prints one table: for the target, the standard
-deviation of (measured - fitted truth)/flux_err, the largest such residual,
-its correlation with seeing and the flagged fraction; for constant stars the
-median measured/predicted RMS in three magnitude bins; the worst alignment
-RMS; the largest time errors. With --plain, each synthetic case is also
-reduced without neighbour subtraction, for comparison.
+an isolated target, a target with an equally bright neighbour, a dead column the
+target drifts across) and the series built from the real frames in
+../shared/data/real, reduces each with the real `luigi` command, and prints one
+table: for the target, the standard deviation of (measured - fitted
+truth)/flux_err, the largest such residual, its correlation with seeing and the
+flagged fraction; for constant stars the median measured/predicted RMS in three
+magnitude bins; the worst alignment RMS; the largest time errors. With --plain,
+each synthetic case is also reduced without neighbour subtraction, for
+comparison; --case runs only the generated cases named.
 
-    python scripts/science_figures.py [--out DIR] [--quick] [--plain] [--json FILE]
+    python scripts/science_figures.py [--out DIR] [--quick] [--case NAME ...] [--plain] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ CASES = {
                                                                    target_isolation_arcsec=8.0),
     "neighbour 0.5 mag brighter at 2 r_ap": dataclasses.replace(BASE, seed=106, target_neighbour=(4.0, -0.5),
                                                                 target_isolation_arcsec=8.0),
+    "dead column across the target in 1/3 of frames": dataclasses.replace(BASE, seed=107,
+                                                                            target_column_fraction=1 / 3),
 }
 QUICK = ("isolated seed 1", "neighbour equal brightness at 1.75 r_ap")
 
@@ -93,6 +96,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "cache" / "science"))
     ap.add_argument("--quick", action="store_true", help="two cases only")
+    ap.add_argument("--case", action="append", choices=sorted(CASES), metavar="NAME",
+                    help="only this generated case (repeatable; the real-frame series are left out)")
     ap.add_argument("--plain", action="store_true", help="also reduce without neighbour subtraction")
     ap.add_argument("--json", help="write all figures to this JSON file")
     args = ap.parse_args(argv)
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
           "RMS/pred. (bright mid faint) | worst align rms [px] | max time err mjd/bjd [s] | reduce [s] |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, cfg in CASES.items():
-        if args.quick and name not in QUICK:
+        if args.quick and name not in QUICK or args.case and name not in args.case:
             continue
         modes = [("subtracted", True)] + ([("plain", False)] if args.plain else [])
         for mode, subtract in modes:
@@ -120,9 +125,10 @@ def main(argv=None) -> int:
             label = f"{name} ({mode})" if args.plain else name
             results[label] = f
             print(row(label, f, seconds), flush=True)
-    for name, kwargs in (("isaac_psrj1740.fits", {}),
-                         ("eyuma_thumbnail.fit.gz", {"wcs_path": REAL / "eyuma_thumbnail_wcs.fit",
-                                                     "solved_wcs_in_header": True})):
+    real = () if args.case else (("isaac_psrj1740.fits", {}),
+                                 ("eyuma_thumbnail.fit.gz", {"wcs_path": REAL / "eyuma_thumbnail_wcs.fit",
+                                                             "solved_wcs_in_header": True}))
+    for name, kwargs in real:
         red = out / ("real-" + name.split(".")[0]) / "data"
         if red.exists():
             shutil.rmtree(red.parent)

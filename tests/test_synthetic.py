@@ -325,6 +325,26 @@ def test_cosmic_rays_are_flagged_only_when_asked(tmp_path):
         assert np.mean(sm[cr] - row["sky_e_per_pix"] > 150) > 0.9
 
 
+def test_a_column_across_the_target_changes_only_that_column(tmp_path):
+    """target_column_fraction adds a dead BPM-bad column that the target's jitter carries
+    across in about that fraction of frames, and nothing else in the dataset changes."""
+    base = SyntheticConfig(**{**SMALL, "n_frames": 12, "n_nights": 3})
+    plain = generate_dataset(tmp_path / "p", base)
+    with_col = generate_dataset(tmp_path / "c", dataclasses.replace(base, target_column_fraction=0.5))
+    x_col = with_col.truth.meta["target_column_x"]
+    offset = np.asarray(with_col.truth["target_column_offset_pix"])
+    assert np.allclose(offset, np.asarray(with_col.truth["target_x_pix"]) - x_col)
+    assert 0.35 <= np.mean(np.abs(offset) <= 2.0 / base.pixel_scale_arcsec) <= 0.65
+    assert "target_column_offset_pix" not in plain.truth.colnames
+    for pc, pp in zip(with_col.frame_paths, plain.frame_paths):
+        sc, _, bc, ec = _sci(pc)
+        sp, _, bp, ep = _sci(pp)
+        assert np.all(sc[:, x_col] == 0.0) and np.all(bc[:, x_col] & BPM_BAD_PIXEL)
+        others = np.ones(sc.shape[1], dtype=bool)
+        others[x_col] = False
+        assert np.array_equal(sc[:, others], sp[:, others]) and np.array_equal(bc[:, others], bp[:, others])
+
+
 # --------------------------------------------------------------------------
 # The sky, the event and the schedule
 # --------------------------------------------------------------------------

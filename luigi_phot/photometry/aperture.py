@@ -20,8 +20,8 @@ import numpy as np
 
 from .background import clipped_stats_sorted
 
-__all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary", "repaired_light_fraction",
-           "repair_pixels", "NoiseModel", "noise_model", "sky_estimate_factor", "ccd_variance"]
+__all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary", "MaskedOverlaps",
+           "masked_overlaps", "repair_pixels", "NoiseModel", "noise_model", "sky_estimate_factor", "ccd_variance"]
 
 
 @dataclass(frozen=True)
@@ -136,24 +136,53 @@ def pixel_flag_summary(pixel_flags: np.ndarray, x: np.ndarray, y: np.ndarray, r_
     return out
 
 
-def repaired_light_fraction(pixel_flags: np.ndarray, bits: int, x: np.ndarray, y: np.ndarray,
-                            r_pix: float, psf) -> np.ndarray:
-    """For each star, the fraction of its light (per the PSF model) that falls on pixels
-    carrying `bits` inside its aperture: how much of its flux rests on repaired values."""
+@dataclass(frozen=True)
+class MaskedOverlaps:
+    """Masked pixels inside apertures: one entry per (star, pixel) pair."""
+
+    star: np.ndarray     # index of the star (into the positions measured)
+    pixel: np.ndarray    # flat index of the pixel
+    weight: np.ndarray   # fraction of the pixel inside the aperture
+    dx: np.ndarray       # pixel centre minus star position [pix]
+    dy: np.ndarray
+
+    def per_star(self, values: np.ndarray, n_stars: int) -> np.ndarray:
+        """Sum over each star's masked pixels of weight x `values` (one value per pair)."""
+        return np.bincount(self.star, weights=self.weight * values, minlength=n_stars)
+
+    def light_fraction(self, psf, n_stars: int, pairs: np.ndarray | None = None) -> np.ndarray:
+        """Fraction of each star's light (per `psf`) on its masked aperture pixels
+        (only the pairs `pairs` when given: e.g. the stars of one PSF size)."""
+        sel = slice(None) if pairs is None else pairs
+        light = psf.pixel_values(self.dx[sel], self.dy[sel]) * self.weight[sel]
+        return np.bincount(self.star[sel], weights=light, minlength=n_stars)
+
+
+def masked_overlaps(pixel_flags: np.ndarray, bits: int, x: np.ndarray, y: np.ndarray, r_pix: float,
+                    rows: np.ndarray | None = None, subpixels: int = 8) -> MaskedOverlaps:
+    """The pixels carrying `bits` that the apertures of the stars `rows` (default all)
+    cover, with the fraction of each pixel inside the circle (1 for pixels wholly
+    inside, sub-sampled at the rim)."""
     ny, nx = pixel_flags.shape
-    oy, ox = _disk_offsets(0.0, r_pix)
-    xi = np.rint(x).astype(np.int64)
-    yi = np.rint(y).astype(np.int64)
-    px = xi[:, None] + ox[None, :]
-    py = yi[:, None] + oy[None, :]
+    rows = np.arange(np.size(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+    xs, ys = np.asarray(x, float)[rows], np.asarray(y, float)[rows]
+    oy, ox = _disk_offsets(0.0, r_pix + 1.42)  # offsets from the rounded centre
+    px = np.rint(xs).astype(np.int64)[:, None] + ox[None, :]
+    py = np.rint(ys).astype(np.int64)[:, None] + oy[None, :]
     inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    hit = inside & ((pixel_flags.ravel()[np.where(inside, py * nx + px, 0)] & bits) != 0)
-    out = np.zeros(xi.size)
-    rows = np.flatnonzero(hit.any(axis=1))
-    if rows.size:
-        light = psf.pixel_values(px[rows] - x[rows, None], py[rows] - y[rows, None])
-        out[rows] = np.where(hit[rows], light, 0.0).sum(axis=1)
-    return out
+    flat = np.where(inside, py * nx + px, 0)
+    s, k = np.nonzero(inside & ((pixel_flags.ravel()[flat] & bits) != 0))
+    dx, dy = px[s, k] - xs[s], py[s, k] - ys[s]
+    far = np.hypot(np.abs(dx) + 0.5, np.abs(dy) + 0.5)
+    near = np.hypot(np.maximum(np.abs(dx) - 0.5, 0.0), np.maximum(np.abs(dy) - 0.5, 0.0))
+    weight = np.where(far <= r_pix, 1.0, 0.0)
+    rim = np.flatnonzero((far > r_pix) & (near < r_pix))
+    if rim.size:
+        sub = (np.arange(subpixels) + 0.5) / subpixels - 0.5
+        sx, sy = (g.ravel() for g in np.meshgrid(sub, sub))
+        weight[rim] = (np.hypot(dx[rim, None] + sx, dy[rim, None] + sy) <= r_pix).mean(axis=1)
+    keep = weight > 0
+    return MaskedOverlaps(rows[s[keep]], flat[s[keep], k[keep]], weight[keep], dx[keep], dy[keep])
 
 
 def repair_pixels(image: np.ndarray, pixel_idx: np.ndarray, fill_value: float, reach: int = 4) -> None:

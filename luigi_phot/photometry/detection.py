@@ -131,12 +131,18 @@ def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.n
     return xc, yc, converged
 
 
-def _second_differences(flat: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
-    """(4, N) second differences v - (a+b)/2 along x, y and both diagonals."""
+def _second_differences(flat: np.ndarray, idx: np.ndarray, width: int,
+                        flags_flat: np.ndarray | None = None) -> np.ndarray:
+    """(4, N) second differences v - (a+b)/2 along x, y and both diagonals. With
+    `flags_flat`, a direction whose a or b is a flagged pixel gives -inf: a masked
+    pixel's value says nothing about the sky (a dead column beside a star would make
+    the star's edge look as sharp as a hit)."""
     v = flat[idx].astype(np.float64)
     out = np.empty((4, idx.size))
     for k, off in enumerate((1, width, width + 1, width - 1)):
         out[k] = v - 0.5 * (flat[idx - off].astype(np.float64) + flat[idx + off])
+        if flags_flat is not None:
+            out[k][(flags_flat[idx - off] != 0) | (flags_flat[idx + off] != 0)] = -np.inf
     return out
 
 
@@ -190,6 +196,8 @@ def find_cosmic_rays(data: np.ndarray, pixel_flags: np.ndarray, sky_level: float
 
     A pixel is a hit when its largest second difference exceeds `nsigma` times the
     noise of that difference and `sharpness_limit` times its height above the sky.
+    Second differences across a flagged pixel are not used (the edge of a bad column is
+    not a hit; a hit beside one is still found along the column).
     Works in electrons: the Poisson variance of a pixel is its value."""
     ny, nx = data.shape
     if sharpness_limit >= 0.999:
@@ -207,7 +215,13 @@ def find_cosmic_rays(data: np.ndarray, pixel_flags: np.ndarray, sky_level: float
     cand = cand[pixel_flags.ravel()[cand] == 0]
     if cand.size == 0:
         return cand
-    d = _second_differences(flat, cand, nx)
+    # only pixels sharp enough to be hits at all (differences across masked pixels, left
+    # out below, can only lower this): most candidates are stars' cores
+    sharp = _second_differences(flat, cand, nx).max(axis=0) > sharpness_limit * (flat[cand] - sky_level)
+    cand = cand[sharp]
+    if cand.size == 0:
+        return cand
+    d = _second_differences(flat, cand, nx, pixel_flags.ravel())
     k = np.argmax(d, axis=0)
     dmax = d[k, np.arange(cand.size)]
     v = flat[cand].astype(np.float64)

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
-from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_model,
-                       pixel_flag_summary, repair_pixels, repaired_light_fraction, sky_estimate_factor)
+from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, masked_overlaps, noise_model,
+                       pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
 from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
@@ -34,10 +34,22 @@ __all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_fram
 
 #: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
 NEIGHBOUR_MODEL_ERROR = 0.03
-#: Fractional uncertainty of light on repaired (interpolated) pixels, and the fraction of a
-#: star's light on such pixels above which its measurement is flagged LARGE_REPAIR.
+#: Plain apertures (no model): masked pixels are interpolated; the light on them is taken as
+#: 20% uncertain, and a star with more than 5% of its light there is flagged LARGE_REPAIR.
 REPAIR_ERROR = 0.2
-LARGE_REPAIR_FRACTION = 0.05
+LARGE_REPAIR_FRACTION_INTERPOLATED = 0.05
+#: With the neighbour model, masked pixels in apertures take the model's value (the star's
+#: own PSF scaled by its fitted flux, plus its neighbours' light and the sky). Stars with more
+#: than REFIT_REPAIRED_FRACTION of their light there (and more of their own light than their
+#: neighbours' in the aperture) have their flux fitted on the frame; the model's light there
+#: is uncertain by the model's misfit (at least MIN_PSF_MISFIT; see MaskedLight) and the
+#: fitted flux's error. Beyond LARGE_REPAIR_FRACTION of a star's light on masked pixels its
+#: points scatter more than 1.3x their error bars (benchmarks/repair_fraction.py on generated
+#: and real-PSF frames: from 0.4-0.5 in 0.8-1.6" seeing, 0.5 in 1.1-3.2", 0.6 on a real
+#: PSF; README section 7): flagged LARGE_REPAIR, severe.
+REFIT_REPAIRED_FRACTION = 0.01
+MIN_PSF_MISFIT = 0.01
+LARGE_REPAIR_FRACTION = 0.4
 
 
 class FrameRejected(Exception):
@@ -188,12 +200,14 @@ class NeighbourModel:
         return image > cores_above
 
     def update_variables(self, flux, flux_err, usable, data, pixel_ok, pixel_var, always=(),
-                         only=None) -> np.ndarray:
+                         only=None, refit=()) -> np.ndarray:
         """Re-model the stars whose light departs from the model: candidates are stars whose
         aperture flux departs by more than 5 sigma and 5% (and the stars in `always`, e.g.
         the target); for each, the change of its total flux is fitted with the PSF on the
         residual image `data` (the same way its reference flux and the frame's scale were
         measured, so its wings are modelled consistently) and applied when significant.
+        The stars in `refit` are fitted too and take the fitted flux whatever its change
+        (stars whose masked aperture pixels are repaired from their model).
         The difference is subtracted from `data`; returns the stars whose aperture or
         annulus that changes."""
         est = flux / self.own_fraction
@@ -202,6 +216,7 @@ class NeighbourModel:
         with np.errstate(invalid="ignore"):
             cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
             cand[list(always)] = True
+            cand[list(refit)] = True
             if only is not None:
                 mask = np.zeros(cand.size, dtype=bool)
                 mask[list(only)] = True
@@ -212,26 +227,28 @@ class NeighbourModel:
         d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
         forced = np.isin(cand, list(always))
         keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
-                                 | forced & (np.abs(d) > 2 * err))
+                                 | forced & (np.abs(d) > 2 * err) | np.isin(cand, np.asarray(refit, dtype=int)))
         changed, d = cand[keep], d[keep]
         if changed.size == 0:
             return changed
         # take the old model out and draw the new one (its radius follows its flux)
         self.subtract_from(data, changed, -self.flux[changed])
+        drawn = self.radius[changed].copy()
         self.flux[changed] += d
         self._set_radius(changed)
         self.subtract_from(data, changed)
-        self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(self.flux[changed], 1e-9))
-        near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]),
-                                          r=self.r_out + self.max_radius)
+        drawn = np.maximum(drawn, self.radius[changed])
+        # (of the absolute flux: a faint star fitted below zero must not blow its error up)
+        self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(np.abs(self.flux[changed]), 1e-9))
+        # the image changed only within each star's drawn radius
+        near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]), r=self.r_out + drawn)
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
 
-    def _fit_change(self, residual, rows, pixel_ok, pixel_var):
-        """PSF fit of each star's flux change (with a constant local sky) on the residual
-        image within 1.5 FWHM of it; returns (change, its error)."""
-        ny, nx = residual.shape
-        change = np.full(rows.size, np.nan)
-        error = np.full(rows.size, np.nan)
+    def core_pixels(self, rows, shape, pixel_ok):
+        """The pixels within 1.5 FWHM (at least 3) of each of the stars `rows`, one group per
+        PSF size: yields (selection into rows, flat pixel indices, usable: on the frame and
+        in `pixel_ok`, the unit-flux PSF's values there), each (stars in group, pixels)."""
+        ny, nx = shape
         for k, q in enumerate(self.psfs):
             sel = np.flatnonzero(self.level[rows] == k)
             if sel.size == 0:
@@ -241,15 +258,21 @@ class NeighbourModel:
             oy, ox = np.mgrid[-h:h + 1, -h:h + 1]
             disk = (ox * ox + oy * oy) <= h * h
             ox, oy = ox[disk], oy[disk]
-            xi = np.rint(self.x[r]).astype(int)
-            yi = np.rint(self.y[r]).astype(int)
-            px = xi[:, None] + ox[None, :]
-            py = yi[:, None] + oy[None, :]
+            px = np.rint(self.x[r]).astype(int)[:, None] + ox[None, :]
+            py = np.rint(self.y[r]).astype(int)[:, None] + oy[None, :]
             inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
             flat = np.where(inside, py * nx + px, 0)
-            ok = inside & pixel_ok.ravel()[flat]
+            unit = q.pixel_values(px - self.x[r, None], py - self.y[r, None])
+            yield sel, flat, inside & pixel_ok.ravel()[flat], unit
+
+    def _fit_change(self, residual, rows, pixel_ok, pixel_var):
+        """PSF fit of each star's flux change (with a constant local sky) on the residual
+        image within 1.5 FWHM of it; returns (change, its error)."""
+        change = np.full(rows.size, np.nan)
+        error = np.full(rows.size, np.nan)
+        for sel, flat, ok, m in self.core_pixels(rows, residual.shape, pixel_ok):
+            r = rows[sel]
             vals = np.where(ok, residual.ravel()[flat], 0.0).astype(np.float64)
-            m = q.pixel_values(px - self.x[r, None], py - self.y[r, None])
             # variance: background plus the star's own Poisson noise
             w = np.where(ok, 1.0 / (pixel_var + np.maximum(self.flux[r, None] * m, 0.0)), 0.0)
             s_w, s_m, s_mm = w.sum(1), (w * m).sum(1), (w * m * m).sum(1)
@@ -282,6 +305,80 @@ class _LightBeyond:
         from scipy.ndimage import map_coordinates
 
         return map_coordinates(self.table, [np.asarray(d) / 0.5, np.asarray(radius) / 1.0], order=1, mode="nearest")
+
+
+class MaskedLight:
+    """The light of stars on masked (bad, hit) pixels inside their apertures.
+
+    With the neighbour model, those pixels take the model's value: every star's modelled
+    light there (the star's own PSF scaled by its fitted flux, its neighbours' model) plus
+    the star's sky, so the aperture flux gains sum(weight x (sky - residual)) over them,
+    the residual image being the frame less every modelled star. The uncertainty of that
+    light is the model's misfit (the larger of the PSF stars' core misfit and the star's
+    own on its unmasked core pixels: a position a fraction of a pixel off shows there) and
+    the star's flux error. Without a model (plain apertures) the interpolated values stay
+    and the light on them is REPAIR_ERROR uncertain."""
+
+    def __init__(self, pixel_flags, bits: int, x, y, r_ap_pix: float, pixel_summary,
+                 model: "NeighbourModel | None", psf: MoffatPSF, psf_misfit: float, pixel_var: float):
+        n = np.size(x)
+        touched = np.flatnonzero((pixel_summary & bits) != 0)
+        self.masked = masked_overlaps(pixel_flags, bits, x, y, r_ap_pix, rows=touched)
+        self.model = model
+        self.misfit = max(psf_misfit, MIN_PSF_MISFIT)
+        self.pixel_ok = (pixel_flags == 0)
+        self.pixel_var = pixel_var
+        if model is None or len(model.psfs) == 1:
+            self.fraction = self.masked.light_fraction(psf if model is None else model.psfs[0], n)
+        else:  # each star with the PSF size at its place
+            level = model.level[self.masked.star]
+            self.fraction = sum(self.masked.light_fraction(q, n, pairs=np.flatnonzero(level == k))
+                                for k, q in enumerate(model.psfs))
+        self.large_fraction = LARGE_REPAIR_FRACTION if model is not None else LARGE_REPAIR_FRACTION_INTERPOLATED
+
+    def refit_rows(self, neighbour_light: np.ndarray) -> np.ndarray:
+        """Stars whose flux is fitted because enough of their light is on masked pixels, and
+        whose own modelled light in their aperture exceeds their neighbours' there (a faint
+        star beside a bright one, its core on a bad column, would be fitted to the bright
+        star's residuals, and that error would land in the bright star's aperture)."""
+        if self.model is None:
+            return np.zeros(0, int)
+        own = self.model.flux * self.model.own_fraction
+        return np.flatnonzero((self.fraction > REFIT_REPAIRED_FRACTION) & (own > neighbour_light))
+
+    def flux_correction(self, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """What replacing the interpolated values by the model's adds to each aperture flux."""
+        if self.model is None:
+            return np.zeros(self.fraction.size)
+        m = self.masked
+        return m.per_star(sky[m.star] - residual.ravel()[m.pixel], self.fraction.size)
+
+    def variance(self, flux: np.ndarray, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """Variance (e^2) of the light each star has on masked pixels."""
+        if self.model is None:
+            return (REPAIR_ERROR * self.fraction * np.maximum(flux, 0.0)) ** 2
+        own = self.fraction * np.abs(self.model.flux)
+        misfit = np.maximum(self.local_misfit(residual, sky), self.misfit)
+        return own ** 2 * (misfit ** 2 + self.model.rel_err ** 2)
+
+    def local_misfit(self, residual: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """Each star's model misfit on its unmasked pixels within 1.5 FWHM: 0 while the
+        residuals there are noise (chi2 within 3 sigma of its expectation), else
+        sqrt(sum(residual^2 - variance) / sum(model light^2)), as the PSF's core misfit."""
+        rows = np.unique(self.masked.star)
+        out = np.zeros(self.fraction.size)
+        for sel, flat, ok, unit in self.model.core_pixels(rows, residual.shape, self.pixel_ok):
+            r = rows[sel]
+            light = self.model.flux[r, None] * unit
+            res = residual.ravel()[flat] - sky[r, None]
+            var = self.pixel_var + np.maximum(light, 0.0)
+            n = ok.sum(axis=1)
+            chi2 = np.where(ok, res * res / var, 0.0).sum(axis=1)
+            excess = np.where(ok, res * res - var, 0.0).sum(axis=1)
+            light2 = np.where(ok, light * light, 0.0).sum(axis=1)
+            poor = (chi2 > n + 3.0 * np.sqrt(2.0 * n)) & (light2 > 0) & np.isfinite(chi2)
+            out[r] = np.where(poor, np.sqrt(np.maximum(excess, 0.0) / np.where(poor, light2, 1.0)), 0.0)
+        return out
 
 
 def _photometric_scale(fit, flux_ref: np.ndarray) -> tuple[float, float]:
@@ -465,32 +562,31 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         notes.append(noise.note)
     pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
 
-    # light resting on repaired pixels: its uncertainty (taken as 20%) joins the error
-    repaired = np.zeros(x.size)
-    touched = np.flatnonzero((pix_summary & (PIXEL_BAD | PIXEL_COSMIC)) != 0)
-    if touched.size:
-        repaired[touched] = repaired_light_fraction(pflags, PIXEL_BAD | PIXEL_COSMIC, x[touched], y[touched],
-                                                    r_ap, psf)
+    # light on masked pixels: from the model (or interpolated), its uncertainty in the error
+    masked = MaskedLight(pflags, PIXEL_BAD | PIXEL_COSMIC, x, y, r_ap, pix_summary, model, psf, fit.core_misfit,
+                         pixel_var)
 
     def fluxes():
-        f = total - neighbour - sky * area
+        f = total - neighbour - sky * area + masked.flux_correction(data, sky)
         if err_plane is not None:
             v = total_err ** 2 + area ** 2 * pixel_var * sky_factor / np.maximum(n_sky, 1)
         else:
             v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor, sky_factor)
-        v = v + (REPAIR_ERROR * repaired * np.maximum(f, 0.0)) ** 2
-        return f, np.sqrt(v + neighbour_var)
+        return f, np.sqrt(v + masked.variance(f, data, sky) + neighbour_var)
 
     flux, flux_err = fluxes()
     if model is not None:
         # stars far from their reference brightness (variables, the target during its
         # event): model them at their measured brightness, then measure again
-        clean = (pix_summary & (PIXEL_SATURATED | PIXEL_BAD)) == 0
+        # (the fits leave masked pixels out: a star on a bad column is fitted like any other)
+        clean = (pix_summary & PIXEL_SATURATED) == 0
         # the target first: until its light is modelled at its current brightness, its
-        # neighbours' measured fluxes are wrong and would be "corrected" wrongly
-        for only in ((t_idx,), None, None):
-            affected = model.update_variables(flux, flux_err, clean & ~outside, data, pflags == 0, pixel_var,
-                                              always=(t_idx,), only=only)
+        # neighbours' measured fluxes are wrong and would be "corrected" wrongly; the stars
+        # whose masked pixels take their model's light with the others after it
+        refit = masked.refit_rows(neighbour)
+        for k, only in enumerate(((t_idx,), None, None)):
+            affected = model.update_variables(flux, flux_err, clean & ~outside, data, masked.pixel_ok, pixel_var,
+                                              always=(t_idx,), only=only, refit=refit if k == 1 else ())
             if affected.size == 0:
                 if only is None:
                     break
@@ -514,7 +610,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     flag |= np.where(outside, F.OUTSIDE_FRAME, 0)
     own = np.maximum(flux, 0)
     flag |= np.where(neighbour > np.maximum(own, 1e-9), F.CROWDED, 0)
-    flag |= np.where(repaired > LARGE_REPAIR_FRACTION, F.LARGE_REPAIR, 0)
+    flag |= np.where(masked.fraction > masked.large_fraction, F.LARGE_REPAIR, 0)
     flag |= np.where(_blended_or_absent(stars, flux, flux_err, model, fwhm_centre), F.BLENDED_OR_ABSENT, 0)
     flux = np.where(outside, np.nan, flux)
     flux_err = np.where(outside, np.nan, flux_err)
@@ -525,7 +621,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "flux": flux.astype(np.float32), "flux_err": flux_err.astype(np.float32),
         "sky": sky.astype(np.float32), "sky_sigma": sky_sig.astype(np.float32),
         "n_sky": n_sky.astype(np.int16), "neighbour_flux": neighbour.astype(np.float32),
-        "flags": flag.astype(np.int16),
+        "flags": flag.astype(np.int16), "repaired": masked.fraction.astype(np.float32),
     }
     header = {
         "IMAGE": (info.name, "frame measured"),
@@ -548,6 +644,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "FWHMAS": (fwhm_centre * pixel_scale, "PSF FWHM at the frame centre [arcsec]"),
         "PSFVARY": (bool(size is not None and size.varies), "PSF size varies across the frame"),
         "PSFCHI2": (fit.chi2_per_dof, "PSF fit chi2 per dof"),
+        "PSFMISF": (fit.core_misfit, "PSF core misfit (relative rms model error)"),
         "PSFNSTAR": (fit.n_stars, "stars in the PSF fit"),
         "PHSCALE": (scale, "frame/reference flux ratio from PSF stars"),
         "PHSCALEE": (scale_err, "its uncertainty"),
