@@ -30,7 +30,7 @@ CASES = {
     # every other frame without a WCS, every third turned by 180 degrees
     "qhy": HeldOutCase(name="qhy", seed=4, pixel_scale_arcsec=1.9, seeing_arcsec=(2.5, 5.0), units="adu",
                        n_stars=1200, no_wcs_every=2, flip_every=3, sky_e_per_s_per_pix=40.0,
-                       target_mag=15.5, wcs_offset_arcsec=3.0),
+                       target_mag=17.0, wcs_offset_arcsec=3.0),
     # an equally bright star 2.5" from the target, header WCS 2.5" off
     "neighbour": HeldOutCase(name="neighbour", seed=5, pixel_scale_arcsec=0.389, seeing_arcsec=(1.1, 2.4),
                              neighbour=(2.5, 0.0), wcs_offset_arcsec=2.5, coord_offset_arcsec=1.0),
