@@ -378,8 +378,17 @@ class PhotometryConfig:
     detection_sigma: float = 5.0
     #: Upper limit on catalogue size (brightest kept).
     max_catalogue_stars: int = 60000
-    #: The target is snapped to a star detected on the reference within this radius.
-    target_snap_arcsec: float = 1.0
+    #: Override of the target match radius (arcsec). None: automatic, from the positional
+    #: uncertainty (coordinates and reference WCS) and the reference PSF (identification.py).
+    target_snap_arcsec: float | None = None
+    #: Source of the reference frame's absolute astrometry: auto (catalogue file, then Gaia
+    #: DR3, then the header WCS with a warning), gaia, catalogue or header.
+    astrometry: str = "auto"
+    #: Gaia DR3 query cache; None: photometry/gaia_dr3.ecsv in the dataset. A shared path lets
+    #: datasets of the same field reuse one query.
+    gaia_cache_file: Path | None = None
+    #: The Gaia archive's TAP service (its synchronous endpoint is <url>/sync).
+    gaia_tap_url: str = "https://gea.esac.esa.int/tap-server/tap"
     #: Largest accepted alignment residual RMS (pixels) and smallest number of matched stars.
     max_alignment_rms_pix: float = 0.5
     min_matched_stars: int = 8
@@ -449,6 +458,7 @@ class ReductionConfig:
             "max_catalogue_stars": p.max_catalogue_stars,
             "target_snap_arcsec": p.target_snap_arcsec,
             "catalogue": cat,
+            "astrometry": [p.astrometry, str(p.gaia_cache_file), p.gaia_tap_url],
             "camera": dataclasses.asdict(self.camera),
         })
 
@@ -475,6 +485,20 @@ class ReductionConfig:
 
     def fingerprint_key(self) -> str:
         return _digest({"lightcurve": self.lightcurve_key(), "tom": self.tom_key()})
+
+
+def _astrometry_keys(p: _Section, base: Path, cat_file: Path | None) -> dict:
+    """photometry.astrometry, gaia_cache_file and gaia_tap_url (see PhotometryConfig)."""
+    source = p.choice("astrometry", ("auto", "gaia", "catalogue", "header"), "auto")
+    if source == "catalogue" and cat_file is None:
+        raise p.error("photometry.astrometry is 'catalogue' but photometry.catalogue_file is not set")
+    cache = p.path_value("gaia_cache_file", base)
+    if cache is not None and _exists(cache, "dir"):
+        raise p.error(f"photometry.gaia_cache_file {_show(str(cache))} is a directory, not a file")
+    url = p.string("gaia_tap_url", PhotometryConfig.gaia_tap_url)
+    if not re.fullmatch(r"https?://[^\s/@]+(/\S*)?", url):
+        raise p.error(f"photometry.gaia_tap_url {_show(url)} must be an http:// or https:// address")
+    return {"astrometry": source, "gaia_cache_file": cache, "gaia_tap_url": url.rstrip("/")}
 
 
 def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) -> ReductionConfig:
@@ -536,7 +560,8 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         default_zero_point=p.number("default_zero_point", 25.0, minimum=0.0, maximum=40.0),
         detection_sigma=p.number("detection_sigma", 5.0, minimum=2.0, maximum=100.0),
         max_catalogue_stars=p.number("max_catalogue_stars", 60000, minimum=10, integer=True),
-        target_snap_arcsec=p.number("target_snap_arcsec", 1.0, minimum=0.0, maximum=10.0),
+        target_snap_arcsec=p.number("target_snap_arcsec", None, minimum=0.0, maximum=30.0),
+        **_astrometry_keys(p, base, cat_file),
         max_alignment_rms_pix=p.number("max_alignment_rms_pix", 0.5, minimum=0.01, maximum=10.0),
         min_matched_stars=p.number("min_matched_stars", 8, minimum=3, integer=True),
     )

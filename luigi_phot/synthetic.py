@@ -189,6 +189,14 @@ class SyntheticConfig:
     scale_change_frac: float = 2e-4  # plate scale change uniform in ±this
     wcs_error_arcsec: float = 0.5    # header WCS offset: 0.5-1 x this, random direction
     wcs_rotation_error_deg: float = 0.02
+    #: when set, each frame's header WCS offset is drawn uniformly in this range [arcsec]
+    #: (instead of 0.5-1 x wcs_error_arcsec), e.g. (0, 3) for QHY-like plate solutions
+    wcs_error_range_arcsec: tuple[float, float] | None = None
+    #: every header WCS further off by this [arcsec], in one random direction (a pointing)
+    wcs_pointing_offset_arcsec: float = 0.0
+    wcs_status: int = 0              # the WCSERR card: 0 solved; BANZAI writes 4 when its solve failed
+    #: the configured target coordinates are this far off the star [arcsec], random direction
+    target_coord_offset_arcsec: float = 0.0
     # --- variable stars and saturation ---
     n_variables: int = 5
     variable_amplitude_mag: tuple[float, float] = (0.05, 0.5)
@@ -218,6 +226,13 @@ class SyntheticConfig:
             if len(value) != 2 or value[0] > value[1]:
                 raise bad(name, "a (min, max) pair with min <= max")
             object.__setattr__(self, name, value)
+        if self.wcs_error_range_arcsec is not None:
+            rng = tuple(float(v) for v in self.wcs_error_range_arcsec)
+            if len(rng) != 2 or not 0 <= rng[0] <= rng[1]:
+                raise bad("wcs_error_range_arcsec", "None or (min, max) with 0 <= min <= max")
+            object.__setattr__(self, "wcs_error_range_arcsec", rng)
+        if self.wcs_pointing_offset_arcsec < 0 or self.target_coord_offset_arcsec < 0:
+            raise ValueError("SyntheticConfig: wcs_pointing_offset_arcsec and target_coord_offset_arcsec must be >= 0")
         if self.target_neighbour is not None:
             object.__setattr__(self, "target_neighbour", tuple(float(v) for v in self.target_neighbour))
             if len(self.target_neighbour) != 2 or self.target_neighbour[0] <= 0:
@@ -643,6 +658,8 @@ class _Plan:
     target_ra: float
     target_dec: float
     hot_pixels: tuple[np.ndarray, np.ndarray, np.ndarray]  # y, x, e-/s
+    given_ra: float = 0.0     # the configured target coordinates (target_coord_offset_arcsec off)
+    given_dec: float = 0.0
 
 
 def _make_plan(cfg: SyntheticConfig) -> _Plan:
@@ -695,7 +712,11 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
     offsets = rng_frames.uniform(-cfg.jitter_pix, cfg.jitter_pix, (n, 2))
     rot = rng_frames.uniform(-cfg.rotation_deg, cfg.rotation_deg, n)
     scale = 1.0 + rng_frames.uniform(-cfg.scale_change_frac, cfg.scale_change_frac, n)
-    err_mag = cfg.wcs_error_arcsec * rng_frames.uniform(0.5, 1.0, n)
+    err_draw = rng_frames.uniform(0.5, 1.0, n)
+    err_mag = cfg.wcs_error_arcsec * err_draw
+    if cfg.wcs_error_range_arcsec is not None:   # the same draws, mapped onto the range
+        lo, hi = cfg.wcs_error_range_arcsec
+        err_mag = lo + (hi - lo) * (err_draw - 0.5) / 0.5
     err_dir = rng_frames.uniform(0, 2 * np.pi, n)
     err_rot = rng_frames.normal(0, cfg.wcs_rotation_error_deg, n) if cfg.wcs_rotation_error_deg > 0 else np.zeros(n)
     l1fwhm = seeing * (1 + rng_frames.normal(0, 0.05, n))
@@ -707,6 +728,13 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
         compressed = np.zeros(n, bool)
     tgt_ra, tgt_dec = (float(v) for v in nominal.wcs_pix2world([[tx, ty]], 0)[0])
 
+    # options beyond the defaults draw from their own stream: the defaults' datasets stay as they were
+    rng_extra = np.random.default_rng(np.random.SeedSequence([cfg.seed, 13]))
+    pointing_dir, coord_dir = rng_extra.uniform(0, 2 * np.pi, 2)
+    pointing = (cfg.wcs_pointing_offset_arcsec * math.cos(pointing_dir),
+                cfg.wcs_pointing_offset_arcsec * math.sin(pointing_dir))
+    coord_offset = (cfg.target_coord_offset_arcsec * math.cos(coord_dir),
+                    cfg.target_coord_offset_arcsec * math.sin(coord_dir))
     frames: list[_Frame] = []
     frame_numbers: dict[str, int] = {}
     for i in range(n):
@@ -721,6 +749,7 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
         true = _frame_wcs(cfg, offsets[i], rot[i], scale[i])
         # Header WCS: the same pointing, with CRVAL off by err_mag and a small rotation error
         dxi, deta = err_mag[i] * math.cos(err_dir[i]), err_mag[i] * math.sin(err_dir[i])
+        dxi, deta = dxi + pointing[0], deta + pointing[1]
         crval = [cfg.field_ra_deg + dxi / 3600.0 / math.cos(math.radians(cfg.field_dec_deg)),
                  cfg.field_dec_deg + deta / 3600.0]
         header_wcs = _frame_wcs(cfg, offsets[i], rot[i], scale[i], crval=crval, extra_rotation_deg=err_rot[i])
@@ -834,8 +863,9 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
     n_hot = cfg.n_hot_pixels
     hot = (rng_det.integers(0, ny, n_hot), rng_det.integers(0, nx, n_hot),
            10 ** rng_det.uniform(np.log10(5.0), np.log10(300.0), n_hot))
+    given = (tgt_ra + coord_offset[0] / 3600.0 / math.cos(math.radians(tgt_dec)), tgt_dec + coord_offset[1] / 3600.0)
     return _Plan(stars=stars, frames=frames, event=event, target_ra=tgt_ra, target_dec=tgt_dec,
-                 hot_pixels=hot)
+                 hot_pixels=hot, given_ra=given[0], given_dec=given[1])
 
 
 # --------------------------------------------------------------------------
@@ -1016,7 +1046,7 @@ def _sci_header(cfg: SyntheticConfig, plan: _Plan, frame: _Frame) -> fits.Header
         ("BUNIT", "electrons", "Units of the data"),
         ("RLEVEL", 91, "Reduction level"),
         ("L1FWHM", round(frame.l1fwhm_arcsec, 3), "[arcsec] Frame FWHM (pipeline estimate)"),
-        ("WCSERR", 0, "Error status of WCS fit. 0 for no error"),
+        ("WCSERR", cfg.wcs_status, "Error status of WCS fit. 0 for no error"),
         ("RADESYS", "ICRS", "Fundamental coordinate system"),
         ("EQUINOX", 2000.0, "[yr] Equinox of the coordinates"),
     ]
@@ -1171,6 +1201,8 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
         "zero_point_mag": cfg.zero_point_mag,
         "target_ra_deg": plan.target_ra,
         "target_dec_deg": plan.target_dec,
+        "configured_ra_deg": plan.given_ra,
+        "configured_dec_deg": plan.given_dec,
         "site": dataclasses.asdict(LCO_SITES[cfg.site]),
         "bpm_bits": {"1": "bad pixel (hot pixels, bad column)", "2": "saturated (incl. bleed trails)",
                      "8": "cosmic ray (only when bpm_marks_cosmics)"},
@@ -1188,8 +1220,10 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
     truth.write(truth_path, format="ascii.ecsv")
     plan.stars.write(stars_path, format="ascii.ecsv")
     config_path = red_dir / CONFIG_NAME
-    _write_reduction_config(config_path, cfg.target_name, plan.target_ra, plan.target_dec, 2.0,
-                            f"seed {cfg.seed}; target RA/Dec are the true position")
+    offset_note = ("the true position" if cfg.target_coord_offset_arcsec == 0 else
+                   f"{cfg.target_coord_offset_arcsec:g}\" off the true position")
+    _write_reduction_config(config_path, cfg.target_name, plan.given_ra, plan.given_dec, 2.0,
+                            f"seed {cfg.seed}; target RA/Dec are {offset_note}")
     return GeneratedDataset(red_dir=red_dir, frame_paths=paths, truth_path=truth_path, stars_path=stars_path,
                             config_path=config_path, truth=truth, stars=plan.stars,
                             elapsed_s=time.perf_counter() - t_start, render_s=render_s)

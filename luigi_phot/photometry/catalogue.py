@@ -5,10 +5,11 @@
   usable WCS that covers the target (measured on a crop around the target).
 - :func:`build_catalogue` detects stars on the reference (matched filter),
   fits the reference PSF, measures every star's reference flux by
-  simultaneous PSF photometry, gives each star its sky position through the
-  reference WCS, and puts the target in the catalogue whether or not a star
-  is detected there. An optional external catalogue (CSV/ECSV with ra, dec
-  and a magnitude) corrects the reference WCS and later sets the zero point.
+  simultaneous PSF photometry, refines the reference WCS against an astrometric
+  catalogue (astrometry.py: a catalogue file, Gaia DR3, or the header as it is),
+  gives each star its sky position, and identifies the target
+  (identification.py), adding it where no star is detected. A catalogue file's
+  magnitudes later set the zero point.
 
 The catalogue is a FITS file: a primary header with the reference frame's
 facts and WCS, and a STARS table. Star ids are row numbers (0-based).
@@ -26,12 +27,13 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .alignment import _voted_shift, fit_affine
+from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
 from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
                         windowed_centroids)
 from .aperture import repair_pixels
 from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, read_frame_info
+from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
 __all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
@@ -60,6 +62,9 @@ class Catalogue:
     catalogue_id: str
     key: str
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: header cards of the astrometry and the target identification (ASTxxx, TGTxxx)
+    facts: dict = field(default_factory=dict)
 
     @property
     def target_index(self) -> int:
@@ -99,6 +104,8 @@ class Catalogue:
             hdr[k] = v
         for note in self.notes:
             hdr.add_history(note[:70])
+        for k, v in self.facts.items():
+            hdr[k] = v
         hdr.update(self.wcs_header)
         table = fits.BinTableHDU(self.stars, name="STARS")
         fits.HDUList([fits.PrimaryHDU(header=hdr), table]).writeto(path, overwrite=True)
@@ -115,7 +122,8 @@ class Catalogue:
                    wcs_header=wcs_header, pixel_scale_arcsec=hdr["PIXSCALE"], filter_name=hdr["FILTER"],
                    psf=MoffatPSF.from_header(hdr), exptime_s=hdr["EXPTIME"], mjd_mid=hdr["MJDMID"],
                    sky_e=hdr["SKY_E"], catalogue_id=hdr["CATID"], key=hdr["CATKEY"],
-                   notes=[str(h) for h in hdr.get("HISTORY", [])])
+                   notes=[str(h) for h in hdr.get("HISTORY", [])],
+                   facts={k: (hdr[k], hdr.comments[k]) for k in hdr if k.startswith(("AST", "TGT"))})
 
 
 # --------------------------------------------------------------------------
@@ -170,14 +178,16 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
 
 def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
                      configured: str | None = None, max_candidates: int = 60,
-                     filter_name: str | None = None, log=None) -> ReferenceChoice:
+                     filter_name: str | None = None, log=None, allow_no_wcs: bool = False) -> ReferenceChoice:
     """Pick the reference frame.
 
     The dataset's filter is the most common one among readable frames (or
     `filter_name`). Candidates need a usable WCS that puts the target at least
     50 pixels inside the frame. Among up to `max_candidates` of them (evenly spread
     over the dataset), the one with the smallest FWHM x sky noise wins, provided it
-    shows at least half as many stars as the best (clouds show fewer)."""
+    shows at least half as many stars as the best (clouds show fewer). With `allow_no_wcs`
+    (an astrometric catalogue can solve the reference), frames with no WCS but a pixel
+    scale are candidates when no frame has a WCS, the target taken near their centre."""
     infos: dict[Path, FrameInfo] = {}
     rejected: dict[str, str] = {}
     for p in frame_paths:
@@ -201,16 +211,19 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
         if p not in infos:
             raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
         info = infos[p]
-        if info.wcs is None:
+        if info.wcs is None and not (allow_no_wcs and info.pixel_scale_arcsec):
             raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS")
         return ReferenceChoice(p, info, "configured (photometry.reference_image)", rejected, filter_name)
 
-    usable = []
+    usable, without_wcs = [], []
     for p, info in infos.items():
         if info.filter_name != filter_name:
             continue
         if info.wcs is None:
-            rejected.setdefault(p.name, "no usable WCS")
+            if allow_no_wcs and info.pixel_scale_arcsec:
+                without_wcs.append((p, info, (info.shape[1] - 1) / 2, (info.shape[0] - 1) / 2))
+            else:
+                rejected.setdefault(p.name, "no usable WCS")
             continue
         try:
             x, y = _target_pixel(info, ra, dec)
@@ -222,6 +235,7 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
             rejected.setdefault(p.name, "target not on the frame (by its WCS)")
             continue
         usable.append((p, info, x, y))
+    usable = usable or without_wcs
     if not usable:
         raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
                              f"on the frame ({len(infos)} readable frames)")
@@ -258,28 +272,6 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
 # --------------------------------------------------------------------------
 
 
-def _read_external(path: Path, mag_column: str | None):
-    table = Table.read(path, format="ascii.ecsv" if path.suffix.lower() == ".ecsv" else "ascii.csv")
-    cols = {c.lower(): c for c in table.colnames}
-    ra_c = next((cols[c] for c in ("ra", "ra_deg", "raj2000", "ra_icrs") if c in cols), None)
-    dec_c = next((cols[c] for c in ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs") if c in cols), None)
-    if ra_c is None or dec_c is None:
-        raise CatalogueError(f"{path}: needs ra and dec columns in degrees (found {', '.join(table.colnames)})")
-    mag_c = None
-    if mag_column:
-        if mag_column not in table.colnames:
-            raise CatalogueError(f"{path}: no column {mag_column!r} (photometry.catalogue_mag_column)")
-        mag_c = mag_column
-    else:
-        mag_c = next((cols[c] for c in ("mag", "magnitude", "phot_g_mean_mag", "gmag", "imag", "rmag")
-                      if c in cols), None)
-    ra = np.asarray(table[ra_c], float)
-    dec = np.asarray(table[dec_c], float)
-    mag = np.asarray(table[mag_c], float) if mag_c else np.full(ra.size, np.nan)
-    ok = np.isfinite(ra) & np.isfinite(dec)
-    return ra[ok], dec[ok], mag[ok], mag_c
-
-
 def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.ndarray:
     """Rows of bright, unsaturated stars away from the edges, spread over the frame (the
     brightest in each cell of a 4x4 grid first): isolated ones first; stars with
@@ -305,11 +297,15 @@ def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.n
     return np.concatenate(out)[:n]
 
 
-def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None) -> Catalogue:
-    """Detect, measure and place every star of the reference frame; include the target.
+def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None,
+                    gaia_cache: Path | None = None, header_scatter=None) -> Catalogue:
+    """Detect, measure and place every star of the reference frame; refine its WCS against an
+    astrometric catalogue (astrometry.py); identify the target (identification.py).
 
-    `photometry` is the dataset's PhotometryConfig. Fluxes are total PSF fluxes in
-    electrons on the reference frame."""
+    `photometry` is the dataset's PhotometryConfig; `gaia_cache` the Gaia DR3 cache file;
+    `header_scatter()` the 1-sigma error of an unrefined header WCS [arcsec] (called only
+    when the header is used as it is). Fluxes are total PSF fluxes in electrons on the
+    reference frame."""
     from scipy.spatial import cKDTree
 
     notes: list[str] = []
@@ -322,10 +318,8 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     masked = np.flatnonzero((flags & (PIXEL_BAD | PIXEL_COSMIC)).ravel())
     repair_pixels(data, masked, float(np.nanmedian(data[::16, ::16])))
     ny, nx = data.shape
-    if info.wcs is None:
-        raise CatalogueError(f"{info.name}: the reference frame has no usable WCS")
     scale = info.pixel_scale_arcsec
-    wcs = info.wcs.deepcopy()
+    warned: list[str] = []
 
     mesh = sky_mesh(data, flags, box=128)
     sky_level = float(np.median(mesh.level))
@@ -368,58 +362,17 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     for i, j in t.query_pairs(0.5 * psf.fwhm_pix):
         drop[max(i, j)] = True  # peaks are sorted brightest first
     keep = ~drop
-    x, y, saturated = x[keep], y[keep], peaks.saturated[keep]
+    x, y, saturated, height = x[keep], y[keep], peaks.saturated[keep], peaks.height[keep]
     detected = np.ones(x.size, dtype=bool)
 
-    # external catalogue: correct the WCS, keep magnitudes for the zero point
-    cat_mag = np.full(x.size, np.nan)
-    if photometry.catalogue_file is not None:
-        e_ra, e_dec, e_mag, mag_col = _read_external(photometry.catalogue_file, photometry.catalogue_mag_column)
-        ex, ey = wcs.all_world2pix(np.column_stack([e_ra, e_dec]), 0).T
-        on = (ex > -20) & (ex < nx + 20) & (ey > -20) & (ey < ny + 20)
-        ex, ey, e_mag, e_ra, e_dec = ex[on], ey[on], e_mag[on], e_ra[on], e_dec[on]
-        det_xy = np.column_stack([x, y])
-        shift, votes = _voted_shift(np.column_stack([ex, ey])[:3000], det_xy[:3000], radius=30.0 / scale, bin_pix=1.0)
-        if shift is not None and votes >= 5:
-            dtree = cKDTree(det_xy)
-            d, j = dtree.query(np.column_stack([ex, ey]) + shift, distance_upper_bound=max(1.5, 0.5 * psf.fwhm_pix))
-            m = np.isfinite(d)
-            if m.sum() >= 5:
-                # refit the WCS pixel->sky relation: detected pixel positions against catalogue sky
-                src = det_xy[j[m]]
-                model = fit_affine(np.column_stack([ex[m], ey[m]]), src)
-                # map catalogue positions into detected positions; invert for the WCS correction
-                lin = model[:, :2]
-                corr = np.linalg.inv(np.vstack([model, [0, 0, 1]]))
-                wcs = _compose_wcs(wcs, corr, (ny, nx))
-                cat_mag[j[m]] = e_mag[m]
-                rms = float(np.sqrt(np.mean(np.sum((src - (np.column_stack([ex[m], ey[m]]) @ lin.T + model[:, 2])) ** 2, 1))))
-                notes.append(f"external catalogue {photometry.catalogue_file.name}: {int(m.sum())} stars matched, "
-                             f"WCS corrected by ({shift[0]:.2f}, {shift[1]:.2f}) px, rms {rms:.2f} px"
-                             + (f"; magnitudes from column {mag_col}" if mag_col else "; no magnitude column"))
-        else:
-            notes.append(f"external catalogue {photometry.catalogue_file.name}: no match with the detected stars")
-
-    # the target: snapped to a detection within target_snap_arcsec, else added
-    tx, ty = wcs.all_world2pix([[ra, dec]], 0)[0]
-    if not (0 <= tx < nx and 0 <= ty < ny):
-        raise CatalogueError(f"{info.name}: the target is not on the reference frame "
-                             f"(pixel {tx:.0f}, {ty:.0f} of {nx}x{ny})")
-    snap = photometry.target_snap_arcsec / scale
-    d = np.hypot(x - tx, y - ty)
-    is_target = np.zeros(x.size, dtype=bool)
-    j = int(np.argmin(d)) if d.size else -1
-    if j >= 0 and d[j] <= snap:
-        is_target[j] = True
-        notes.append(f"target at detected star {j}, {d[j] * scale:.2f}\" from its catalogue position")
-    else:
-        x = np.append(x, tx)
-        y = np.append(y, ty)
-        saturated = np.append(saturated, False)
-        detected = np.append(detected, False)
-        cat_mag = np.append(cat_mag, np.nan)
-        is_target = np.append(is_target, True)
-        notes.append("target not detected on the reference: placed at its catalogue position")
+    # absolute astrometry (catalogue file, Gaia DR3 or the header), then the target
+    astro, cat_mag = _reference_wcs(info, np.column_stack([x, y]), ra, dec, photometry, psf.fwhm_pix,
+                                    gaia_cache, header_scatter, notes, warned)
+    wcs = astro.wcs
+    scale = _wcs_scale_arcsec(wcs) if astro.refined else scale
+    x, y, saturated, detected, cat_mag, is_target, facts = _place_target(
+        info, wcs, astro, x, y, height, saturated, detected, cat_mag, ra, dec, psf.fwhm_pix, scale,
+        photometry.target_snap_arcsec, notes, warned)
 
     # reference fluxes by simultaneous PSF photometry, then a second look for the faint
     # companions that sat in brighter stars' light (not separate peaks the first time):
@@ -497,19 +450,80 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     return Catalogue(stars=stars, reference_image=info.name, shape=(ny, nx), wcs_header=wcs_header,
                      pixel_scale_arcsec=float(scale), filter_name=info.filter_name, psf=psf,
                      exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=sky_level,
-                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes)
+                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes, warnings=warned, facts=facts)
 
 
-def _compose_wcs(wcs: WCS, pix_affine: np.ndarray, shape) -> WCS:
-    """A TAN WCS equivalent to `wcs` applied after the pixel map `pix_affine` (3x3),
-    fitted on a grid (SIP terms, if any, are dropped)."""
-    ny, nx = shape
-    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9))
-    pix = np.column_stack([gx.ravel(), gy.ravel()])
-    moved = pix @ pix_affine[:2, :2].T + pix_affine[:2, 2]
-    world = wcs.all_pix2world(moved, 0)
-    from astropy.coordinates import SkyCoord
-    from astropy.wcs.utils import fit_wcs_from_points
+def _wcs_scale_arcsec(wcs: WCS) -> float:
+    from astropy.wcs.utils import proj_plane_pixel_scales
 
-    sc = SkyCoord(world[:, 0], world[:, 1], unit="deg")
-    return fit_wcs_from_points((pix[:, 0], pix[:, 1]), sc, projection="TAN")
+    return float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs.celestial)))) * 3600.0
+
+
+def _reference_wcs(info: FrameInfo, det_xy, ra, dec, photometry, fwhm_pix, gaia_cache, header_scatter,
+                   notes, warned):
+    """The reference WCS by the configured route (astrometry.reference_astrometry) and the
+    catalogue-file magnitudes of the matched detections (for the zero point; Gaia's G is
+    not the dataset's band and is used for positions only)."""
+    try:
+        status = int(float(info.header.get("WCSERR", 0) or 0))
+    except (TypeError, ValueError):
+        status = 0
+    req = AstrometryRequest(
+        mode=photometry.astrometry, header_wcs=info.wcs, wcs_status=status if info.wcs is not None else 0,
+        scale_arcsec=info.pixel_scale_arcsec, shape=info.shape, target_ra_deg=ra, target_dec_deg=dec,
+        epoch_jyear=2000.0 + (info.mjd_mid - 51544.5) / 365.25, catalogue_file=photometry.catalogue_file,
+        catalogue_mag_column=photometry.catalogue_mag_column, gaia_cache=gaia_cache,
+        gaia_tap_url=photometry.gaia_tap_url)
+    try:
+        astro, stars, more_notes, more_warnings = reference_astrometry(req, det_xy, fwhm_pix, header_scatter)
+    except AstrometryError as exc:
+        raise CatalogueError(f"{info.name}: {exc}") from None
+    notes.extend(more_notes)
+    warned.extend(more_warnings)
+    cat_mag = np.full(len(det_xy), np.nan)
+    if stars is not None and stars.source.startswith("catalogue file"):
+        cat_mag[astro.det_rows] = stars.mag[astro.cat_rows]
+        notes.append(f"magnitudes from column {stars.mag_column}" if stars.mag_column else
+                     "the catalogue file has no magnitude column: default zero point")
+    return astro, cat_mag
+
+
+def _place_target(info, wcs, astro, x, y, height, saturated, detected, cat_mag, ra, dec, fwhm_pix, scale,
+                  snap_arcsec, notes, warned):
+    """The target among the detections (identification.identify_target), or added at its
+    coordinates; returns the star arrays with the target and the header facts of the choice."""
+    ny, nx = info.shape
+    tx, ty = wcs.all_world2pix([[ra, dec]], 0)[0]
+    if not (0 <= tx < nx and 0 <= ty < ny):
+        raise CatalogueError(f"{info.name}: the target is not on the reference frame "
+                             f"(pixel {tx:.0f}, {ty:.0f} of {nx}x{ny})")
+    choice = identify_target(x, y, height, tx, ty, fwhm_pix, scale, astro.uncertainty_arcsec, snap_arcsec)
+    notes.extend(choice.notes)
+    warned.extend(choice.warnings)
+    is_target = np.zeros(x.size, dtype=bool)
+    if choice.row is not None:
+        is_target[choice.row] = True
+    else:
+        x, y = np.append(x, tx), np.append(y, ty)
+        saturated = np.append(saturated, False)
+        detected = np.append(detected, False)
+        cat_mag = np.append(cat_mag, np.nan)
+        is_target = np.append(is_target, True)
+    facts = {
+        "ASTSRC": (astro.source[:40], "reference WCS source"),
+        "ASTREF": (bool(astro.refined), "reference WCS refined on a catalogue"),
+        "ASTNMAT": (int(astro.n_matched), "stars matched in the WCS fit"),
+        "ASTRMS": (_finite_or_nan(astro.rms_arcsec), "WCS fit residual rms [arcsec]"),
+        "ASTUNC": (_finite_or_nan(astro.uncertainty_arcsec), "WCS 1-sigma error used [arcsec]"),
+        "TGTRA": (float(ra), "target RA as configured [deg]"),
+        "TGTDEC": (float(dec), "target Dec as configured [deg]"),
+        "TGTSEP": (float(np.hypot(choice.x - tx, choice.y - ty) * scale), "target - coordinates [arcsec]"),
+        "TGTRAD": (float(choice.radius_pix * scale), "target match radius [arcsec]"),
+        "TGTDET": (choice.row is not None, "target detected on the reference"),
+        "TGTAMBIG": (bool(choice.ambiguous), "another star nearly as close"),
+    }
+    return x, y, saturated, detected, cat_mag, is_target, facts
+
+
+def _finite_or_nan(v) -> float | str:
+    return float(v) if np.isfinite(v) else "NaN"

@@ -10,7 +10,8 @@ uncertainty is in the error bar, or a crowded star).
 from __future__ import annotations
 
 __all__ = ["FLAGS", "SATURATED", "BAD_PIXELS", "COSMIC_RAY", "NEAR_EDGE", "POOR_SKY",
-           "FRAME_REJECTED", "OUTSIDE_FRAME", "CROWDED", "LARGE_REPAIR", "SEVERE", "describe"]
+           "FRAME_REJECTED", "OUTSIDE_FRAME", "CROWDED", "LARGE_REPAIR", "BLENDED_OR_ABSENT",
+           "SEVERE", "describe"]
 
 SATURATED = 1        # a saturated pixel in the aperture
 BAD_PIXELS = 2       # a masked (bad or non-finite) pixel in the aperture, repaired by interpolation
@@ -21,6 +22,7 @@ FRAME_REJECTED = 32  # the whole frame was rejected (reason in the rejected-fram
 OUTSIDE_FRAME = 64   # the star's aperture is not on the frame
 CROWDED = 128        # subtracted neighbour light exceeds the star's own flux in the aperture
 LARGE_REPAIR = 256   # more than 5% of the star's light fell on repaired (bad or hit) pixels
+BLENDED_OR_ABSENT = 512  # no light of its own: neighbours within 1 FWHM outshine it, or it is not there
 
 FLAGS = {
     SATURATED: ("saturated", "a saturated pixel in the aperture"),
@@ -32,9 +34,13 @@ FLAGS = {
     OUTSIDE_FRAME: ("outside_frame", "the star's aperture is not on the frame"),
     CROWDED: ("crowded", "subtracted neighbour light exceeds the star's own flux in the aperture"),
     LARGE_REPAIR: ("large_repair", "more than 5% of the star's light fell on repaired pixels"),
+    BLENDED_OR_ABSENT: ("blended_or_absent", "neighbours within 1 FWHM put more light in the aperture than the "
+                        "star's own flux, or neither the reference nor this frame shows the star significantly "
+                        "(a misidentified target looks like this)"),
 }
 
 SEVERE = SATURATED | LARGE_REPAIR | NEAR_EDGE | POOR_SKY | FRAME_REJECTED | OUTSIDE_FRAME
+SEVERE |= BLENDED_OR_ABSENT
 
 
 def describe(value: int) -> str:

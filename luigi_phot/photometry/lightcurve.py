@@ -29,7 +29,8 @@ from .catalogue import Catalogue
 from .timing import bjd_tdb
 
 __all__ = ["write_measurement", "write_rejection", "read_measurement", "MeasurementRecord",
-           "LightCurveProducts", "build_lightcurve", "write_products", "product_names"]
+           "LightCurveProducts", "build_lightcurve", "write_products", "product_names", "IdentificationError",
+           "check_target_identification"]
 
 MEASUREMENT_FORMAT = 1
 
@@ -85,7 +86,26 @@ def product_names(target_name: str, filter_name: str) -> dict[str, str]:
     stem = f"{target_name}_{filter_name}"
     return {"lc_ecsv": f"{stem}_lc.ecsv", "lc_csv": f"{stem}_lc.csv", "lc_png": f"{stem}_lc.png",
             "noise_png": f"{stem}_noise.png", "crowding_png": f"{stem}_fwhm_residuals.png",
-            "rejected": f"{stem}_rejected.csv", "all_stars": f"photometry/{stem}_all_stars.fits"}
+            "rejected": f"{stem}_rejected.csv", "all_stars": f"photometry/{stem}_all_stars.fits",
+            "finder_png": f"{stem}_finder.png"}
+
+
+class IdentificationError(ValueError):
+    """Most of the target's points are not its own light: the identification looks wrong."""
+
+
+def check_target_identification(lc: Table, target_name: str, filter_name: str) -> None:
+    """Raise IdentificationError when more than half of the target's measured points carry
+    BLENDED_OR_ABSENT: then the light curve would be that of a neighbour, or noise."""
+    flags = np.asarray(lc["flags"], int)
+    measured = (flags & F.FRAME_REJECTED) == 0
+    bad = measured & ((flags & F.BLENDED_OR_ABSENT) != 0)
+    if measured.sum() and bad.sum() > 0.5 * measured.sum():
+        raise IdentificationError(
+            f"the target identification looks wrong: {int(bad.sum())} of {int(measured.sum())} target points are "
+            f"not the star's own light (flag blended_or_absent: no star on the reference and none in the frame, or "
+            f"a neighbour within 1 FWHM outshines it); see the finder chart "
+            f"{product_names(target_name, filter_name)['finder_png']}")
 
 
 @dataclass
@@ -254,11 +274,14 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         "severe_flags": F.SEVERE,
     })
 
+    check_target_identification(lc, target_name, filter_name)
+
     # what the TOM's photometry processor reads: time (MJD), filter, magnitude, error
     finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
     unflagged = finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0)
     tom_csv = _tom_table(lc, unflagged, filter_name)
-    tom_csv_all = _tom_table(lc, finite, filter_name)
+    # not the star's own light: never for the TOM, not even with tom.include_flagged
+    tom_csv_all = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.BLENDED_OR_ABSENT) == 0), filter_name)
 
     rej = Table()
     rej["image"] = sorted(rejected)
@@ -275,7 +298,9 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         n_good = good.sum(0)
         dev = np.where(good, (cal - mean_flux[None, :]), 0.0)
         st["rms_flux"] = np.sqrt((dev ** 2).sum(0) / np.maximum(n_good - 1, 1))
-        st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
+        with warnings.catch_warnings():   # a star with no usable point (e.g. never seen): NaN, said once here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
     st["n_good"] = n_good
     st["comparison"] = sol.comparison
     st["calibration_chi2"] = sol.star_chi2

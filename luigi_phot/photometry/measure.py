@@ -163,6 +163,12 @@ class NeighbourModel:
         var = light ** 2 * (NEIGHBOUR_MODEL_ERROR ** 2 + self.rel_err[self.j] ** 2)
         return np.bincount(self.i, weights=light, minlength=n), np.bincount(self.i, weights=var, minlength=n)
 
+    def close_light(self, within_pix: float) -> np.ndarray:
+        """Light of each star's neighbours closer than `within_pix` inside its aperture: a
+        blend the aperture cannot separate from the star's own light."""
+        close = self.distance <= within_pix
+        return np.bincount(self.i[close], weights=(self.flux[self.j] * self.fraction)[close], minlength=self.x.size)
+
     def subtract_from(self, data, rows=None, flux=None, cores_above: float | None = None):
         """Subtract the model of stars `rows` (all) with `flux` (their model fluxes). With
         `cores_above`, return the boolean image of pixels where the model exceeds it."""
@@ -291,6 +297,18 @@ def _photometric_scale(fit, flux_ref: np.ndarray) -> tuple[float, float]:
     lr = lr[np.abs(lr - med) <= max(3 * mad, 0.02)]
     scale = float(np.exp(np.mean(lr)))
     return scale, float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))
+
+
+def _blended_or_absent(stars, flux, flux_err, model: NeighbourModel | None, fwhm_pix: float) -> np.ndarray:
+    """Stars whose measurement is not their own light: neighbours within 1 FWHM put more
+    light into the aperture than the star's own flux, or neither the reference (S/N < 3)
+    nor this frame (flux < 3 sigma) shows the star. A misidentified target (a position
+    beside its star, or on empty sky) looks like this."""
+    own = np.where(np.isfinite(flux), np.maximum(flux, 0.0), 0.0)
+    blended = model.close_light(fwhm_pix) > np.maximum(own, 1e-9) if model is not None else np.zeros(own.size, bool)
+    with np.errstate(invalid="ignore"):
+        absent = (np.asarray(stars["snr_ref"], float) < 3.0) & ~(flux > 3.0 * flux_err)
+    return blended | absent
 
 
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
@@ -497,6 +515,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     own = np.maximum(flux, 0)
     flag |= np.where(neighbour > np.maximum(own, 1e-9), F.CROWDED, 0)
     flag |= np.where(repaired > LARGE_REPAIR_FRACTION, F.LARGE_REPAIR, 0)
+    flag |= np.where(_blended_or_absent(stars, flux, flux_err, model, fwhm_centre), F.BLENDED_OR_ABSENT, 0)
     flux = np.where(outside, np.nan, flux)
     flux_err = np.where(outside, np.nan, flux_err)
     clock.lap("errors")

@@ -59,13 +59,15 @@ class _LightcurveTarget(luigi.LocalTarget):
     """The light curve made from the current inputs, with no frame waiting to be tried
     again (one that an earlier run rejected for an environmental cause)."""
 
-    def __init__(self, path, key, retries_due):
+    def __init__(self, path, key, retries_due, finder_path=None):
         super().__init__(str(path))
         self.key = key
         self.retries_due = retries_due
+        self.finder_path = finder_path   # the catalogue stage's finder chart, part of every finished run
 
     def exists(self) -> bool:
-        return ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
+        return (ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
+                and (self.finder_path is None or self.finder_path.is_file()))
 
 
 class BuildLightcurve(DatasetStage):
@@ -104,7 +106,9 @@ class BuildLightcurve(DatasetStage):
         return sorted(f for f, m in markers.items() if m.get("run_id") != self.run_id)
 
     def output(self):
-        return _LightcurveTarget(self.red / self._names()["lc_ecsv"], self.input_key(), self.retries_due)
+        names = self._names()
+        return _LightcurveTarget(self.red / names["lc_ecsv"], self.input_key(), self.retries_due,
+                                 self.red / names["finder_png"])
 
     def run(self):
         self.check_lock()
@@ -151,7 +155,7 @@ class BuildLightcurve(DatasetStage):
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
-                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order]}
+                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order] + [files["finder_png"]]}
             write_json_atomic(self.index_path, index)
             with atomic_paths(final) as tmp:
                 write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)
