@@ -217,7 +217,7 @@ def make_heldout_dataset(red_dir, case: HeldOutCase) -> Path:
         header = _header(case, float(t), header_wcs, flipped)
         _write(red / name, image, header, case)
         rows.append({"image": name, "mjd_mid": float(t) + case.exptime_s / 2 / 86400.0, "fwhm_arcsec": seeing,
-                     "target_counts_per_s": float(rate[0]), "x_target_pix": float(x[0]),
+                     "target_counts_per_s": float(rate[0]), "transparency": float(transparency), "x_target_pix": float(x[0]),
                      "y_target_pix": float(y[0]), "has_wcs": has_wcs, "flipped": flipped})
     Table(rows=rows).write(red / TRUTH_NAME, format="ascii.ecsv", overwrite=True)
     _write_config(red, case, ra0, dec0)
