@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench tom-setup clean
+.PHONY: venv demo demo-tree test bench tom-setup clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): setup.cfg pyproject.toml
 # `luigi --module luigi_phot ReduceDataset --red-dir ... --local-scheduler`.
 demo: venv
 	$(PY) scripts/demo.py
+
+# A small reduction tree (2 targets x 2 instruments x 1-2 filters, observed on the last
+# three nights) in demo/tree/ and a manager configuration that selects it: for the
+# ReductionManager and luigid's visualiser (README section 5).
+demo-tree: venv
+	$(PY) scripts/demo_tree.py
 
 # The test suite. Sets up the local TOM Toolkit server environment (.tom/) once;
 # the tests themselves start and stop luigid and the TOM on 127.0.0.1.

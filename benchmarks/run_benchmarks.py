@@ -153,14 +153,14 @@ def child_lightcurve(red: str) -> None:
     from luigi_phot import lock
     from luigi_phot.tasks.lightcurve import BuildLightcurve
     from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.dataset import frame_stats
+    from luigi_phot.dataset import frame_identities
 
     red = Path(red)
     run_id = f"benchmark-{os.getpid()}"
     lock.acquire(red, run_id)
     try:
         task = BuildLightcurve(red_dir=str(red), run_id=run_id)
-        names = [n for n, _, _ in frame_stats(red)]
+        names = [f.name for f in frame_identities(red)]
         paths = [Path(MeasureImage(red_dir=str(red), run_id=run_id, image=n).output().path) for n in names]
         t0 = time.perf_counter()
         task._build(paths)
@@ -227,7 +227,7 @@ def case_lightcurve(n_frames: int = 500) -> dict:
     """500 measurement files made from the 4k catalogue: realistic sizes and flags."""
     from astropy.io import fits
 
-    from luigi_phot.dataset import catalogue_path, measurement_dir
+    from luigi_phot.dataset import catalogue_path, frame_identity, measurement_dir, measurement_path
     from luigi_phot.photometry.catalogue import Catalogue
     from luigi_phot.photometry.lightcurve import write_measurement
     from luigi_phot.tasks.base import load_config
@@ -236,7 +236,7 @@ def case_lightcurve(n_frames: int = 500) -> dict:
     src = dataset("measure_4k", CONFIG_4K, max_catalogue_stars=20000)
     _catalogue(src)
     red = CACHE / f"lightcurve_{n_frames}" / "ip"
-    marker = red.parent / "complete"
+    marker = red.parent / "complete-v2"   # v2: measurement files named by frame digest
     if not marker.exists():
         print(f"  making {n_frames} measurement files ...", flush=True)
         if red.parent.exists():
@@ -273,7 +273,9 @@ def case_lightcurve(n_frames: int = 500) -> dict:
             header = {"IMAGE": name, "MJDMID": 61000.0 + k * 0.01, "EXPTIME": 120.0, "FILTER": cat.filter_name,
                       "AIRMASS": 1.2, "FWHMAS": 1.5, "SKY_E": 800.0, "SITELAT": -30.17, "SITELON": -70.80,
                       "SITEALT": 2198.0, "ALN_RMS": 0.03, "ALN_N": 300, "CATID": cat.catalogue_id}
-            write_measurement(out / f"{name}.phot.fits", cols, header)
+            digest = frame_identity(red, name).digest
+            header["FRAMEDIG"] = digest
+            write_measurement(measurement_path(red, key, name, digest), cols, header)
         marker.write_text("ok\n")
     r = _child("lightcurve", red)
     return {"case": "lightcurve", "frames": n_frames, "stars": 20000, "seconds": r["seconds"],

@@ -24,6 +24,20 @@ def _default_retcodes() -> None:
 
 _default_retcodes()
 
+
+def _quiet_console() -> None:
+    """The `luigi` command prints warnings, errors and its execution summary, not the
+    scheduler's detail, unless the user's luigi configuration sets its own logging
+    (`--log-level INFO` or `DEBUG` brings the detail back; see luigi_phot/console.py)."""
+    from luigi.configuration import get_config
+
+    from .console import set_luigi_defaults
+
+    set_luigi_defaults(get_config())
+
+
+_quiet_console()
+
 from .tasks import (BuildCatalogue, BuildLightcurve, LockDataset, MeasureImage, ReduceDataset,  # noqa: E402
                     ReductionManager, ReleaseLock, UploadToTOM)
 from .tasks.base import install_console_filter  # noqa: E402

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import hashlib
 import json
 import math
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .names import UnsafeName, safe_token
 
 __all__ = [
     "ConfigError",
@@ -164,6 +167,14 @@ def parse_dec(value: Any) -> float:
 # Small validation helpers: every error names the file and the dotted key
 # --------------------------------------------------------------------------
 
+#: difflib similarity above which a key that is not known is reported as a misspelling
+#: of a missing required key ("unknown key max_paralel (did you mean max_parallel?)")
+#: rather than the required key as missing. The most alike distinct keys of one
+#: section (catalogue_file, catalogue_mag_column) score 0.65.
+TYPO_CUTOFF = 0.75
+#: Above this, an unknown key's message suggests the nearest known key.
+SUGGESTION_CUTOFF = 0.6
+
 
 class _Section:
     """A mapping from a YAML file, read key by key, remembering which keys were used."""
@@ -195,9 +206,20 @@ class _Section:
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             if required:
+                typo = self._typo_of(name)
+                if typo is not None:
+                    raise self.error(f"unknown key {self.key(typo)} (did you mean {self.key(name)}?)")
                 raise self.error(f"missing key {self.key(name)}")
             return default
         return self.data[name]
+
+    def _typo_of(self, name: str) -> Any:
+        """The key of this section that looks like a misspelling of `name` (not a key
+        read already), or None. Distinct keys of one section are less alike than this
+        cutoff (test_config_fuzz checks it), so a legitimate key is never taken for a typo."""
+        unread = {str(k).lower(): k for k in self.data if k not in self.used}
+        match = difflib.get_close_matches(name.lower(), list(unread), n=1, cutoff=TYPO_CUTOFF)
+        return unread[match[0]] if match else None
 
     def section(self, name: str, required: bool = False) -> "_Section":
         value = self.raw(name, required=required)
@@ -262,15 +284,39 @@ class _Section:
         """Unknown keys are an error: a typo must not silently fall back to a default."""
         unknown = sorted(set(map(str, self.data)) - self.used)
         if unknown:
-            known = ", ".join(sorted(self.used))
-            raise self.error(f"unknown key {self.key(unknown[0])} (known keys here: {known})")
+            raise self.error(f"unknown key {self.key(unknown[0])} ({self.suggestion(unknown[0])})")
+
+    def suggestion(self, unknown: str) -> str:
+        """'did you mean <the nearest known key>?', or the list of known keys when none is near."""
+        known = {k.lower(): k for k in self.used}
+        match = difflib.get_close_matches(unknown.lower(), list(known), n=1, cutoff=SUGGESTION_CUTOFF)
+        if match:
+            return f"did you mean {self.key(known[match[0]])}?"
+        return f"known keys here: {', '.join(sorted(self.used))}"
 
 
 class _ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` (plain data only: a ``!!python/...`` tag is an error)
     that also refuses aliases - a configuration needs none, and nested aliases
-    expand into billions of values ('billion laughs') - and keeps values that
-    look sexagesimal (17:30:25.5) as text instead of base-60 numbers."""
+    expand into billions of values ('billion laughs') - and keys given twice (YAML
+    would silently keep the last value), and keeps values that look sexagesimal
+    (17:30:25.5) as text instead of base-60 numbers."""
+
+    def construct_mapping(self, node, deep=False):
+        """A key given twice is an error (YAML itself would silently keep the last value)."""
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:   # an unhashable key: the constructor says so itself
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_show(key)}: each key may be given once", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -501,6 +547,27 @@ def _astrometry_keys(p: _Section, base: Path, cat_file: Path | None) -> dict:
     return {"astrometry": source, "gaia_cache_file": cache, "gaia_tap_url": url.rstrip("/")}
 
 
+def _header_text(section: _Section, name: str) -> str | None:
+    """A configured value written into FITS headers: printable ASCII, at most 68 characters."""
+    value = section.string(name)
+    if value is not None and not (value.isascii() and value.isprintable() and len(value) <= 68):
+        raise section.error(f"{section.key(name)} {_show(value)} must be printable ASCII of at most 68 characters "
+                            "(it is written into FITS headers)")
+    return value
+
+
+def _file_name_part(section: _Section, name: str, what: str, required: bool = False) -> str | None:
+    """A configured value that becomes part of file names: a safe token as it is
+    (names.safe_token: letters, digits, _ . + -; no leading dot; bounded length)."""
+    value = section.string(name, required=required)
+    if value is None:
+        return None
+    try:
+        return safe_token(value, what, section.path)
+    except UnsafeName as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) -> ReductionConfig:
     """Parse and validate a dataset's ``reduction_config.yaml``.
 
@@ -512,10 +579,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     top = _Section(path, _read_yaml(path, "reduction configuration"))
 
     t = top.section("target", required=True)
-    name = t.string("name", required=True)
-    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-        raise t.error(f"target.name {_show(name)} may use only letters, digits and _ . + - "
-                      "(it becomes part of file names)")
+    name = _file_name_part(t, "name", "target.name", required=True)
     ra_raw = t.raw("RA", required=True)
     dec_raw = t.raw("Dec", required=True)
     try:
@@ -568,21 +632,20 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     p.finish()
 
     c = top.section("camera")
-    site = c.raw("site")
-    if site is not None:
-        if (not isinstance(site, dict) or set(site) != {"latitude", "longitude", "height"}
-                or not all(_finite(v) is not None for v in site.values())):
-            raise c.error("camera.site must be a mapping with latitude (deg), longitude (deg east) and height (m)")
-        site = (_finite(site["latitude"]), _finite(site["longitude"]), _finite(site["height"]))
-        if not (-90 <= site[0] <= 90 and -360 <= site[1] <= 360):
-            raise c.error(f"camera.site latitude/longitude out of range: {_show(site)}")
+    site = None
+    if c.raw("site") is not None:  # latitude (deg), longitude (deg east), height (m)
+        s = c.section("site")
+        site = (s.number("latitude", required=True, minimum=-90.0, maximum=90.0),
+                s.number("longitude", required=True, minimum=-360.0, maximum=360.0),
+                s.number("height", required=True, minimum=-1000.0, maximum=10000.0))
+        s.finish()
     camera = CameraConfig(
         gain_e_per_adu=c.number("gain_e_per_adu", minimum=0.0, exclusive_minimum=True),
         read_noise_e=c.number("read_noise_e", minimum=0.0),
         saturation_adu=c.number("saturation_adu", minimum=0.0, exclusive_minimum=True),
         units=c.choice("units", ("auto", "adu", "electrons"), "auto"),
         pixel_scale_arcsec=c.number("pixel_scale_arcsec", minimum=0.0, exclusive_minimum=True, maximum=3600.0),
-        filter_name=c.string("filter_name"),
+        filter_name=_header_text(c, "filter_name"),
         site=site,
     )
     c.finish()
@@ -590,9 +653,7 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     tm = top.section("tom", required=True)
     upload = tm.boolean("upload", required=True)
     tom_file = tm.path_value("config_file", base)
-    label = tm.string("data_label", default=name) or name
-    if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
-        raise tm.error(f"tom.data_label {_show(label)} may use only letters, digits and _ . + -")
+    label = _file_name_part(tm, "data_label", "tom.data_label") or name
     create = tm.boolean("create_target", False)
     flagged = tm.boolean("include_flagged", False)
     tm.finish()
@@ -653,12 +714,12 @@ def load_tom_config(path: str | os.PathLike) -> TomConfig:
         raise s.error("tom_password must be a string")
     if token is not None and not isinstance(token, str):
         raise s.error("api_token must be a string")
-    if token is None and (user is None or password is None):
-        raise s.error("needs tom_user_id and tom_password, or api_token")
     cfg_timeout = s.number("timeout_s", 30.0, minimum=0.1, exclusive_minimum=True, maximum=600)
     retries = s.number("max_retries", 4, minimum=0, maximum=20, integer=True)
     backoff = s.number("backoff_s", 1.0, minimum=0.0, maximum=60)
-    s.finish()
+    s.finish()  # before the check below: a misspelled tom_password is named as the typo it is
+    if token is None and (user is None or password is None):
+        raise s.error("needs tom_user_id and tom_password, or api_token")
     warning = None
     try:
         mode = path.stat().st_mode

@@ -10,11 +10,21 @@ Layout of red_dir (inputs are never written to):
     <target>_<filter>_rejected.csv                             frames not used, and why
     upload_record.json, reduction_record.json                  what was uploaded / reduced
     photometry/catalogue.fits                                  reference catalogue
-    photometry/frames/<key>/<frame>.phot.fits                  per-frame measurements
+    photometry/frames/<key>/<stem>.<id>.phot.fits              per-frame measurements
     photometry/<target>_<filter>_all_stars.fits                every star's time series
+    photometry/frame_digests.json                              cache of the frames' content digests
 
 Every file is written to a hidden temporary name in the same directory and
-renamed into place, so a crash never leaves a partial file under a final name.
+renamed into place, so a crash never leaves a partial file under a final name;
+and only after its path is checked to lie inside red_dir (:func:`check_inside`).
+
+A frame's identity is a digest of its content (:func:`frame_identities`), never
+its modification time: a frame replaced by other pixels is measured again
+whatever its mtime (``cp -p``, ``rsync -t``, a restore), and one only touched is
+not. Digests are kept in ``photometry/frame_digests.json`` keyed by the file's
+(device, inode, size, mtime, ctime): the ctime changes on every write and no
+tool can set it back, so an unchanged key means unchanged content and a no-op
+rerun reads no frame.
 """
 
 from __future__ import annotations
@@ -25,16 +35,22 @@ import json
 import logging
 import math
 import os
+import stat
 import sys
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import REDUCTION_CONFIG_NAME, ReductionConfig
-from .photometry.frames import is_frame_name
+from .names import file_stem, shown
+from .photometry.frames import list_frames
 
-__all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION",
-           "WriteError", "frame_stats", "duplicate_exposures", "fingerprint", "read_json", "atomic_path", "atomic_paths", "write_json_atomic",
-           "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir",
+__all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCHEMA_VERSION", "DIGEST_CACHE_NAME",
+           "WriteError", "UnsafePath", "FrameIdentity", "frame_identities", "frame_identity", "duplicate_exposures",
+           "fingerprint", "read_json", "check_inside", "is_inside", "atomic_path", "atomic_paths", "write_json_atomic",
+           "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir", "measurement_path",
            "resolve_red_dir"]
 
 PRODUCTS_DIR = "photometry"
@@ -43,6 +59,7 @@ UPLOAD_RECORD_NAME = "upload_record.json"
 LOG_NAME = "aperture_pipeline.log"
 #: Bumped when a change of the pipeline changes its results: finished datasets are then redone.
 SCHEMA_VERSION = 1
+DIGEST_CACHE_NAME = "frame_digests.json"
 _TMP_PREFIX = ".tmp-"
 
 
@@ -62,32 +79,185 @@ def measurement_dir(red_dir: Path, key: str) -> Path:
     return red_dir / PRODUCTS_DIR / "frames" / key
 
 
-def frame_stats(red_dir: Path) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of every frame in red_dir, sorted by name: the identity of
-    the inputs (a frame replaced under the same name has a new size or mtime)."""
-    out = []
-    with os.scandir(red_dir) as it:
-        for e in it:
-            if is_frame_name(e.name):
-                try:
-                    st = e.stat()
-                except OSError:
-                    continue
-                if not os.path.isdir(e.path):
-                    out.append((e.name, st.st_size, st.st_mtime_ns))
-    return sorted(out)
+def measurement_path(red_dir: Path, key: str, frame: str, digest: str) -> Path:
+    """Where the measurement of frame `frame` with content `digest` is kept: named by a
+    readable stem of the frame's name and a digest of (name, content), so that any
+    name (long, accented, with a newline) gives a short, safe file name, and other
+    content under the same name another file."""
+    h = hashlib.blake2b(_name_bytes(frame) + b"\0" + digest.encode(), digest_size=8).hexdigest()
+    return measurement_dir(red_dir, key) / f"{file_stem(frame)}.{h}.phot.fits"
 
 
-def duplicate_exposures(mid_mjd: dict[str, float | None], prefer: list[str] = (),
+def _name_bytes(name: str) -> bytes:
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
+
+
+# --------------------------------------------------------------------------
+# Frame identity: a digest of the content, cached by (dev, inode, size, mtime, ctime)
+# --------------------------------------------------------------------------
+
+#: Prefix of the identity of a frame whose content cannot be read (a link loop, permission denied).
+UNREADABLE = "unreadable: "
+#: A file changed this recently may change again within its timestamps' resolution
+#: without changing them: its digest is remembered by this process only, not in the
+#: cache file (the next run computes it again).
+_SETTLE_NS = 2_000_000_000
+_DIGESTS: dict[tuple, str] = {}          # (dev, ino, size, mtime_ns, ctime_ns) -> digest, this process
+_UNSETTLED: set[tuple] = set()           # keys of _DIGESTS not to be written to a cache file
+_LOADED: dict[str, tuple] = {}           # red_dir -> stat of the digest cache file last read
+
+
+@dataclass(frozen=True)
+class FrameIdentity:
+    """A frame as the pipeline knows it: its name and the digest of its content
+    (sha256, 32 hex digits), or ``'unreadable: <why>'`` when the content cannot be
+    read, or None when not known without reading it (``hash_new=False``)."""
+
+    name: str
+    digest: str | None
+    stat_key: tuple | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.digest is not None and not self.digest.startswith(UNREADABLE)
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_file(path: Path) -> tuple[str, tuple]:
+    """sha256 of the file's content and the stat key it had, read in one pass; the key
+    is None when the file changed while it was read (a copy in progress)."""
+    with open(path, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(0, "not a regular file")
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()[:32]
+        after = os.fstat(fh.fileno())
+    return digest, (_stat_key(before) if _stat_key(before) == _stat_key(after) else None)
+
+
+def _identify(red_dir: Path, name: str, hash_new: bool) -> tuple[FrameIdentity, bool]:
+    """The frame's identity, and whether it was hashed now (not from a cache)."""
+    path = red_dir / name
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return FrameIdentity(name, UNREADABLE + _os_reason(exc)), False
+    if not stat.S_ISREG(st.st_mode):
+        return FrameIdentity(name, UNREADABLE + "not a regular file"), False
+    key = _stat_key(st)
+    digest = _DIGESTS.get(key)
+    if digest is not None or not hash_new:
+        return FrameIdentity(name, digest, key), False
+    try:
+        digest, key = _hash_file(path)
+    except OSError as exc:
+        return FrameIdentity(name, UNREADABLE + _os_reason(exc)), False
+    if key is not None:
+        _DIGESTS[key] = digest
+        if time.time_ns() - max(key[3], key[4]) <= _SETTLE_NS:
+            _UNSETTLED.add(key)
+    return FrameIdentity(name, digest, key), True
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _digest_cache(red_dir: Path) -> Path:
+    return red_dir / PRODUCTS_DIR / DIGEST_CACHE_NAME
+
+
+def _load_digest_cache(red_dir: Path) -> None:
+    """Remember the digests of red_dir's cache file (once per change of the file); a
+    damaged or foreign file is ignored (the digests are computed again)."""
+    path = _digest_cache(red_dir)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if _LOADED.get(str(red_dir)) == _stat_key(st):
+        return
+    _LOADED[str(red_dir)] = _stat_key(st)
+    data = read_json(path) or {}
+    entries = data.get("frames") if data.get("version") == 1 else None
+    if not isinstance(entries, dict):
+        return
+    for entry in entries.values():
+        if (isinstance(entry, list) and len(entry) == 6 and all(type(v) is int for v in entry[:5])
+                and isinstance(entry[5], str) and len(entry[5]) == 32):
+            _DIGESTS.setdefault(tuple(entry[:5]), entry[5])
+
+
+def _save_digest_cache(red_dir: Path, identities: list[FrameIdentity]) -> None:
+    """Write the cache of the current frames' digests (atomically; concurrent writers:
+    the last one wins, and a lost entry costs one more read of that frame)."""
+    frames = {i.name: [*i.stat_key, i.digest] for i in identities
+              if i.readable and i.stat_key is not None and i.stat_key not in _UNSETTLED}
+    try:
+        write_json_atomic(_digest_cache(red_dir), {"version": 1, "frames": frames}, inside=red_dir)
+    except (OSError, WriteError):
+        pass  # a cache (a read-only red_dir, a full disk): the frames are hashed again next time
+
+
+def frame_identities(red_dir: Path, hash_new: bool = True) -> list[FrameIdentity]:
+    """The identity of every frame of red_dir (see ``photometry.frames.list_frames``),
+    sorted by name. Digests come from this process's memory, else from
+    ``photometry/frame_digests.json``, else by reading the frames (several at once);
+    new digests are saved in that file. With ``hash_new=False`` no frame is read: a
+    frame whose digest is not cached has digest None."""
+    red_dir = Path(red_dir)
+    _load_digest_cache(red_dir)
+    names = [p.name for p in list_frames(red_dir)]
+    found = {}
+    todo = []
+    for name in names:
+        ident, _ = _identify(red_dir, name, hash_new=False)
+        if ident.digest is None and ident.stat_key is not None and hash_new:
+            todo.append(name)
+        found[name] = ident
+    hashed = False
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for ident, new in pool.map(lambda n: _identify(red_dir, n, hash_new=True), todo):
+                found[ident.name] = ident
+                hashed |= new and ident.stat_key not in _UNSETTLED   # worth writing down
+    identities = [found[n] for n in names]
+    cached = read_json(_digest_cache(red_dir)) if not hashed else None
+    if hashed or (cached is not None and set((cached.get("frames") or {})) - set(names)):
+        _save_digest_cache(red_dir, identities)
+    return identities
+
+
+def frame_identity(red_dir: Path, name: str) -> FrameIdentity:
+    """The identity of one frame (from the caches when it is unchanged)."""
+    red_dir = Path(red_dir)
+    ident, _ = _identify(red_dir, name, hash_new=False)
+    if ident.digest is None and ident.stat_key is not None:
+        _load_digest_cache(red_dir)
+        ident, _ = _identify(red_dir, name, hash_new=True)
+    return ident
+
+
+def duplicate_exposures(frames: dict[str, tuple[float | None, str | None]], prefer: list[str] = (),
                         tolerance_s: float = 0.5) -> dict[str, str]:
-    """Frames that are the same exposure as another frame of the dataset: {duplicate: kept}.
+    """{frame: why it is not used} for frames that share their exposure with another.
 
-    Two frames whose mid-exposure times (MJD) agree within `tolerance_s` are one exposure
-    (one camera cannot take two at once): the same file under two names, or the plain
-    and fpack versions of one frame. Of each such group the frame listed first in
-    `prefer` is kept, else the first by name. Frames without a time are never duplicates."""
+    `frames` maps each usable frame to (mid-exposure MJD, content digest). Frames whose
+    mid-exposure times agree within `tolerance_s` claim the same exposure (one camera
+    cannot take two at once). When all of them hold the same bytes, they are one
+    frame under several names: the one listed first in `prefer` (else the first by
+    name) is used, the others are not. When their contents differ, at most one of
+    them can be genuine and nothing tells which (a mislabelled copy has another
+    frame's header time on different pixels): none is used. Frames without a time
+    are never duplicates; a frame without a digest differs from every other."""
     rank = {name: i for i, name in enumerate(prefer)}
-    timed = sorted((t, n) for n, t in mid_mjd.items() if t is not None and math.isfinite(t))
+    timed = sorted((t, n) for n, (t, _) in frames.items() if t is not None and math.isfinite(t))
     groups: list[list[tuple[float, str]]] = []
     for t, n in timed:
         if groups and (t - groups[-1][-1][0]) * 86400.0 <= tolerance_s:
@@ -97,14 +267,25 @@ def duplicate_exposures(mid_mjd: dict[str, float | None], prefer: list[str] = ()
     out = {}
     for group in groups:
         names = sorted((n for _, n in group), key=lambda n: (rank.get(n, len(rank)), n))
-        for n in names[1:]:
-            out[n] = names[0]
+        if len(names) < 2:
+            continue
+        digests = {frames[n][1] for n in names}
+        if len(digests) == 1 and None not in digests:
+            for n in names[1:]:
+                out[n] = f"the same exposure as {shown(names[0])} (identical content): not used twice"
+            continue
+        for n in names:
+            others = ", ".join(shown(o) for o in names if o != n)
+            out[n] = (f"the same exposure time as {others} but different content: at most one can be genuine "
+                      "and nothing tells which (a mislabelled copy?), so none is used")
     return out
 
 
-def fingerprint(cfg: ReductionConfig, frames: list[tuple[str, int, int]]) -> str:
-    """What a finished reduction was made from: configuration, frames, pipeline schema."""
-    text = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.fingerprint_key(), "frames": frames})
+def fingerprint(cfg: ReductionConfig, frames: list[FrameIdentity] | list[tuple[str, str | None]]) -> str:
+    """What a finished reduction was made from: configuration, frames (name and content
+    digest), pipeline schema."""
+    pairs = sorted((f.name, f.digest) if isinstance(f, FrameIdentity) else (f[0], f[1]) for f in frames)
+    text = json.dumps({"schema": SCHEMA_VERSION, "config": cfg.fingerprint_key(), "frames": pairs})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -117,11 +298,33 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+class UnsafePath(RuntimeError):
+    """A file the pipeline was about to write lies outside the directory it belongs
+    to (a name made of outside values that escaped): nothing is written."""
+
+
+def check_inside(path: Path, root: Path) -> Path:
+    """`path` with its directory resolved (symbolic links followed), when it lies inside
+    `root` (resolved likewise) and its own name is an ordinary file name; else
+    :class:`UnsafePath`. Every file of red_dir is checked here before it is written:
+    a name made of outside values cannot lead out, nor can a symbolic link planted
+    in red_dir (``photometry -> elsewhere``): nothing is written through it."""
+    path, root = Path(path), Path(root).resolve()
+    name = path.name
+    if name in ("", ".", "..") or "\0" in str(path):
+        raise UnsafePath(f"{shown(str(path))}: not a file name; refusing to write it")
+    parent = path.parent.resolve()
+    if parent != root and not parent.is_relative_to(root):
+        raise UnsafePath(f"{shown(str(path))}: lies outside {root}; refusing to write it")
+    return parent / name
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, *, inside: Path):
     """Yield a hidden temporary path beside `path` (same extension); on success it is
-    flushed to disk and renamed to `path`, on error removed."""
-    path = Path(path)
+    flushed to disk and renamed to `path`, on error removed. `path` must lie inside
+    the directory `inside` (:func:`check_inside`), else nothing is written."""
+    path = check_inside(path, inside)
     tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,10 +392,12 @@ def _failed_file(exc: OSError, tmps: dict[str, Path], paths: dict[str, Path]) ->
 
 
 @contextlib.contextmanager
-def atomic_paths(paths: dict[str, Path]):
+def atomic_paths(paths: dict[str, Path], *, inside: Path):
     """Like atomic_path for several files: yields {name: temporary path}; on success
     all are renamed into place in the order given (put the file whose existence marks
-    completion last), on error all temporaries are removed."""
+    completion last), on error all temporaries are removed. Every path must lie inside
+    `inside`, else nothing is written."""
+    paths = {k: check_inside(p, inside) for k, p in paths.items()}
     tmps = {}
     try:
         for k, p in paths.items():
@@ -218,18 +423,28 @@ def atomic_paths(paths: dict[str, Path]):
         raise
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
+def write_json_atomic(path: Path, data: dict, *, inside: Path) -> None:
+    with atomic_path(path, inside=inside) as tmp:
         with open(tmp, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True, default=str)
             fh.write("\n")
 
 
+def is_inside(path: Path, root: Path) -> bool:
+    """True when `path` (symbolic links resolved) is `root` or lies inside it."""
+    try:
+        check_inside(Path(path) / "x", root)
+        return True
+    except UnsafePath:
+        return False
+
+
 def remove_stale_temporaries(red_dir: Path) -> int:
-    """Remove temporary files left by crashed runs (only call while holding the lock)."""
+    """Remove temporary files left by crashed runs (only call while holding the lock).
+    Directories that a symbolic link leads out of red_dir are left alone."""
     n = 0
     for d in (red_dir, red_dir / PRODUCTS_DIR, *(red_dir / PRODUCTS_DIR / "frames").glob("*")):
-        if not d.is_dir():
+        if not d.is_dir() or not is_inside(d, red_dir):
             continue
         for p in d.iterdir():
             if p.name.startswith(_TMP_PREFIX) or (p.name.startswith(".dataset.lock.") and d == red_dir):
@@ -245,7 +460,8 @@ class _LogFile(logging.FileHandler):
     would raise from the logging call, or print a traceback for every message."""
 
     def __init__(self, path: Path):
-        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        # a frame's name may hold anything a file name can: never a reason to lose a line
+        super().__init__(path, mode="a", encoding="utf-8", delay=True, errors="backslashreplace")
         self._pid = os.getpid()
         self.reported = False
 

@@ -13,10 +13,12 @@ configured group:
               ``data_reduction_dir`` a line (blank lines and ``#`` comments ignored).
 
 Frame dates come from what an earlier reduction recorded
-(``reduction_record.json``: ``frames{name: {mjd}}``) for frames not modified
-since; other frames' headers are read once and their dates kept in
-``log_dir/frame_dates.json`` keyed by (size, mtime), so a date selection over
-a large tree does not reopen every FITS file on every run.
+(``reduction_record.json``: ``frames{name: {mjd, digest}}``) for frames whose
+content is still the one recorded (their digest, known without reading them
+from the dataset's digest cache); other frames' headers are read once and
+their dates kept in ``log_dir/frame_dates.json`` keyed by (device, inode,
+size, mtime, ctime), so a date selection over a large tree does not reopen
+every FITS file on every run, and a frame replaced by another is read again.
 
 Every path is resolved (symlinks included) and refused when it leads outside
 ``data_reduction_dir``. What cannot be used is reported as a one-line
@@ -40,7 +42,7 @@ from typing import Iterable, Iterator
 
 from . import lock
 from .config import REDUCTION_CONFIG_NAME, CameraConfig, ConfigError, ManagerConfig, load_reduction_config
-from .dataset import RECORD_NAME, frame_stats, read_json, write_json_atomic
+from .dataset import RECORD_NAME, WriteError, frame_identities, read_json, write_json_atomic
 from .photometry.frames import FrameError, read_frame_info
 
 __all__ = ["MANAGER_LOG_NAME", "FRAME_DATES_NAME", "RUNS_DIR", "Dataset", "Selection", "Outcome",
@@ -234,10 +236,11 @@ class FrameDates:
     """Mid-exposure MJDs (UTC) of a dataset's frames, reading as few headers as possible.
 
     A frame's date comes, in this order, from the dataset's reduction_record.json
-    when the frame has not been modified since the record was written; from the
-    cache file (``log_dir/frame_dates.json``) when its size and mtime match; else
-    from its header (read once, then cached; a frame whose header gives no time is
-    cached as undated). ``headers_read`` counts the headers opened.
+    when the frame's content is the one recorded there (same digest); from the
+    cache file (``log_dir/frame_dates.json``) when its (device, inode, size, mtime,
+    ctime) match; else from its header (read once, then cached; a frame whose
+    header gives no time is cached as undated). ``headers_read`` counts the
+    headers opened. No frame is read for its content here.
     """
 
     def __init__(self, cache_path: Path | None):
@@ -245,34 +248,32 @@ class FrameDates:
         self.headers_read = 0
         self._changed = False
         data = read_json(cache_path) if cache_path is not None else None
-        self._cache: dict[str, dict[str, list]] = data.get("datasets", {}) if data else {}
+        self._cache: dict[str, dict[str, list]] = \
+            data.get("datasets", {}) if data and data.get("version") == 2 else {}
 
     def mjds(self, red_dir: Path) -> Iterator[float]:
         """Yield the dataset's frame MJDs: known ones first, then by reading headers
         (stop iterating early and the remaining headers are never opened)."""
-        stats = frame_stats(red_dir)
+        frames = frame_identities(red_dir, hash_new=False)
         record = read_json(red_dir / RECORD_NAME) or {}
         recorded = record.get("frames") if isinstance(record.get("frames"), dict) else {}
-        try:
-            record_mtime = (red_dir / RECORD_NAME).stat().st_mtime_ns
-        except OSError:
-            record_mtime = -1
         cached = self._cache.get(str(red_dir), {})
         unknown = []
-        for name, size, mtime in stats:
-            entry = recorded.get(name)
+        for frame in frames:
+            entry = recorded.get(frame.name)
             mjd = entry.get("mjd") if isinstance(entry, dict) else None
-            if isinstance(mjd, (int, float)) and mtime <= record_mtime:
+            if isinstance(mjd, (int, float)) and frame.readable and entry.get("digest") == frame.digest:
                 yield float(mjd)
                 continue
-            hit = cached.get(name)
-            if isinstance(hit, list) and len(hit) == 3 and hit[0] == size and hit[1] == mtime:
-                if hit[2] is not None:
-                    yield float(hit[2])
+            key = list(frame.stat_key) if frame.stat_key is not None else None
+            hit = cached.get(frame.name)
+            if key is not None and isinstance(hit, list) and len(hit) == 6 and hit[:5] == key:
+                if hit[5] is not None:
+                    yield float(hit[5])
                 continue
-            unknown.append((name, size, mtime))
+            unknown.append((frame.name, key))
         camera = None
-        for name, size, mtime in unknown:
+        for name, key in unknown:
             if camera is None:
                 camera = _camera(red_dir)
             self.headers_read += 1
@@ -280,8 +281,9 @@ class FrameDates:
                 mjd = read_frame_info(red_dir / name, camera).mjd_mid
             except FrameError:
                 mjd = None
-            self._cache.setdefault(str(red_dir), {})[name] = [size, mtime, mjd]
-            self._changed = True
+            if key is not None:
+                self._cache.setdefault(str(red_dir), {})[name] = [*key, mjd]
+                self._changed = True
             if mjd is not None:
                 yield mjd
 
@@ -292,8 +294,8 @@ class FrameDates:
             return
         live = {k: v for k, v in self._cache.items() if Path(k).is_dir()}
         try:
-            write_json_atomic(self.cache_path, {"version": 1, "datasets": live})
-        except OSError:
+            write_json_atomic(self.cache_path, {"version": 2, "datasets": live}, inside=self.cache_path.parent)
+        except (OSError, WriteError):
             pass  # a cache: reading the headers again next time is the only cost
         self._changed = False
 

@@ -206,6 +206,9 @@ class SyntheticConfig:
     target_mag_baseline: float = 17.0  # total (source + blend) at baseline
     event_blend_fraction: float = 0.3  # Fb / (Fs + Fb) at baseline
     event_t0_mjd: float | None = None  # None: half a day after the last exposure
+    # t0 at this fraction of the observed span (0: first exposure, 1: last) when
+    # event_t0_mjd is None: 0.5 shows the whole event (baseline, rise, peak, fall)
+    event_t0_span_fraction: float | None = None
     event_tE_days: float = 15.0
     event_u0: float = 0.1
     target_isolation_arcsec: float | None = 3.0  # drop stars brighter than target+3 mag within this
@@ -821,6 +824,9 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
     # --- the event
     mid_last = times[-1] / _MS_PER_DAY + cfg.exptime_s / 2 / 86400.0
     t0 = cfg.event_t0_mjd if cfg.event_t0_mjd is not None else mid_last + 0.5
+    if cfg.event_t0_mjd is None and cfg.event_t0_span_fraction is not None:
+        mid_first = times[0] / _MS_PER_DAY + cfg.exptime_s / 2 / 86400.0
+        t0 = mid_first + cfg.event_t0_span_fraction * (mid_last - mid_first)
     f_base = float(_mag_to_flux(cfg.target_mag_baseline, cfg.zero_point_mag))
     f_blend = cfg.event_blend_fraction * f_base
     f_source = f_base - f_blend
@@ -1565,6 +1571,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blend-fraction", type=float)
     p.add_argument("--t0-mjd", type=float)
     p.add_argument("--tE-days", type=float)
+    p.add_argument("--t0-span-fraction", type=float,
+                   help="without --t0-mjd: the event's peak at this fraction of the observed span "
+                        "(0 first frame, 1 last; 0.5 shows baseline, rise, peak and fall)")
     p.add_argument("--u0", type=float)
     p.add_argument("--target-isolation-arcsec", type=_none_or(float), default=argparse.SUPPRESS,
                    help="drop stars brighter than target+3 mag within this radius, or 'none'")
@@ -1585,6 +1594,7 @@ _CLI_FIELDS = {
     "n_saturated": "n_saturated", "cosmic_rate": "cosmic_rays_per_mpix_per_s", "target_name": "target_name",
     "target_mag": "target_mag_baseline", "blend_fraction": "event_blend_fraction", "t0_mjd": "event_t0_mjd",
     "tE_days": "event_tE_days", "u0": "event_u0", "target_neighbour": "target_neighbour",
+    "t0_span_fraction": "event_t0_span_fraction",
 }
 
 

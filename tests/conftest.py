@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LUIGI = BIN / "luigi"
 
+#: Beside the reduced template: the console output of its reduction.
+CONSOLE_NAME = "reduce_console.txt"
+
 #: The standard small dataset of the suite: crowded 768x768 field, 14 frames, a
 #: microlensing event on the target, LCO-like headers, plain and fpack frames mixed.
 SMALL = SyntheticConfig(seed=11, n_frames=14, shape=(768, 768), n_stars=1800, compress="mixed", n_nights=5)
@@ -66,6 +69,7 @@ def reduced_template(small_dataset_template, tmp_path_factory) -> Path:
     red = copy_dataset(small_dataset_template, tmp_path_factory.mktemp("reduced") / "ip")
     done = reduce_dataset(red, "--workers", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (red.parent / CONSOLE_NAME).write_text(done.stdout + done.stderr)  # what the user saw (test_first_hour)
     return red
 
 

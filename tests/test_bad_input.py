@@ -280,7 +280,8 @@ def test_unreadable_frame_is_rejected_for_this_run_only_and_measured_once_readab
     assert rerun.returncode == 0, console(rerun)[-4000:]
     assert measured_in_run(dataset, 2) == [frame]
     after = measurement_files(dataset)
-    assert all(after[n] == ident for n, ident in done_before.items() if n != f"{frame}.phot.fits")
+    # (measurement files are named <frame>.<digest of name and content>.phot.fits)
+    assert all(after[n] == ident for n, ident in done_before.items() if not n.startswith(f"{frame}."))
     lc = Table.read(dataset / LC, format="ascii.ecsv")
     assert set(lc["image"]) == set(good_frames(dataset))
     row = lc[lc["image"] == frame]
@@ -374,6 +375,21 @@ def test_dataset_without_a_usable_frame_fails_saying_so(dataset):
     assert not (dataset / "reduction_record.json").exists() and not (dataset / "dataset.lock").exists()
 
 
+def test_frames_that_all_fail_the_calibration_fail_the_dataset(dataset):
+    """Two good frames cannot be calibrated (a comparison star needs three points): no
+    point of the light curve would be usable. The dataset fails (exit 30) saying why, in
+    one line; no light curve is written, nothing is recorded as reduced."""
+    for name in good_frames(dataset)[2:]:
+        (dataset / name).unlink()
+    proc = reduce_dataset(dataset, timeout=120)
+    assert proc.returncode == 30, console(proc)[-3000:]
+    assert_no_traceback(proc)
+    failed = [ln for ln in console(proc).splitlines() if "no usable frame among the 2 frames: " in ln]
+    assert failed and "calibration failed: it needs at least 3 measured frames (2 measured)" in failed[-1], \
+        console(proc)[-3000:]
+    assert not (dataset / LC).exists() and not (dataset / "reduction_record.json").exists()
+
+
 def test_dataset_without_any_frame_fails_saying_so(dataset):
     for name in good_frames(dataset):
         (dataset / name).unlink()
@@ -405,6 +421,10 @@ CONFIG_CASES = {
     "python_tag": (lambda t: t.replace("aperture_arcsec: 2.0",
                                        "aperture_arcsec: !!python/object/apply:os.system ['touch EVALUATED']"),
                    "reduction_config.yaml: not valid YAML at line"),
+    "duplicate_key": (lambda t: t.replace("aperture_arcsec: 2.0", "aperture_arcsec: 2.0\n  aperture_arcsec: 9.0"),
+                      "(duplicate key 'aperture_arcsec': each key may be given once)"),
+    "target_too_long": (lambda t: _set_line(t, "name:", "  name: '" + "T" * 300 + "'"),
+                        "is longer than 100 characters: it becomes part of file names"),
 }
 
 

@@ -359,3 +359,83 @@ def test_tom_credentials_never_appear_in_errors(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_tom_config(path)
     assert "hunter2" not in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# Misspelled keys: the message names the key as typed and the key meant
+# --------------------------------------------------------------------------
+
+#: One keystroke wrong: a letter typed twice, a letter left out (keys of three letters
+#: or more; 'RA' without a letter is no longer recognisably 'RA').
+TYPOS = {"doubled": lambda key: key + key[-1], "dropped": lambda key: key[:1] + key[2:]}
+
+
+def _documents(workdir: Path) -> dict:
+    return {"reduction": (load_reduction_config, reduction_doc(workdir / "tom_config.yaml")),
+            "tom": (load_tom_config, TOM_DOC), "manager": (load_manager_config, manager_doc(workdir))}
+
+
+def _renamed(doc: dict, key_path: tuple, new_name: str) -> dict:
+    doc = copy.deepcopy(doc)
+    parent = doc
+    for k in key_path[:-1]:
+        parent = parent[k]
+    parent[new_name] = parent.pop(key_path[-1])
+    return doc
+
+
+@pytest.mark.parametrize("typo", sorted(TYPOS))
+@pytest.mark.parametrize("which", ["reduction", "tom", "manager"])
+def test_every_misspelled_key_is_named_with_the_key_meant(workdir, which, typo):
+    """Required or optional, section or value, at any depth: a key misspelled by one
+    keystroke is reported as the unknown key the user typed, with the key meant."""
+    loader, base = _documents(workdir)[which]
+    path = workdir / f"typo_{which}.yaml"
+    checked = 0
+    for key_path in _paths(base):
+        name = key_path[-1]
+        if typo == "dropped" and len(name) < 3:
+            continue
+        wrong = TYPOS[typo](name)
+        path.write_text(_dump(_renamed(base, key_path, wrong)))
+        with pytest.raises(ConfigError) as err:
+            loader(path)
+        typed, meant = ".".join(key_path[:-1] + (wrong,)), ".".join(key_path)
+        assert str(err.value) == f"{path}: unknown key {typed} (did you mean {meant}?)"
+        checked += 1
+    assert checked >= 5
+
+
+def test_a_missing_key_with_no_look_alike_is_reported_missing_and_an_unknown_one_lists_the_keys(workdir):
+    doc = manager_doc(workdir)
+    del doc["max_parallel"]
+    doc["colour"] = "blue"
+    path = workdir / "manager_missing.yaml"
+    path.write_text(_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_manager_config(path)
+    assert str(err.value) == f"{path}: missing key max_parallel"
+    doc["max_parallel"] = 2
+    path.write_text(_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_manager_config(path)
+    assert str(err.value) == (f"{path}: unknown key colour (known keys here: data_reduction_dir, dataset_selection, "
+                              "instrument_list, log_dir, max_parallel, software_dir)")
+
+
+def test_distinct_keys_of_a_section_are_never_taken_for_each_others_typos(workdir):
+    """A missing required key is reported as a typo of an unknown key that resembles
+    it (TYPO_CUTOFF); no two real keys of one section may be that alike."""
+    from difflib import SequenceMatcher
+
+    from luigi_phot.config import TYPO_CUTOFF
+
+    # keys the valid documents leave out; the three files' top levels are checked together
+    sections: dict[tuple, set] = {("photometry",): {"catalogue_file", "catalogue_mag_column"}, (): {"api_token"}}
+    for _, base in _documents(workdir).values():
+        for key_path in _paths(base):
+            sections.setdefault(key_path[:-1], set()).add(key_path[-1].lower())
+    for prefix, keys in sections.items():
+        for a in keys:
+            for b in keys - {a}:
+                assert SequenceMatcher(None, a, b).ratio() < TYPO_CUTOFF, (prefix, a, b)

@@ -293,9 +293,17 @@ def count_header_reads(monkeypatch):
 
 
 def write_record(red: Path, mjds: dict[str, float | None]) -> None:
-    """A reduction_record.json as ReleaseLock writes it (only the fields the manager reads)."""
+    """A reduction_record.json as ReleaseLock writes it (only the fields the manager reads),
+    with the frames' content digests, known from then on (a reduction caches them)."""
+    from luigi_phot import dataset
+
+    settle, dataset._SETTLE_NS = dataset._SETTLE_NS, -1   # frames written a moment ago
+    try:
+        digests = {f.name: f.digest for f in dataset.frame_identities(red)}
+    finally:
+        dataset._SETTLE_NS = settle
     (red / RECORD_NAME).write_text(json.dumps({"run_id": "earlier", "frames": {
-        name: {"mjd": mjd, "rejected": None} for name, mjd in mjds.items()}}))
+        name: {"mjd": mjd, "rejected": None, "digest": digests.get(name)} for name, mjd in mjds.items()}}))
 
 
 def test_dates_come_from_the_reduction_record_without_opening_frames(tree, tmp_path, count_header_reads):
@@ -321,9 +329,13 @@ def test_dates_come_from_the_reduction_record_without_opening_frames(tree, tmp_p
         61103.208333 + 60 / 86400.0)
     assert count_header_reads == [new.name]
 
-    # A recorded frame modified after the record was written is read again.
-    later = (red / RECORD_NAME).stat().st_mtime_ns + 10**9
-    os.utime(red / frames[1], ns=(later, later))
+    # A recorded frame given other content (its times set back, as cp -p does) is read again.
+    st = (red / frames[1]).stat()
+    with fits.open(red / frames[1]) as hdul:
+        hdul = fits.HDUList([h.copy() for h in hdul])
+    hdul["SCI"].header["OBJECT"] = "other"
+    hdul.writeto(red / frames[1], overwrite=True)
+    os.utime(red / frames[1], ns=(st.st_atime_ns, st.st_mtime_ns))
     list(FrameDates(tmp_path / "frame_dates.json").mjds(red.resolve()))
     assert count_header_reads == [new.name, frames[1]]
 

@@ -84,7 +84,7 @@ def test_alignment_residuals_under_a_tenth_of_a_pixel_with_jitter_and_rotation(i
     row = int(np.flatnonzero(cat["is_target"])[0])
     dxy = []
     for r in truth:
-        phot = fits.getdata(next((isolated / "photometry" / "frames").glob(f"*/{r['image']}.phot.fits")), "PHOT")
+        phot = fits.getdata(next((isolated / "photometry" / "frames").glob(f"*/{r['image']}.*.phot.fits")), "PHOT")
         dxy.append((phot["x"][row] - r["target_x_pix"], phot["y"][row] - r["target_y_pix"]))
     dxy = np.array(dxy) - np.median(dxy, axis=0)
     assert np.max(np.hypot(*dxy.T)) <= 0.05, np.round(np.hypot(*dxy.T), 3)

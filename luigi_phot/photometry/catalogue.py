@@ -28,11 +28,12 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
+from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
 from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
                         windowed_centroids)
 from .aperture import repair_pixels
-from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, read_frame_info
+from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, mask_defective_lines, read_frame_info
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
@@ -65,6 +66,12 @@ class Catalogue:
     warnings: list[str] = field(default_factory=list)
     #: header cards of the astrometry and the target identification (ASTxxx, TGTxxx)
     facts: dict = field(default_factory=dict)
+    #: Content digest of the reference frame (a reference replaced by other pixels under
+    #: the same name makes the catalogue stale).
+    reference_digest: str = ""
+    #: Magnitude offset added to the default zero point so that magnitudes stay on the
+    #: scale of the first reference after the reference changed (see reference_change.py).
+    zp_offset: float = 0.0
 
     @property
     def target_index(self) -> int:
@@ -92,7 +99,6 @@ class Catalogue:
         hdr["CATFMT"] = (CATALOGUE_FORMAT, "luigi_phot catalogue format")
         hdr["CATID"] = (self.catalogue_id, "unique id of this catalogue build")
         hdr["CATKEY"] = (self.key, "configuration key the catalogue was built for")
-        hdr["REFIMAGE"] = (self.reference_image, "reference frame")
         hdr["REFNY"], hdr["REFNX"] = self.shape
         hdr["PIXSCALE"] = (self.pixel_scale_arcsec, "reference pixel scale [arcsec/pix]")
         hdr["FILTER"] = (self.filter_name, "dataset filter")
@@ -100,10 +106,13 @@ class Catalogue:
         hdr["MJDMID"] = (self.mjd_mid, "reference mid-exposure MJD (UTC)")
         hdr["SKY_E"] = (self.sky_e, "reference sky [e-/pix]")
         hdr["TARGIDX"] = (self.target_index, "row of the target")
+        hdr["REFDIGST"] = (self.reference_digest, "sha256 of the reference")
+        hdr["ZPOFFSET"] = (self.zp_offset, "[mag] added to the default zero point")
+        hdr.update(name_cards(self.reference_image, "REFIMAGE", "REFIMHEX", "reference frame"))
         for k, v in self.psf.to_header().items():
             hdr[k] = v
         for note in self.notes:
-            hdr.add_history(note[:70])
+            hdr.add_history(shown_ascii(note)[:70])   # a file name in a note may be anything
         for k, v in self.facts.items():
             hdr[k] = v
         hdr.update(self.wcs_header)
@@ -118,11 +127,13 @@ class Catalogue:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wcs_header = WCS(hdr, naxis=2).to_header(relax=True)
-        return cls(stars=stars, reference_image=hdr["REFIMAGE"], shape=(hdr["REFNY"], hdr["REFNX"]),
+        return cls(stars=stars, reference_image=name_from_header(hdr, "REFIMAGE", "REFIMHEX"),
+                   shape=(hdr["REFNY"], hdr["REFNX"]),
                    wcs_header=wcs_header, pixel_scale_arcsec=hdr["PIXSCALE"], filter_name=hdr["FILTER"],
                    psf=MoffatPSF.from_header(hdr), exptime_s=hdr["EXPTIME"], mjd_mid=hdr["MJDMID"],
                    sky_e=hdr["SKY_E"], catalogue_id=hdr["CATID"], key=hdr["CATKEY"],
-                   notes=[str(h) for h in hdr.get("HISTORY", [])],
+                   notes=[str(h) for h in hdr.get("HISTORY", [])], reference_digest=str(hdr.get("REFDIGST", "")),
+                   zp_offset=float(hdr.get("ZPOFFSET", 0.0)),
                    facts={k: (hdr[k], hdr.comments[k]) for k in hdr if k.startswith(("AST", "TGT"))})
 
 
@@ -161,6 +172,8 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
             if bpm.shape == crop.shape and np.issubdtype(bpm.dtype, np.integer):
                 flags[bpm != 0] = 1
     flags[~np.isfinite(crop)] = 1
+    if info.bpm_hdu is None:
+        mask_defective_lines(crop, flags)   # a hot column would pass for a line of sharp stars
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))

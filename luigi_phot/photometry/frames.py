@@ -12,9 +12,11 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..config import CameraConfig
+from ..names import shown
 
 __all__ = [
     "FrameError",
@@ -39,6 +42,7 @@ __all__ = [
     "list_frames",
     "read_frame_info",
     "load_frame",
+    "mask_defective_lines",
     "LCO_SITES",
     "DEFAULT_GAIN_E_PER_ADU",
     "DEFAULT_READ_NOISE_E",
@@ -80,7 +84,7 @@ class FrameError(Exception):
     def __init__(self, path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{Path(path).name}: {problem}")
+        super().__init__(f"{shown(Path(path).name)}: {problem}")
 
 
 def is_frame_name(name: str) -> bool:
@@ -89,13 +93,22 @@ def is_frame_name(name: str) -> bool:
 
 
 def list_frames(red_dir: Path) -> list[Path]:
-    """Frames of a dataset: files in red_dir (not in its subdirectories) with a FITS suffix,
-    sorted by name. Our own products live in subdirectories, so they are never listed."""
+    """Frames of a dataset: entries of red_dir (not of its subdirectories) with a FITS
+    suffix that are not directories, sorted by name. Our own products live in
+    subdirectories, so they are never listed. An entry that cannot be followed (a
+    symbolic link loop, a broken link) or is not a regular file is listed all the
+    same: reading it then rejects that frame with the reason."""
     out = []
     with os.scandir(red_dir) as it:
         for entry in it:
-            if is_frame_name(entry.name) and entry.is_file():
-                out.append(Path(entry.path))
+            if not is_frame_name(entry.name):
+                continue
+            try:
+                if entry.is_dir():
+                    continue
+            except OSError:   # a symbolic link loop: a frame that will be rejected
+                pass
+            out.append(Path(entry.path))
     return sorted(out)
 
 
@@ -155,11 +168,19 @@ class Frame:
 def _open(path: Path):
     """Open read-only; turn every way a file can be broken into a FrameError."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
-        raise FrameError(path, "file not found") from None
+        broken = os.path.islink(path)
+        raise FrameError(path, "a broken symbolic link (its target does not exist)" if broken
+                         else "file not found") from None
     except PermissionError:
         raise FrameError(path, "cannot be read (permission denied)") from None
+    except OSError as exc:   # a symbolic link loop, a name too long, an I/O error
+        what = "a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror or exc})"
+        raise FrameError(path, what) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise FrameError(path, "not a regular file (a FIFO, socket or device named like a frame)")
+    size = st.st_size
     if size == 0:
         raise FrameError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
@@ -197,7 +218,25 @@ def _image_hdu_index(path: Path, hdul) -> int:
     for i, h in enumerate(hdul):
         if _is_image(h):
             return i
+    if _is_gzip(path) and not _gzip_intact(path):
+        # astropy stops at the end of what decompresses: a cut .gz looks like a file
+        # with fewer HDUs, which is not what is wrong with it
+        raise FrameError(path, "not a readable FITS file (a truncated or corrupt gzip file)")
     raise FrameError(path, "no 2-D image in the file (only tables or empty HDUs)")
+
+
+def _gzip_intact(path: Path) -> bool:
+    """True when the gzip file decompresses to its end (its stream is complete)."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 def _is_image(hdu) -> bool:
@@ -275,8 +314,16 @@ def _angle(value) -> float | None:
         return None
 
 
-def _time_of(path: Path, header) -> float:
-    """MJD (UTC) of the exposure start."""
+#: Exposure starts accepted (MJD of 1990-01-01 and 2100-01-01): outside, a clock or header is wrong.
+MJD_EARLIEST, MJD_LATEST = 47892.0, 88069.0
+#: Longest exposure accepted (s): beyond a day, EXPTIME is not an exposure time.
+MAX_EXPTIME_S = 1e5
+
+
+def _time_of(path: Path, header, exptime_s: float) -> float:
+    """MJD (UTC) of the exposure start. DATE-OBS and MJD-OBS, when both are given, must
+    agree within the exposure (some cameras write the middle of the exposure in one
+    of them; beyond that one of them is wrong and which one cannot be told)."""
     date_obs = header.get("DATE-OBS", header.get("DATE-BEG"))
     mjd_obs = _number(header, "MJD-OBS", "MJD-BEG")
     t_date = None
@@ -293,19 +340,39 @@ def _time_of(path: Path, header) -> float:
                 t_date = Time(text, format="isot", scale="utc").mjd
             except ValueError:
                 t_date = None
-    if t_date is not None and mjd_obs is not None and abs(t_date - mjd_obs) * 86400 > 2.0:
-        # two start times that disagree: the ISO string keeps the better precision,
-        # but a grossly wrong MJD-OBS means the header cannot be trusted.
-        if abs(t_date - mjd_obs) > 1.0:
-            raise FrameError(path, f"DATE-OBS ({date_obs}) and MJD-OBS ({mjd_obs}) disagree by "
-                                   f"{abs(t_date - mjd_obs):.2f} days")
-    if t_date is not None:
-        return t_date
-    if mjd_obs is not None and 15000.0 < mjd_obs < 100000.0:
-        return mjd_obs
-    if date_obs is not None or mjd_obs is not None:
-        raise FrameError(path, f"exposure start time unreadable (DATE-OBS={date_obs!r}, MJD-OBS={mjd_obs!r})")
-    raise FrameError(path, "no exposure start time (no DATE-OBS or MJD-OBS keyword)")
+    if t_date is not None and mjd_obs is not None:
+        apart_s = abs(t_date - mjd_obs) * 86400.0
+        if apart_s > max(exptime_s, 2.0):
+            raise FrameError(path, f"DATE-OBS ({date_obs}) and MJD-OBS ({mjd_obs}) disagree by {_duration(apart_s)}, "
+                                   f"more than the exposure ({exptime_s:g} s): the header time cannot be trusted")
+    start = t_date if t_date is not None else mjd_obs
+    if start is None:
+        if date_obs is not None:
+            raise FrameError(path, f"exposure start time unreadable (DATE-OBS={date_obs!r}, MJD-OBS={mjd_obs!r})")
+        raise FrameError(path, "no exposure start time (no DATE-OBS or MJD-OBS keyword)")
+    if not MJD_EARLIEST <= start <= MJD_LATEST:
+        given = f"DATE-OBS={date_obs!r}" if t_date is not None else f"MJD-OBS={mjd_obs!r}"
+        raise FrameError(path, f"exposure start ({_short(given, 60)}) is outside the years 1990 to 2100: "
+                               "a wrong clock or header")
+    return start
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400 * 2:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds:.0f} s"
+
+
+def _exposure_time(path: Path, header) -> float:
+    exptime = _number(header, "EXPTIME", "EXPOSURE", "ITIME", "EXP_TIME")
+    if exptime is None:
+        raise FrameError(path, "no exposure time (no EXPTIME or EXPOSURE keyword)")
+    if not 0.0 < exptime <= MAX_EXPTIME_S:
+        raise FrameError(path, f"exposure time EXPTIME={exptime:g} s is not usable (it must be more than 0 "
+                               f"and at most {MAX_EXPTIME_S:g} s)")
+    return exptime
 
 
 def _filter_of(header, camera: CameraConfig) -> str | None:
@@ -334,20 +401,29 @@ def _site_of(header, camera: CameraConfig):
             lat = _angle(header[lat_key])
             lon = _angle(header[lon_key])
             height = _number(header, h_key, "HEIGHT", "SITEELEV", "SITEALT") or 0.0
-            if lat is not None and lon is not None and -90 <= lat <= 90:
+            if lat is not None and lon is not None and _plausible_site(lat, lon, height):
                 return (lat, lon, height)
     if all(k in header for k in ("OBSGEO-X", "OBSGEO-Y", "OBSGEO-Z")):
         from astropy.coordinates import EarthLocation
         import astropy.units as u
         try:
             loc = EarthLocation.from_geocentric(header["OBSGEO-X"], header["OBSGEO-Y"], header["OBSGEO-Z"], unit=u.m)
-            return (loc.lat.deg, loc.lon.deg, loc.height.to_value(u.m))
+            site = (float(loc.lat.deg), float(loc.lon.deg), float(loc.height.to_value(u.m)))
+            if _plausible_site(*site):
+                return site
         except Exception:
             pass
     site = str(header.get("SITEID", "")).strip().lower()
     if site in LCO_SITES:
         return LCO_SITES[site]
     return camera.site
+
+
+def _plausible_site(lat: float, lon: float, height_m: float) -> bool:
+    """A place on the Earth's surface (a header value beyond that would make the
+    barycentric correction of the whole dataset fail)."""
+    return all(map(math.isfinite, (lat, lon, height_m))) and -90 <= lat <= 90 and -360 <= lon <= 360 \
+        and -1000.0 <= height_m <= 10000.0
 
 
 def _wcs_of(header):
@@ -361,7 +437,8 @@ def _wcs_of(header):
         if not w.has_celestial:
             return None, None
         w = w.celestial
-        scales = w.proj_plane_pixel_scales()
+        with np.errstate(over="ignore", invalid="ignore"):  # an absurd CD matrix: refused just below
+            scales = w.proj_plane_pixel_scales()
         scale = float(np.sqrt(abs(scales[0].to_value("deg") * scales[1].to_value("deg")))) * 3600.0
         if not (math.isfinite(scale) and 1e-3 < scale < 3600.0):
             return None, None
@@ -419,12 +496,8 @@ def _read_frame_info(path: Path, camera: CameraConfig, hdul) -> FrameInfo:
         if own:
             hdul.close()
     notes: list[str] = []
-    mjd_start = _time_of(path, header)
-    exptime = _number(header, "EXPTIME", "EXPOSURE", "ITIME", "EXP_TIME")
-    if exptime is None:
-        raise FrameError(path, "no exposure time (no EXPTIME or EXPOSURE keyword)")
-    if exptime < 0:
-        raise FrameError(path, f"negative exposure time EXPTIME={exptime}")
+    exptime = _exposure_time(path, header)
+    mjd_start = _time_of(path, header, exptime)
     filter_name = _filter_of(header, camera)
     if filter_name is None:
         raise FrameError(path, "no filter (no FILTER keyword; set camera.filter_name to assume one)")
@@ -551,10 +624,13 @@ def _useful_err_plane(path: Path, hdul, info: FrameInfo, data: np.ndarray, flags
     # a band of rows across the middle: one contiguous read (compressed: its tiles only)
     ny = data.shape[0]
     rows = slice(max(0, ny // 2 - max(16, 250_000 // data.shape[1] // 2)), min(ny, ny // 2 + max(16, 250_000 // data.shape[1] // 2)))
-    try:
-        sample = np.asarray(hdu.section[rows, :], dtype=np.float64) * info.to_electrons
-    except Exception:
-        sample = _read_plane(path, hdu, "ERR")[rows].astype(np.float64) * info.to_electrons
+    # a corrupt plane may hold signalling NaNs, which raise 'invalid' when widened; they
+    # are non-finite like any NaN and left out below
+    with np.errstate(invalid="ignore"):
+        try:
+            sample = np.asarray(hdu.section[rows, :], dtype=np.float64) * info.to_electrons
+        except Exception:
+            sample = _read_plane(path, hdu, "ERR")[rows].astype(np.float64) * info.to_electrons
     ok = (flags[rows] == 0) & np.isfinite(sample)
     if ok.sum() < 100:
         return None
@@ -577,6 +653,56 @@ def _useful_err_plane(path: Path, hdul, info: FrameInfo, data: np.ndarray, flags
 def _set_flag(flags: np.ndarray, where: np.ndarray, bit: np.uint8) -> None:
     """flags |= bit where `where` (a boolean image), without a boolean-index pass."""
     np.bitwise_or(flags, where.view(np.uint8) * np.uint8(bit), out=flags)
+
+
+def _line_outliers(level: np.ndarray, nsigma: float = 8.0, window: int = 9) -> np.ndarray:
+    """Indices of entries of `level` (the median of each column, or row) far from the
+    median of their neighbours: lines brighter or darker than the sky and stars around
+    them can make them."""
+    if level.size < 3 * window:
+        return np.zeros(0, dtype=int)
+    padded = np.pad(level, window // 2, mode="edge")
+    local = np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+    resid = level - local
+    ok = np.isfinite(resid)
+    if ok.sum() < 3 * window:
+        return np.zeros(0, dtype=int)
+    spread = 1.4826 * np.median(np.abs(resid[ok] - np.median(resid[ok])))
+    if not spread > 0:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(ok & (np.abs(resid) > nsigma * spread))
+
+
+def mask_defective_lines(data: np.ndarray, flags: np.ndarray) -> str | None:
+    """For a frame without a bad-pixel mask: flag (PIXEL_BAD) whole columns and rows
+    whose median level stands out from their neighbours' (a hot or dead column), and
+    return a note saying which (None when there is none). Unflagged, a hot column is
+    detected as a line of sharp "stars": they crowd the real ones out of the alignment
+    and make the frame look sharper than it is. Looks at about 512 rows (columns) of
+    the frame; gives up when more than 2% of the lines stand out (structure of the
+    field, not defects)."""
+    ny, nx = data.shape
+    found = []
+    for axis, n, what in ((0, nx, "column"), (1, ny, "row")):
+        step = max(1, (ny if axis == 0 else nx) // 512)
+        sample = data[::step] if axis == 0 else data[:, ::step]
+        usable = flags[::step] == 0 if axis == 0 else flags[:, ::step] == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a line with no usable pixel
+            level = np.nanmedian(np.where(usable, sample, np.nan), axis=axis)
+        lines = _line_outliers(level)
+        if lines.size == 0 or lines.size > 0.02 * n:
+            continue
+        if axis == 0:
+            flags[:, lines] |= PIXEL_BAD
+        else:
+            flags[lines, :] |= PIXEL_BAD
+        where = ", ".join(str(int(v)) for v in lines[:5]) + (", ..." if lines.size > 5 else "")
+        found.append(f"{what}{'s' if lines.size > 1 else ''} {'x' if axis == 0 else 'y'} = {where}")
+    if not found:
+        return None
+    return ("no bad-pixel mask: " + " and ".join(found) + " masked as bad (their level stands out from the "
+            "neighbouring lines)")
 
 
 def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
@@ -604,8 +730,11 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         if info.to_electrons != 1.0:
             data *= np.float32(info.to_electrons)
         flags = np.zeros(data.shape, dtype=np.uint8)
-        # a sum that is finite means every pixel is (one pass instead of a mask)
-        if not np.isfinite(np.sum(data, dtype=np.float64)):
+        # a sum that is finite means every pixel is (one pass instead of a mask); +inf and
+        # -inf pixels together sum to NaN, which is what it should say
+        with np.errstate(invalid="ignore"):
+            all_finite = np.isfinite(np.sum(data, dtype=np.float64))
+        if not all_finite:
             _set_flag(flags, ~np.isfinite(data), PIXEL_BAD)
         if info.bpm_hdu is not None:
             bpm = _read_plane(path, hdul[info.bpm_hdu], "BPM")
@@ -616,6 +745,10 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
                 _set_flag(flags, (bpm & 8) != 0, PIXEL_COSMIC)
             else:
                 info.notes.append(f"BPM extension ignored (shape {bpm.shape} or type {bpm.dtype} unsuitable)")
+        if info.bpm_hdu is None:
+            note = mask_defective_lines(data, flags)
+            if note:
+                info.notes.append(note)
         if info.saturation_e is not None:
             with np.errstate(invalid="ignore"):
                 _set_flag(flags, data >= np.float32(info.saturation_e * 0.999), PIXEL_SATURATED)

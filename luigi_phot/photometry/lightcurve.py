@@ -23,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from ..names import fitting_comment, name_cards, name_from_header, safe_token, shown, shown_ascii
 from . import flags as F
 from .calibration import solve_ensemble
 from .catalogue import Catalogue
@@ -36,13 +37,23 @@ MEASUREMENT_FORMAT = 1
 
 
 def write_measurement(path: Path, columns: dict, header: dict, extra: dict | None = None) -> None:
+    """The per-image table. ``IMAGE`` (the frame's file name) is kept exactly whatever
+    characters it has (:func:`luigi_phot.names.name_cards`); other text values are
+    written as printable ASCII, which is all a FITS header can hold."""
     hdr = fits.Header()
     hdr["MEASFMT"] = (MEASUREMENT_FORMAT, "luigi_phot measurement format")
-    for k, v in {**header, **(extra or {})}.items():
+    cards = {**header, **(extra or {})}
+    image = cards.pop("IMAGE", None)
+    if image is not None:
+        value, comment = image if isinstance(image, tuple) else (image, "frame")
+        cards = {**name_cards(str(value), comment=comment), **cards}
+    for k, v in cards.items():
         value, comment = v if isinstance(v, tuple) else (v, "")
         if isinstance(value, float) and not np.isfinite(value):
             value = "NaN"
-        hdr[k] = (value, comment)
+        elif isinstance(value, str) and k not in ("IMAGE", "IMAGEHEX"):
+            value = shown_ascii(value)
+        hdr[k] = (value, fitting_comment(k, value, comment))
     table = fits.BinTableHDU.from_columns(
         [fits.Column(name=k, array=v, format={"f4": "E", "f8": "D", "i2": "I", "i4": "J", "i8": "K"}[v.dtype.str[1:]])
          for k, v in columns.items()], header=hdr, name="PHOT")
@@ -69,21 +80,31 @@ class MeasurementRecord:
         r = self.header.get("REJECT")
         return None if r is None else str(r)
 
+    @property
+    def digest(self) -> str | None:
+        """Digest of the frame's content that was measured (None in files made before it was kept)."""
+        d = self.header.get("FRAMEDIG")
+        return None if d is None else str(d)
+
 
 def read_measurement(path: Path, columns=("x", "y", "flux", "flux_err", "sky", "neighbour_flux", "flags")) -> MeasurementRecord:
     with fits.open(path, memmap=False) as hdul:
         hdu = hdul["PHOT"]
         hdr = hdu.header.copy()
         if "REJECT" in hdr:
-            return MeasurementRecord(str(hdr.get("IMAGE")), hdr, None)
+            return MeasurementRecord(str(name_from_header(hdr)), hdr, None)
         data = hdu.data
         cols = {c: np.asarray(data[c]) for c in columns if c in data.columns.names}
-    return MeasurementRecord(str(hdr.get("IMAGE")), hdr, cols)
+    return MeasurementRecord(str(name_from_header(hdr)), hdr, cols)
 
 
-def product_names(target_name: str, filter_name: str) -> dict[str, str]:
-    """File names of a dataset's products (top level of red_dir unless a path is shown)."""
-    stem = f"{target_name}_{filter_name}"
+def product_names(target_name: str, filter_name: str, source="the dataset's reference frame") -> dict[str, str]:
+    """File names of a dataset's products (top level of red_dir unless a path is shown).
+    Both names are made safe tokens first (:func:`luigi_phot.names.safe_token`: the
+    filter, from a header, rewritten; the target name, from the configuration, checked):
+    raises :class:`luigi_phot.names.UnsafeName` naming `source` when one cannot be."""
+    target = safe_token(target_name, "target.name", "reduction_config.yaml")
+    stem = f"{target}_{safe_token(filter_name, 'FILTER', source, rewrite=True)}"
     return {"lc_ecsv": f"{stem}_lc.ecsv", "lc_csv": f"{stem}_lc.csv", "lc_png": f"{stem}_lc.png",
             "noise_png": f"{stem}_noise.png", "crowding_png": f"{stem}_fwhm_residuals.png",
             "rejected": f"{stem}_rejected.csv", "all_stars": f"photometry/{stem}_all_stars.fits",
@@ -139,7 +160,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     n_s = len(cat.stars)
     n_f = len(measured)
     if n_f == 0:
-        raise ValueError("no frame could be measured: " + "; ".join(f"{k}: {v}" for k, v in list(rejected.items())[:5]))
+        raise _no_usable_frame(rejected)
     flux = np.empty((n_f, n_s), dtype=np.float64)
     err = np.empty((n_f, n_s), dtype=np.float64)
     flg = np.empty((n_f, n_s), dtype=np.int32)
@@ -176,12 +197,19 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     bad_frames = ~sol.frame_ok
     cal_flags[bad_frames] |= F.FRAME_REJECTED
     for k in np.flatnonzero(bad_frames):
-        rejected[names[k]] = (f"calibration failed: only {int(sol.n_comparison[k])} comparison stars usable")
+        rejected[names[k]] = (f"calibration failed: only {int(sol.n_comparison[k])} comparison stars usable"
+                              if n_f >= 3 else f"calibration failed: it needs at least 3 measured frames "
+                                               f"({n_f} measured)")
+    if bad_frames.all():
+        raise _no_usable_frame(rejected)
 
-    # zero point of the reference scale
-    zp = default_zero_point
+    # zero point of the reference scale: the default, moved by what earlier reference
+    # changes measured (the new reference calibrated against the old one), so that the
+    # magnitude scale stays where it was
+    zp = default_zero_point + cat.zp_offset
     zp_err = np.nan
-    zp_source = "default"
+    zp_source = "default" if cat.zp_offset == 0 else \
+        f"default {default_zero_point:g} {cat.zp_offset:+.3f} mag carried across reference changes"
     cat_mag = np.asarray(stars["cat_mag"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         good = usable & ~bad_frames[:, None]
@@ -209,7 +237,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     bjd = bjd_tdb(mjd, ra_deg, dec_deg, sites)
     z_t = zeta[:, t_idx]
     frames = Table()
-    frames["image"] = names
+    frames["image"] = [shown_ascii(n) for n in names]   # a FITS table: ASCII only
     frames["mjd"] = mjd
     frames["bjd_tdb"] = bjd
     frames["exptime"] = exptime
@@ -238,7 +266,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     lc["mag"] = mag
     lc["mag_err"] = mag_err
     lc["flags"] = cal_flags[:, t_idx]
-    lc["image"] = names
+    lc["image"] = [shown(n) for n in names]
     lc["zero_point"] = frames["zero_point"]
     lc["zero_point_err"] = frames["zero_point_err"]
     lc["fwhm_arcsec"] = frames["fwhm_arcsec"]
@@ -253,7 +281,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         rj_bjd = bjd_tdb(rj_mjd, ra_deg, dec_deg, rj_sites)
         for k, r in enumerate(rej_rows):
             row = {c: np.nan for c in lc.colnames}
-            row.update(mjd=rj_mjd[k], bjd_tdb=rj_bjd[k], flags=F.FRAME_REJECTED, image=r.image, exptime=np.nan)
+            row.update(mjd=rj_mjd[k], bjd_tdb=rj_bjd[k], flags=F.FRAME_REJECTED, image=shown(r.image), exptime=np.nan)
             lc.add_row([row[c] for c in lc.colnames])
     lc.sort("mjd")
     units = {"mjd": "d", "bjd_tdb": "d", "flux": "electron / s", "flux_err": "electron / s", "mag": "mag",
@@ -284,7 +312,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     tom_csv_all = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.BLENDED_OR_ABSENT) == 0), filter_name)
 
     rej = Table()
-    rej["image"] = sorted(rejected)
+    rej["image"] = [shown(k) for k in sorted(rejected)]
     rej["reason"] = [rejected[k] for k in sorted(rejected)]
 
     # all stars: mean magnitudes and scatter
@@ -298,9 +326,11 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         n_good = good.sum(0)
         dev = np.where(good, (cal - mean_flux[None, :]), 0.0)
         st["rms_flux"] = np.sqrt((dev ** 2).sum(0) / np.maximum(n_good - 1, 1))
-        with warnings.catch_warnings():   # a star with no usable point (e.g. never seen): NaN, said once here
-            warnings.simplefilter("ignore", RuntimeWarning)
-            st["median_flux_err"] = np.nanmedian(np.where(good, cal_err, np.nan), axis=0)
+        # stars with no good point (off every frame, saturated) have no median error
+        median_err = np.full(good.shape[1], np.nan)
+        seen = (good & np.isfinite(cal_err)).any(axis=0)
+        median_err[seen] = np.nanmedian(np.where(good[:, seen], cal_err[:, seen], np.nan), axis=0)
+        st["median_flux_err"] = median_err
     st["n_good"] = n_good
     st["comparison"] = sol.comparison
     st["calibration_chi2"] = sol.star_chi2
@@ -309,6 +339,14 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=frames,
                               stars=st, flux=cal.astype(np.float32), flux_err=cal_err.astype(np.float32),
                               flags=cal_flags.astype(np.int16), meta=meta)
+
+
+def _no_usable_frame(rejected: dict[str, str], shown_at_most: int = 8) -> ValueError:
+    """One line: no frame is usable, and why (the reasons of the first frames)."""
+    items = sorted(rejected.items())
+    why = "; ".join(f"{shown(name)}: {reason}" for name, reason in items[:shown_at_most])
+    more = f"; and {len(items) - shown_at_most} more" if len(items) > shown_at_most else ""
+    return ValueError(f"no usable frame among the {len(items)} frames: {why}{more}")
 
 
 def _tom_table(lc: Table, rows: np.ndarray, filter_name: str) -> Table:

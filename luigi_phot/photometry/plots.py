@@ -10,7 +10,7 @@ import numpy as np
 
 from . import flags as F
 
-__all__ = ["plot_lightcurve", "plot_noise", "plot_fwhm_residuals"]
+__all__ = ["plot_lightcurve", "plot_noise", "plot_fwhm_residuals", "binned_median"]
 
 
 def _pyplot():
@@ -25,7 +25,7 @@ def _pyplot():
 def plot_lightcurve(lc, path: Path, title: str) -> None:
     """Magnitude against time; flagged points in grey, rejected frames marked at the bottom."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110, layout="constrained")
     flags = np.asarray(lc["flags"])
     t = np.asarray(lc["mjd"])
     mag = np.asarray(lc["mag"], float)
@@ -46,15 +46,14 @@ def plot_lightcurve(lc, path: Path, title: str) -> None:
     ax.set_xlabel(f"MJD - {t0:.0f} (UTC, mid-exposure)")
     ax.set_ylabel("magnitude")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    _legend_below(fig, ax)
     fig.savefig(path, format="png")
     plt.close(fig)
 
 
 def plot_noise(stars, path: Path, title: str) -> None:
     """Measured RMS of constant stars against magnitude, with the predicted noise
-    (median flux error), both in magnitudes."""
+    (their median error bars, as a running median in magnitude bins), both in magnitudes."""
     plt = _pyplot()
     mean = np.asarray(stars["mean_flux"], float)
     rms = np.asarray(stars["rms_flux"], float)
@@ -62,26 +61,54 @@ def plot_noise(stars, path: Path, title: str) -> None:
     mag = np.asarray(stars["mean_mag"], float)
     comp = np.asarray(stars["comparison"], bool)
     ok = comp & (mean > 0) & np.isfinite(rms) & np.isfinite(pred) & (np.asarray(stars["n_good"]) >= 3)
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 5.5), dpi=110, layout="constrained")
     k = 2.5 / np.log(10)
     ax.semilogy(mag[ok], k * rms[ok] / mean[ok], ".", ms=2, color="C0", alpha=0.5, label="measured RMS (constant stars)")
-    order = np.argsort(mag[ok])
-    ax.semilogy(mag[ok][order], k * pred[ok][order] / mean[ok][order], "-", color="C3", lw=1.2,
-                label="predicted (median error bar)")
+    centre, predicted = binned_median(mag[ok], k * pred[ok] / mean[ok])
+    ax.semilogy(centre, predicted, "-", color="C3", lw=1.5, label="predicted (median error bar, binned)")
     t = np.asarray(stars["is_target"], bool)
     if t.any() and np.isfinite(mag[t]).all():
         ax.semilogy(mag[t], k * rms[t] / np.abs(mean[t]), "*", ms=12, color="C1", label="target (variable)")
-    if ok.sum() >= 10:
-        ratio = rms[ok] / pred[ok]
-        ax.text(0.02, 0.97, f"median RMS/predicted = {np.median(ratio):.2f}", transform=ax.transAxes,
-                va="top", fontsize=9)
     ax.set_xlabel("mean magnitude")
     ax.set_ylabel("RMS [mag]")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    ratio = f"median RMS/predicted = {np.median(rms[ok] / pred[ok]):.2f}" if ok.sum() >= 10 else None
+    _legend_below(fig, ax, title=ratio)
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def binned_median(x: np.ndarray, y: np.ndarray, width: float = 0.25, min_count: int = 5):
+    """Medians of y in bins of x `width` wide, a bin joined with the next until it holds
+    `min_count` points: (median x, median y) per bin, in increasing x. A curve through
+    per-star values jumps wherever one star's value is odd (a neighbour, a flagged
+    frame); medians of neighbouring stars follow the trend over the whole range."""
+    good = np.isfinite(x) & np.isfinite(y)
+    x, y = x[good], y[good]
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    bins = np.floor((x - x[0]) / width).astype(int)
+    groups, start = [], 0
+    for end in np.flatnonzero(np.diff(bins)) + 1:
+        if end - start >= min_count:
+            groups.append((start, end))
+            start = end
+    if groups and x.size - start < min_count:
+        groups[-1] = (groups[-1][0], x.size)  # a short last bin joins the one before
+    else:
+        groups.append((start, x.size))
+    return (np.array([np.median(x[a:b]) for a, b in groups]), np.array([np.median(y[a:b]) for a, b in groups]))
+
+
+def _legend_below(fig, ax, title: str | None = None):
+    """The legend under the axes, where it cannot cover a point (None when empty)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not (handles or title):
+        return None
+    return fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(handles))), fontsize=8,
+                      title=title, title_fontsize=9, frameon=False)
 
 
 def plot_fwhm_residuals(frames, lc, all_flux, comparison_idx, path: Path, title: str) -> None:
@@ -91,7 +118,7 @@ def plot_fwhm_residuals(frames, lc, all_flux, comparison_idx, path: Path, title:
     the seeing changes shows as a trend."""
     plt = _pyplot()
     fwhm = np.asarray(frames["fwhm_arcsec"], float)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110, layout="constrained")
     if comparison_idx.size:
         f = all_flux[:, comparison_idx]
         med = np.nanmedian(f, axis=0)
@@ -113,7 +140,8 @@ def plot_fwhm_residuals(frames, lc, all_flux, comparison_idx, path: Path, title:
     ax.set_xlabel("frame FWHM [arcsec]")
     ax.set_ylabel("relative residual")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend = _legend_below(fig, ax)
+    if legend is not None and comparison_idx.size:  # the cloud's one-pixel marker, visible in the legend
+        legend.legend_handles[0].set(marker=".", markersize=6, alpha=1.0)
     fig.savefig(path, format="png")
     plt.close(fig)

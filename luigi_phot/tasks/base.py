@@ -4,20 +4,23 @@ and one-line failure messages for the errors users cause."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 
 import luigi
 
 from ..config import ConfigError, ReductionConfig, load_reduction_config
-from ..dataset import WriteError, config_path, dataset_logger
+from ..dataset import UnsafePath, WriteError, config_path, dataset_logger
+from ..names import UnsafeName
 from ..lock import LockHeldError, read_lock
 
 __all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
-           "register_run_owner", "install_console_filter"]
+           "register_run_owner", "install_console_filter", "warnings_to_log"]
 
 
 class StageError(RuntimeError):
@@ -28,7 +31,8 @@ def _user_errors():
     from ..photometry.catalogue import CatalogueError
     from ..photometry.frames import FrameError
 
-    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError, WriteError]
+    errors = [ConfigError, LockHeldError, StageError, CatalogueError, FrameError, FileNotFoundError, WriteError,
+              UnsafePath, UnsafeName]
     try:
         from ..tom import TomError
         errors.append(TomError)
@@ -168,6 +172,37 @@ class DatasetStage(Reporting, luigi.Task):
 
     def timed(self):
         return _Timer()
+
+    def note_warnings(self, caught: list) -> None:
+        """One WARNING line in the dataset log per distinct recorded warning."""
+        where = f"{self.image}: " if isinstance(getattr(self, "image", None), str) else ""
+        distinct = {(w.category.__name__, " ".join(str(w.message).split())[:200]): w for w in caught}
+        for k, ((name, text), w) in enumerate(distinct.items()):
+            if k == _MAX_WARNING_LINES:
+                self.note(f"{where}{len(distinct) - k} more distinct warnings", logging.WARNING)
+                break
+            self.note(f"{where}{name}: {text} ({Path(w.filename).name}:{w.lineno})", logging.WARNING)
+
+
+#: A stage notes at most this many distinct warnings; more are counted in one line.
+_MAX_WARNING_LINES = 5
+
+
+def warnings_to_log(method):
+    """Decorator for a DatasetStage method: the Python warnings raised while it runs
+    (numpy, astropy: each a bug or an odd input worth knowing) become one line each in
+    the dataset log - the distinct ones, with where they came from - instead of lines on
+    the console that name no frame. The warning filters in force are kept."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.note_warnings(caught)
+
+    return wrapper
 
 
 class _Timer:

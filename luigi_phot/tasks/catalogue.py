@@ -1,12 +1,21 @@
-"""BuildCatalogue: choose the reference frame and build the star catalogue."""
+"""BuildCatalogue: choose the reference frame and build the star catalogue.
+
+The catalogue is kept while the configuration that shaped it is unchanged and
+its reference frame is still in red_dir with the same content. When it is built
+again on another reference (or on new content of the same one), the new
+reference is calibrated against the old catalogue (``reference_change.py``) and
+the log says how the zero point moved to keep the magnitudes on the old scale.
+"""
 
 from __future__ import annotations
 
 import luigi
+import numpy as np
 from astropy.io import fits
 
-from ..dataset import atomic_path, catalogue_path
-from .base import DatasetStage, StageError
+from ..dataset import atomic_path, catalogue_path, frame_identity, measurement_path
+from ..names import UnsafeName, name_from_header, safe_token, shown
+from .base import DatasetStage, StageError, warnings_to_log
 from .lock import LockDataset
 
 __all__ = ["BuildCatalogue", "catalogue_header"]
@@ -17,6 +26,11 @@ def catalogue_header(path) -> fits.Header | None:
         return fits.getheader(path, 0)
     except (OSError, ValueError):
         return None
+
+
+def reference_name(header: fits.Header | None) -> str | None:
+    """The reference frame's exact file name in a catalogue header."""
+    return None if header is None else name_from_header(header, "REFIMAGE", "REFIMHEX")
 
 
 def _frame_problems(frames, camera, shown: int = 6) -> str:
@@ -45,7 +59,7 @@ def finder_chart_path(red_dir, target_name: str, filter_name: str):
 
 class _CatalogueTarget(luigi.LocalTarget):
     """The catalogue exists, was built for the current configuration, its reference
-    frame is still in the dataset, and so is its finder chart."""
+    frame is still in the dataset with the same content, and so is its finder chart."""
 
     def __init__(self, path, key, target_name):
         super().__init__(str(path))
@@ -58,8 +72,12 @@ class _CatalogueTarget(luigi.LocalTarget):
             return False
         from pathlib import Path
 
+        name = reference_name(hdr)
+        if not name or "/" in name:
+            return False
         red = Path(self.path).parent.parent
-        return ((red / str(hdr.get("REFIMAGE"))).is_file()
+        ident = frame_identity(red, name)
+        return (ident.readable and ident.digest == hdr.get("REFDIGST")
                 and finder_chart_path(red, self.target_name, str(hdr.get("FILTER"))).is_file())
 
 
@@ -72,6 +90,7 @@ class BuildCatalogue(DatasetStage):
     def output(self):
         return _CatalogueTarget(catalogue_path(self.red), self.config.catalogue_key(), self.config.target.name)
 
+    @warnings_to_log
     def run(self):
         from ..photometry.catalogue import CatalogueError, build_catalogue, choose_reference
         from ..photometry.frames import FrameError, list_frames, load_frame
@@ -84,9 +103,10 @@ class BuildCatalogue(DatasetStage):
         if not frames:
             raise StageError(f"{self.red}: no frames (*.fits, *.fits.fz, ...) in the dataset directory")
         configured = cfg.photometry.reference_image
-        previous = catalogue_header(catalogue_path(self.red))
-        if configured is None and previous is not None and (self.red / str(previous.get("REFIMAGE"))).is_file():
-            configured = str(previous["REFIMAGE"])  # keep the reference: star ids stay stable
+        previous = self._previous()
+        kept = previous.reference_image if previous is not None else None
+        if configured is None and kept and "/" not in kept and (self.red / kept).is_file():
+            configured = kept  # keep the reference: star ids stay stable
             reason_prefix = "kept from the previous catalogue"
         else:
             reason_prefix = None
@@ -101,9 +121,16 @@ class BuildCatalogue(DatasetStage):
                     raise StageError(f"{self.red}: {exc}{hint}") from None
                 raise StageError(f"{self.red}: no usable frame among the {len(frames)} frames: {exc}{hint}"
                                  f"{_frame_problems(frames, cfg.camera)}") from None
+            name = choice.path.name
+            try:
+                token = safe_token(choice.filter_name, "FILTER", shown(name), rewrite=True)
+            except UnsafeName as exc:
+                raise StageError(f"{self.red}: {exc}") from None
             reason = reason_prefix or choice.reason
-            self.note(f"reference frame {choice.path.name} ({reason}); dataset filter {choice.filter_name}")
-            self.report_status(f"building the catalogue on {choice.path.name}")
+            self.note(f"reference frame {shown(name)} ({reason}); dataset filter {choice.filter_name}"
+                      + (f" (written {token} in file names)" if token != choice.filter_name else ""))
+            self.report_status(f"building the catalogue on {shown(name)}")
+            ident = frame_identity(self.red, name)
             try:
                 frame = load_frame(choice.path, cfg.camera)
                 cat = build_catalogue(frame, cfg.target.ra_deg, cfg.target.dec_deg, cfg.photometry,
@@ -112,12 +139,15 @@ class BuildCatalogue(DatasetStage):
             except (FrameError, CatalogueError) as exc:
                 raise StageError(f"reference frame {exc}") from None
         cat.filter_name = choice.filter_name
+        cat.reference_digest = ident.digest or ""
+        if previous is not None:
+            self._carry_zero_point(previous, cat)
         for n in cat.notes:
             self.note(n)
         for w in cat.warnings:
             self.note(w, 30)
         self._write_finder(frame, cat)
-        with atomic_path(catalogue_path(self.red)) as tmp:
+        with atomic_path(catalogue_path(self.red), inside=self.red) as tmp:
             cat.save(tmp)
         self.note(f"catalogue of {len(cat.stars)} stars (target row {cat.target_index}) built in {t.seconds:.1f} s")
 
@@ -130,10 +160,13 @@ class BuildCatalogue(DatasetStage):
         hdr = catalogue_header(catalogue_path(self.red))
         if hdr is None or hdr.get("CATKEY") != self.config.catalogue_key():
             return False
+        name = reference_name(hdr)
+        if not name or "/" in name or frame_identity(self.red, name).digest != hdr.get("REFDIGST"):
+            return False   # the reference itself changed: the catalogue is built again
         try:
             cat = Catalogue.load(catalogue_path(self.red))
             frame = load_frame(self.red / cat.reference_image, self.config.camera)
-        except (OSError, FrameError, KeyError):
+        except (OSError, FrameError, KeyError, UnsafeName):
             return False
         self._write_finder(frame, cat)
         return True
@@ -165,10 +198,79 @@ class BuildCatalogue(DatasetStage):
         grow = p.aperture_fwhm_multiple * cat.psf.fwhm_pix / r_ap if p.aperture_fwhm_multiple else 1.0
         radii = (r_ap * grow, p.annulus()[0] / scale * grow, p.annulus()[1] / scale * grow)
         path = finder_chart_path(self.red, self.config.target.name, cat.filter_name)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, inside=self.red) as tmp:
             plot_finder_chart(frame.data_e, cat.wcs, cat.stars, cat.facts, scale, cat.psf.fwhm_pix, radii, tmp,
-                              f"{self.config.target.name} {cat.filter_name}: finder chart on {cat.reference_image}")
+                              f"{self.config.target.name} {cat.filter_name}: finder chart on "
+                              f"{shown(cat.reference_image)}")
         self.note(f"finder chart {path.name}")
+
+    def _previous(self):
+        """The catalogue this build replaces (None when there is none or it cannot be read)."""
+        from ..photometry.catalogue import Catalogue
+
+        if catalogue_header(catalogue_path(self.red)) is None:
+            return None
+        try:
+            return Catalogue.load(catalogue_path(self.red))
+        except Exception:  # a damaged catalogue is simply built again
+            return None
+
+    def _carry_zero_point(self, previous, cat) -> None:
+        """Keep the magnitude scale: calibrate the new reference against the old one, log
+        the change and its effect on the zero point (a warning when the reference changed)."""
+        from ..photometry.reference_change import calibrate_on_measurements, calibrate_reference_change
+
+        old, new = previous.reference_image, cat.reference_image
+        if old == new and previous.reference_digest in (cat.reference_digest, ""):
+            # the same frame: the same scale (a catalogue of an earlier version kept no digest)
+            cat.zp_offset = previous.zp_offset
+            return
+        why = ("its content changed" if old == new else
+               "it is no longer in red_dir" if not (self.red / old).is_file() else "the configuration changed")
+        zp0 = self.config.photometry.default_zero_point
+        if self.config.photometry.catalogue_file is not None:
+            cat.zp_offset = previous.zp_offset
+            self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}); the zero point comes "
+                      "from the external catalogue", 30)
+            return
+        try:
+            measured = self._reference_measurements(previous, new, cat.reference_digest)
+            if measured is not None:
+                step, how = calibrate_on_measurements(previous, *measured), "measured on both against the old catalogue"
+            else:
+                step, how = calibrate_reference_change(previous, cat, self.config.photometry), \
+                    "matched by sky position"
+        except ValueError as exc:
+            cat.zp_offset = previous.zp_offset
+            self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}); the new reference "
+                      f"cannot be calibrated against the old ({exc}): magnitudes may shift", 30)
+            return
+        cat.zp_offset = previous.zp_offset + step.offset_mag
+        brighter = "brighter" if step.offset_mag > 0 else "fainter"
+        self.note(f"reference frame changed from {shown(old)} to {shown(new)} ({why}): the new reference sees the "
+                  f"stars {abs(step.offset_mag):.3f} +- {step.offset_err_mag:.3f} mag {brighter} ({step.n_stars} stars "
+                  f"{how}); zero point {zp0 + previous.zp_offset:.3f} -> {zp0 + cat.zp_offset:.3f}, "
+                  "so that magnitudes stay on the previous scale", 30)
+
+    def _reference_measurements(self, previous, new_name: str, new_digest: str):
+        """The old and the new reference frames' measurements against the previous catalogue
+        (both were frames of the last reduction): ((flux, flags, exptime), (...)), or None."""
+        from ..photometry.lightcurve import read_measurement
+
+        found = []
+        for name, digest in ((previous.reference_image, previous.reference_digest), (new_name, new_digest)):
+            for key_dir in sorted((self.red / "photometry" / "frames").glob("*")):
+                path = measurement_path(self.red, key_dir.name, name, digest)
+                try:
+                    record = read_measurement(path, columns=("flux", "flags"))
+                except (OSError, KeyError, ValueError):
+                    continue
+                if record.columns is not None and record.header.get("CATID") == previous.catalogue_id \
+                        and len(record.columns["flux"]) == len(previous.stars):
+                    found.append((np.asarray(record.columns["flux"], float), np.asarray(record.columns["flags"]),
+                                  float(record.header["EXPTIME"])))
+                    break
+        return tuple(found) if len(found) == 2 else None
 
 
 def _no_wcs_hint(message: str, cfg) -> str:

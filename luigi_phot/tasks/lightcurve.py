@@ -1,5 +1,12 @@
 """BuildLightcurve: measure every frame (dynamic dependencies), calibrate, write the
-light curve, the TOM CSV, the all-stars time series, the rejected list and plots."""
+light curve, the TOM CSV, the all-stars time series, the rejected list and plots.
+
+The light curve is current while its input key holds: the configuration, the
+catalogue, and every frame's name and content digest. Frames that left red_dir
+or changed content since the last light curve are named in the log (a
+warning); a light curve with no usable frame is not written, the stage fails
+saying why.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,13 @@ import luigi
 
 import numpy as np
 
-from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_stats, measurement_dir,
-                       write_json_atomic)
-from .base import DatasetStage, StageError
-from .catalogue import BuildCatalogue
+from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities, is_inside,
+                       measurement_dir, read_json, write_json_atomic)
+from ..names import UnsafeName, safe_token, shown
+from .base import DatasetStage, StageError, warnings_to_log
+from .catalogue import BuildCatalogue, reference_name
 from .lock import LockDataset
-from .measure import MeasureImage, measurement_key, retry_markers
+from .measure import MeasureImage, measurement_key, retry_markers, retry_path
 
 __all__ = ["BuildLightcurve", "ecsv_meta_value"]
 
@@ -41,18 +49,17 @@ def ecsv_meta_value(path, key: str) -> str | None:
 
 
 def _duplicates(records, reference_image: str) -> dict[str, str]:
-    """{frame: why it is not used} for frames that are the same exposure as another
-    (kept: the reference, else a measured frame, else the first by name)."""
+    """{frame: why it is not used} for measured frames that claim the same exposure as
+    another (``dataset.duplicate_exposures``: byte-identical copies are one frame, kept
+    once - the reference first; different contents at one time are all refused)."""
     def mid(r):
         try:
             return float(r.header.get("MJDMID"))
         except (TypeError, ValueError):
             return None
 
-    prefer = [reference_image] + sorted(r.image for r in records if r.columns is not None)
-    same = duplicate_exposures({r.image: mid(r) for r in records}, prefer)
-    return {dup: f"the same exposure as {kept} (same mid-exposure time): not used twice"
-            for dup, kept in same.items()}
+    measured = [r for r in records if r.columns is not None]
+    return duplicate_exposures({r.image: (mid(r), r.digest) for r in measured}, [reference_image])
 
 
 class _LightcurveTarget(luigi.LocalTarget):
@@ -78,17 +85,27 @@ class BuildLightcurve(DatasetStage):
                 "catalogue": BuildCatalogue(red_dir=self.red_dir, run_id=self.run_id)}
 
     def _names(self):
-        from ..photometry.catalogue import Catalogue  # noqa: F401 (keeps imports lazy)
         from ..photometry.lightcurve import product_names
 
-        hdr_filter = self._catalogue_filter()
-        return product_names(self.config.target.name, hdr_filter or "unknown")
+        filter_name, source = self._catalogue_filter()
+        try:
+            return product_names(self.config.target.name, filter_name, source)
+        except UnsafeName as exc:   # BuildCatalogue refuses such a filter: a catalogue edited by hand
+            raise StageError(f"{self.red}: {exc}") from None
 
-    def _catalogue_filter(self):
+    def filter_token(self) -> str:
+        """The dataset's filter as it appears in file names (see names.safe_token)."""
+        filter_name, source = self._catalogue_filter()
+        return safe_token(filter_name, "FILTER", source, rewrite=True)
+
+    def _catalogue_filter(self) -> tuple[str, str]:
+        """The dataset's filter (from the catalogue) and the frame it comes from."""
         from .catalogue import catalogue_header
 
         hdr = catalogue_header(catalogue_path(self.red))
-        return None if hdr is None else str(hdr.get("FILTER"))
+        if hdr is None:
+            return "unknown", "the catalogue"
+        return str(hdr.get("FILTER")), shown(reference_name(hdr) or "the catalogue")
 
     @property
     def index_path(self) -> Path:
@@ -96,8 +113,9 @@ class BuildLightcurve(DatasetStage):
 
     def input_key(self) -> str:
         cfg = self.config
+        frames = [(f.name, f.digest) for f in frame_identities(self.red)]
         text = json.dumps({"lc": cfg.lightcurve_key(), "measure": measurement_key(self.red, cfg),
-                           "frames": frame_stats(self.red), "tom_flagged": cfg.tom.include_flagged})
+                           "frames": frames, "tom_flagged": cfg.tom.include_flagged})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def retries_due(self) -> list[str]:
@@ -112,11 +130,12 @@ class BuildLightcurve(DatasetStage):
 
     def run(self):
         self.check_lock()
-        names = [n for n, _, _ in frame_stats(self.red)]
+        names = [f.name for f in frame_identities(self.red)]
         measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
         self.check_lock()
         self._build([Path(m.path) for m in measures])
 
+    @warnings_to_log
     def _build(self, paths):
         from ..photometry import plots
         from ..photometry.catalogue import Catalogue
@@ -130,6 +149,7 @@ class BuildLightcurve(DatasetStage):
                 if k % 25 == 0:
                     self.report_progress(int(60 * k / max(len(paths), 1)))
                     self.report_status(f"reading measurements {k}/{len(paths)}")
+            self._note_changes(records)
             cat = Catalogue.load(catalogue_path(self.red))
             duplicates = _duplicates(records, cat.reference_image)
             self.report_status("calibrating")
@@ -151,23 +171,19 @@ class BuildLightcurve(DatasetStage):
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
             retry = {f: str(m.get("reason")) for f, m in retry_markers(self.red, measurement_key(self.red, cfg)).items()
                      if f not in duplicates}
-            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"),
+            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"), "digest": r.digest,
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
                      "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order] + [files["finder_png"]]}
-            write_json_atomic(self.index_path, index)
-            with atomic_paths(final) as tmp:
+            write_json_atomic(self.index_path, index, inside=self.red)
+            with atomic_paths(final, inside=self.red) as tmp:
                 write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)
                 plots.plot_lightcurve(products.lightcurve, tmp["lc_png"], title)
                 plots.plot_noise(products.stars, tmp["noise_png"], title + ": constant stars")
                 plots.plot_fwhm_residuals(products.frames, products.lightcurve, products.flux, comparison,
                                           tmp["crowding_png"], title + ": residuals against seeing")
-            # measurements made under other settings or catalogues are no longer needed
-            keep = measurement_dir(self.red, measurement_key(self.red, cfg))
-            for d in (self.red / PRODUCTS_DIR / "frames").glob("*"):
-                if d.is_dir() and d != keep:
-                    shutil.rmtree(d, ignore_errors=True)
+            self._remove_other_measurements(paths)
         lc = products.lightcurve
         mode = "neighbours subtracted" if cfg.photometry.subtract_neighbours else "plain apertures"
         self.note(f"light curve of {len(lc)} points, {mode} ({products.meta['n_measured']} frames measured, "
@@ -175,7 +191,39 @@ class BuildLightcurve(DatasetStage):
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
         if retry:
             self.note(f"{len(retry)} frame(s) rejected for a cause outside the frame, to be tried again on the "
-                      f"next run (the dataset is not up to date until then): {', '.join(sorted(retry))}", 30)
+                      f"next run (the dataset is not up to date until then): "
+                      f"{', '.join(shown(f) for f in sorted(retry))}", 30)
         for row in products.rejected:
             self.note(f"rejected {row['image']}: {row['reason']}", 30)
         self.report_progress(100)
+
+    def _note_changes(self, records, shown_at_most: int = 20) -> None:
+        """Warn about frames of the last light curve that are gone from red_dir, and
+        frames whose content changed since (their points change without a word otherwise)."""
+        last = (read_json(self.index_path) or {}).get("frames")
+        if not isinstance(last, dict):
+            return
+        now = {r.image: r.digest for r in records}
+        gone = sorted(set(last) - set(now))
+        changed = sorted(n for n in set(last) & set(now)
+                         if isinstance(last[n], dict) and last[n].get("digest") not in (None, now[n]))
+        for names, what in ((gone, "is no longer in red_dir: its point leaves the light curve"),
+                            (changed, "has new content since the last light curve: it was measured again")):
+            for name in names[:shown_at_most]:
+                self.note(f"{shown(name)} {what}", 30)
+            if len(names) > shown_at_most:
+                self.note(f"... and {len(names) - shown_at_most} more frames that {what.split(':')[0]}", 30)
+
+    def _remove_other_measurements(self, paths) -> None:
+        """Measurements not of the current frames' content (other settings or catalogues,
+        frames replaced or gone) are no longer needed."""
+        keep = measurement_dir(self.red, measurement_key(self.red, self.config))
+        if not is_inside(keep, self.red):   # a symbolic link out of red_dir: never delete through it
+            return
+        for d in (self.red / PRODUCTS_DIR / "frames").glob("*"):
+            if d.is_dir() and d != keep:
+                shutil.rmtree(d, ignore_errors=True)
+        current = {Path(p).name for p in paths} | {retry_path(Path(p)).name for p in paths}
+        for f in keep.glob("*"):
+            if f.name not in current and not f.name.startswith(".") and f.is_file():
+                f.unlink(missing_ok=True)

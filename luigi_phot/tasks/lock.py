@@ -7,7 +7,7 @@ import datetime as dt
 import luigi
 
 from .. import lock
-from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint, frame_stats, read_json,
+from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint, frame_identities, read_json,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
 
@@ -68,10 +68,16 @@ class ReleaseLock(DatasetStage):
     def run(self):
         self.check_lock()
         cfg = self.config
-        frames = frame_stats(self.red)
         from .lightcurve import BuildLightcurve
 
         index = read_json(BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id).index_path) or {}
+        # the frames the light curve was made from (a frame added or changed since makes
+        # the record stale, so that the next run takes it in)
+        made_from = index.get("frames")
+        if isinstance(made_from, dict):
+            frames = [(name, f.get("digest") if isinstance(f, dict) else None) for name, f in made_from.items()]
+        else:
+            frames = frame_identities(self.red)
         upload = read_json(self.red / UPLOAD_RECORD_NAME) or {}
         record = {
             "run_id": self.run_id,
@@ -88,7 +94,7 @@ class ReleaseLock(DatasetStage):
             "products": index.get("products", []),
             "upload": upload.get("status"),
         }
-        write_json_atomic(self.red / RECORD_NAME, record)
+        write_json_atomic(self.red / RECORD_NAME, record, inside=self.red)
         lock.release(self.red, self.run_id)
         self.note(f"finished: {record['n_measured']} frames measured, {record['n_rejected']} rejected; lock released")
 

@@ -41,6 +41,7 @@ import luigi.worker
 
 from .. import lock
 from ..config import ConfigError, ManagerConfig, load_manager_config
+from ..console import console_logger, nested_build
 from ..dataset import read_json, write_json_atomic
 from ..manager import (MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line,
                        lock_skip_reason, select_datasets)
@@ -137,7 +138,7 @@ class ReductionManager(Reporting, luigi.Task):
         cfg = load_manager_config(self.config)
         run_id = lock.new_run_id()
         try:
-            log = ManagerLog(cfg.log_dir, run_id, echo=logging.getLogger("luigi-interface"))
+            log = ManagerLog(cfg.log_dir, run_id, echo=console_logger())
         except OSError as exc:
             raise StageError(f"{cfg.log_dir}: cannot write {MANAGER_LOG_NAME} there ({exc.strerror})") from None
         try:
@@ -188,7 +189,7 @@ class ReductionManager(Reporting, luigi.Task):
             for outcome in ordered:
                 if outcome.status == status:
                     log.log(logging.ERROR if status == "failed" else logging.INFO, outcome.line())
-        write_json_atomic(run_dir / "summary.json", {
+        write_json_atomic(run_dir / "summary.json", inside=cfg.log_dir, data={
             "run_id": run_id, "config": str(cfg.path), "host": socket.gethostname(), "pid": os.getpid(),
             "group": selection.group, "selection": selection.description,
             "n_found": selection.n_found, "problems": selection.problems, "headers_read": selection.headers_read,
@@ -221,8 +222,9 @@ class ReductionManager(Reporting, luigi.Task):
         try:
             waiting = list(tasks.values())
             while waiting:
-                luigi.build(waiting, worker_scheduler_factory=scheduling, workers=cfg.max_parallel,
-                            detailed_summary=True, no_lock=True)
+                with nested_build():
+                    luigi.build(waiting, worker_scheduler_factory=scheduling, workers=cfg.max_parallel,
+                                detailed_summary=True, no_lock=True)
                 # The worker stops when the scheduler has nothing for it: datasets still
                 # PENDING there wait for units of the resource that other runs hold.
                 waiting = [t for t in waiting if not Path(t.outcome_file).exists()

@@ -1,10 +1,20 @@
 """MeasureImage: one frame measured against the catalogue (or its rejection recorded).
 
-A rejection is remembered (the frame is not tried again while it is unchanged)
-unless its cause is the frame's environment rather than its content: permission
-denied, an I/O error. Such a frame is rejected for the current run only: beside
-its rejection record, ``<frame>.retry.json`` names the run, and the measurement
-counts as done for that run alone, so the next run measures the frame again.
+The measurement file is named after the frame's name and content digest
+(``dataset.measurement_path``): a frame whose content changes, whatever its
+mtime, has no measurement yet and is measured again - a rejected frame too,
+e.g. one seen truncated while it was still being copied.
+
+A rejection is remembered (the frame is not tried again while its content is
+unchanged) unless its cause is the frame's environment rather than its content:
+permission denied, an I/O error, the file changing while it was measured. Such
+a frame is rejected for the current run only: beside its rejection record, a
+``.retry.json`` marker names the run, and the measurement counts as done for
+that run alone, so the next run measures the frame again.
+
+Anything about the frame itself - its name, a header value, a measurement that
+raises, a measurement file that cannot be written for what it holds - rejects
+this frame with the reason; it never fails the dataset.
 """
 
 from __future__ import annotations
@@ -18,17 +28,20 @@ from pathlib import Path
 
 import luigi
 
-from ..dataset import atomic_path, catalogue_path, measurement_dir, read_json, write_json_atomic
-from .base import DatasetStage
+from ..dataset import (WriteError, atomic_path, catalogue_path, frame_identity, measurement_dir, measurement_path,
+                       read_json, write_json_atomic)
+from ..names import shown
+from .base import DatasetStage, warnings_to_log
 from .catalogue import BuildCatalogue, catalogue_header
 from .lock import LockDataset
 
-__all__ = ["MeasureImage", "measurement_key", "environmental_cause", "retry_markers", "RETRY_SUFFIX"]
+__all__ = ["MeasureImage", "measurement_key", "environmental_cause", "retry_markers", "retry_path", "RETRY_SUFFIX"]
 
 #: errno values that blame the frame's environment, not its content: permission denied,
 #: a failing disk, a stale or timed-out network file system.
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
-#: Beside `<frame>.phot.fits`: the frame was rejected for an environmental cause by the run named inside.
+#: Beside a measurement file `<x>.phot.fits`, `<x>.retry.json`: the frame was rejected for an
+#: environmental cause by the run named inside (with the frame's name and content digest).
 RETRY_SUFFIX = ".retry.json"
 _PHOT_SUFFIX = ".phot.fits"
 
@@ -79,50 +92,67 @@ def environmental_cause(exc: BaseException, frame_path: Path) -> bool:
     """True when a frame could not be used because of its environment (it cannot be
     read: permission denied, an I/O error) rather than its content: an OSError with
     such an errno anywhere in the exception's chain (causes and contexts, which
-    ``raise ... from None`` keeps), or a frame that exists but cannot be read now."""
+    ``raise ... from None`` keeps), or a frame that exists but cannot be read now.
+    A symbolic link that leads nowhere (a loop, a missing target) is the frame's own
+    state: its rejection is remembered until the link changes (its identity then does)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
             return True
         exc = exc.__cause__ or exc.__context__
-    return os.path.lexists(frame_path) and not os.access(frame_path, os.R_OK)
+    return os.path.exists(frame_path) and not os.access(frame_path, os.R_OK)
 
 
 def retry_markers(red_dir: Path, key: str) -> dict[str, dict]:
     """{frame: marker} for the current frames of red_dir that a run rejected for an
-    environmental cause (under measurement key `key`); a marker holds 'run_id' and 'reason'."""
+    environmental cause (under measurement key `key`), with the content they have now;
+    a marker holds 'frame', 'digest', 'run_id' and 'reason'."""
     found = {}
     for marker in measurement_dir(red_dir, key).glob(f"*{RETRY_SUFFIX}"):
-        frame = marker.name[: -len(RETRY_SUFFIX)]
         data = read_json(marker)
-        if data is not None and not frame.startswith(".") and (red_dir / frame).exists():
+        if data is None or marker.name.startswith(".") or not isinstance(data.get("frame"), str):
+            continue
+        frame = data["frame"]
+        if "/" in frame or not os.path.lexists(red_dir / frame):
+            continue
+        if frame_identity(red_dir, frame).digest == data.get("digest"):
             found[frame] = data
     return found
 
 
-class _FreshTarget(luigi.LocalTarget):
-    """A measurement file at least as new as the frame it was made from, and not a
-    rejection for an environmental cause made by another run (that one is retried)."""
+def retry_path(measurement: Path) -> Path:
+    """The retry marker beside a measurement file."""
+    return measurement.with_name(measurement.name[: -len(_PHOT_SUFFIX)] + RETRY_SUFFIX)
 
-    def __init__(self, path, source, run_id: str):
+
+class _MeasurementTarget(luigi.LocalTarget):
+    """The measurement of the frame's current content, unless it is a rejection for an
+    environmental cause made by another run (that one is retried)."""
+
+    def __init__(self, path, run_id: str):
         super().__init__(str(path))
-        self.source = source
         self.run_id = run_id
 
     @property
     def retry_path(self) -> Path:
-        path = Path(self.path)
-        return path.with_name(path.name[: -len(_PHOT_SUFFIX)] + RETRY_SUFFIX)
+        return retry_path(Path(self.path))
 
     def exists(self) -> bool:
-        try:
-            if os.stat(self.path).st_mtime_ns < os.stat(self.source).st_mtime_ns:
-                return False
-        except OSError:
+        if not os.path.isfile(self.path):
             return False
         marker = read_json(self.retry_path)
         return marker is None or marker.get("run_id") == self.run_id
+
+
+class _Rejected(Exception):
+    """This frame is not used: `reason`; `environmental` when for this run only."""
+
+    def __init__(self, reason: str, environmental: bool = False, info=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.environmental = environmental
+        self.info = info
 
 
 class MeasureImage(DatasetStage):
@@ -134,74 +164,125 @@ class MeasureImage(DatasetStage):
         return {"lock": LockDataset(red_dir=self.red_dir, run_id=self.run_id),
                 "catalogue": BuildCatalogue(red_dir=self.red_dir, run_id=self.run_id)}
 
+    @property
+    def shown(self) -> str:
+        """The frame's name as printable text (for the log)."""
+        return shown(self.image)
+
     def output(self):
+        return self._target(frame_identity(self.red, self.image).digest)
+
+    def _target(self, digest: str) -> _MeasurementTarget:
         key = measurement_key(self.red, self.config)
-        return _FreshTarget(measurement_dir(self.red, key) / f"{self.image}{_PHOT_SUFFIX}", self.red / self.image,
-                            self.run_id)
+        return _MeasurementTarget(measurement_path(self.red, key, self.image, digest), self.run_id)
 
+    @warnings_to_log
     def run(self):
-        from ..photometry.catalogue import Catalogue
-        from ..photometry.frames import FrameError, load_frame
-        from ..photometry.lightcurve import write_measurement, write_rejection
-        from ..photometry.measure import FrameRejected, MeasureSettings, measure_frame
-
         self.check_lock()
-        cfg = self.config
-        target = self.output()
-        out, retry = Path(target.path), target.retry_path
-        path = self.red / self.image
+        ident = frame_identity(self.red, self.image)
+        target = self._target(ident.digest)
+        out = Path(target.path)
 
         def progress(fraction, message):
             self.report_progress(int(100 * fraction))
-            self.report_status(f"{self.image}: {message}")
+            self.report_status(f"{self.shown}: {message}")
 
         with self.timed() as t:
             progress(0.0, "reading")
-            info = None
             try:
-                frame = load_frame(path, cfg.camera)
-                info = frame.info
-                if info.notes:
-                    self.note(f"{self.image}: " + "; ".join(info.notes), 30)
-                cat = Catalogue.load(catalogue_path(self.red))
-                try:
-                    m = measure_frame(frame, cat, MeasureSettings.from_config(cfg.photometry), progress=progress)
-                except (FrameRejected, MemoryError):
-                    raise
-                except Exception as exc:
-                    # bad pixels we did not foresee must not stop the other frames (or the
-                    # dataset): reject this one, with the traceback for whoever fixes it
-                    self.log.warning(f"[{self.run_id}] {self.task_family}: {self.image}: measurement raised:\n"
-                                     + traceback.format_exc().rstrip())
-                    raise FrameRejected(f"measurement failed ({type(exc).__name__}: "
-                                        f"{' '.join(str(exc).split())[:200]}); traceback in the log") from None
-                del frame
-            except (FrameError, FrameRejected) as exc:
-                reason = exc.problem if isinstance(exc, FrameError) else str(exc)
-                environmental = environmental_cause(exc, path)
-                if environmental:  # the marker first: a rejection file alone would be remembered
-                    write_json_atomic(retry, {"frame": self.image, "run_id": self.run_id, "reason": reason})
-                with atomic_path(out) as tmp:
-                    write_rejection(tmp, self.image, reason, mjd_mid=info.mjd_mid if info else None)
-                if environmental:
-                    self.note(f"{self.image}: rejected: {reason} (a cause outside the frame: "
-                              "it will be tried again on the next run)", 30)
-                else:
-                    retry.unlink(missing_ok=True)
-                    self.note(f"{self.image}: rejected: {reason}", 30)
+                m, info, cat = self._measure(ident, progress)
+                self._write(out, m.columns, {**m.header, "FRAMEDIG": (ident.digest, "sha256 of the frame measured")})
+            except _Rejected as rejection:
+                self._reject(out, ident.digest, rejection)
                 return
-            with atomic_path(out) as tmp:
-                write_measurement(tmp, m.columns, m.header)
-            retry.unlink(missing_ok=True)
+            retry_path(out).unlink(missing_ok=True)
         notes = list(m.notes)
         wcs_note = header_wcs_error(info, cat, m)
         if wcs_note:
             notes.append(wcs_note)
         if notes:
-            self.note(f"{self.image}: " + "; ".join(notes), 30)
+            self.note(f"{self.shown}: " + "; ".join(notes), 30)
         h = m.header
         steps = ", ".join(f"{k} {v:.2f}" for k, v in m.timings.items())
-        self.note(f"{self.image}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "
+        self.note(f"{self.shown}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "
                   f"(aligned {h['ALN_METH'][0]} rms {h['ALN_RMS'][0]:.3f} px on {h['ALN_N'][0]} stars, "
                   f"FWHM {h['FWHMAS'][0]:.2f}\", scale {h['PHSCALE'][0]:.3f}; {steps})")
         progress(1.0, "done")
+
+    def _measure(self, ident, progress):
+        """(measurement, frame info, catalogue); raises _Rejected with the reason."""
+        from ..photometry.catalogue import Catalogue
+        from ..photometry.frames import FrameError, load_frame
+        from ..photometry.measure import FrameRejected, MeasureSettings, measure_frame
+
+        path = self.red / self.image
+        info = None
+        try:
+            frame = load_frame(path, self.config.camera)
+            info = frame.info
+            if info.notes:
+                self.note(f"{self.shown}: " + "; ".join(info.notes), 30)
+            cat = Catalogue.load(catalogue_path(self.red))
+            try:
+                m = measure_frame(frame, cat, MeasureSettings.from_config(self.config.photometry),
+                                  progress=progress)
+            except (FrameRejected, MemoryError):
+                raise
+            except Exception as exc:
+                # bad pixels we did not foresee must not stop the other frames (or the
+                # dataset): reject this one, with the traceback for whoever fixes it
+                self.log.warning(f"[{self.run_id}] {self.task_family}: {self.shown}: measurement raised:\n"
+                                 + traceback.format_exc().rstrip())
+                raise FrameRejected(f"measurement failed ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]}); traceback in the log") from None
+            del frame
+        except (FrameError, FrameRejected) as exc:
+            reason = exc.problem if isinstance(exc, FrameError) else str(exc)
+            raise _Rejected(reason, environmental_cause(exc, path), info) from None
+        if _changed_since(path, ident):
+            raise _Rejected("the frame changed while it was measured (still being written?)", True, info)
+        return m, info, cat
+
+    def _write(self, out: Path, columns, header) -> None:
+        """Write the measurement; what the file cannot hold (a value of the frame's
+        header) rejects the frame; a full disk or a read-only red_dir fails the stage."""
+        from ..photometry.lightcurve import write_measurement
+
+        try:
+            with atomic_path(out, inside=self.red) as tmp:
+                write_measurement(tmp, columns, header)
+        except WriteError:
+            raise
+        except Exception as exc:
+            raise _Rejected(f"its measurement cannot be written ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]})") from None
+
+    def _reject(self, out: Path, digest: str, rejection: _Rejected) -> None:
+        from ..photometry.lightcurve import write_rejection
+
+        info, reason = rejection.info, rejection.reason
+        retry = retry_path(out)
+        if rejection.environmental:  # the marker first: a rejection file alone would be remembered
+            write_json_atomic(retry, {"frame": self.image, "digest": digest, "run_id": self.run_id,
+                                      "reason": reason}, inside=self.red)
+        with atomic_path(out, inside=self.red) as tmp:
+            write_rejection(tmp, self.image, reason, mjd_mid=info.mjd_mid if info else None,
+                            extra={"FRAMEDIG": (digest, "sha256 of the frame rejected")})
+        if rejection.environmental:
+            self.note(f"{self.shown}: rejected: {reason} (a cause outside the frame: "
+                      "it will be tried again on the next run)", 30)
+        else:
+            retry.unlink(missing_ok=True)
+            self.note(f"{self.shown}: rejected: {reason}", 30)
+
+
+def _changed_since(path: Path, ident) -> bool:
+    """True when the frame is not the file whose content `ident` identifies any more (or
+    changed while it was read)."""
+    if ident.stat_key is None:   # unreadable then, or changing while it was hashed
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != ident.stat_key

@@ -25,8 +25,10 @@ import luigi
 
 from .. import lock
 from ..config import ConfigError
-from ..dataset import (LOG_NAME, RECORD_NAME, dataset_logger, fingerprint, frame_stats, read_json, resolve_red_dir,
-                       write_json_atomic)
+from ..console import nested_build
+from ..dataset import (LOG_NAME, RECORD_NAME, WriteError, dataset_logger, fingerprint, frame_identities, read_json,
+                       resolve_red_dir, write_json_atomic)
+from ..photometry.frames import list_frames
 from .base import Reporting, StageError, install_console_filter, load_config, register_run_owner
 from .lock import LOCK_HELD_NOTE, ReleaseLock
 
@@ -36,9 +38,10 @@ DATASET_RESOURCE = "luigi_phot_dataset"
 
 
 def dataset_is_current(red_dir) -> bool:
-    """True when the last finished reduction was made from the current frames and
-    configuration, rejected no frame for an environmental cause (permission denied, an
-    I/O error: those are tried again), and no reduction holds the lock."""
+    """True when the last finished reduction was made from the current frames (their
+    names and contents) and configuration, rejected no frame for an environmental cause
+    (permission denied, an I/O error: those are tried again), and no reduction holds
+    the lock. Reads only frames new or changed since their digests were cached."""
     try:
         red = resolve_red_dir(red_dir)
         cfg = load_config(red)
@@ -47,7 +50,10 @@ def dataset_is_current(red_dir) -> bool:
     rec = read_json(red / RECORD_NAME)
     if rec is None or rec.get("retry") or lock.read_lock(red) is not None:
         return False
-    if rec.get("fingerprint") != fingerprint(cfg, frame_stats(red)):
+    recorded = rec.get("frames")
+    if not isinstance(recorded, dict) or set(recorded) != {p.name for p in list_frames(red)}:
+        return False   # a frame came or went: no need to read the new ones here (the reduction will)
+    if rec.get("fingerprint") != fingerprint(cfg, frame_identities(red)):
         return False
     # a product deleted since (by hand) is made again
     return all((red / name).is_file() for name in rec.get("products", []))
@@ -90,12 +96,13 @@ class ReduceDataset(Reporting, luigi.Task):
 
     def _write_outcome(self, result: dict, started: float) -> None:
         try:
-            write_json_atomic(Path(self.outcome_file), {
+            outcome = Path(self.outcome_file).absolute()
+            write_json_atomic(outcome, inside=outcome.parent, data={
                 **result, "red_dir": str(self.red_dir), "started_unix": started, "finished_unix": time.time(),
                 "host": socket.gethostname(), "pid": os.getpid()})
-        except OSError as exc:  # never hide the run's own exception
+        except (OSError, WriteError) as exc:  # never hide the run's own exception
             logging.getLogger("luigi-interface").warning(
-                f"{self.outcome_file}: cannot write the outcome ({exc.strerror})")
+                f"{self.outcome_file}: cannot write the outcome ({getattr(exc, 'reason', None) or exc.strerror})")
 
     def _reduce(self) -> dict:
         """The reduction; returns {'status': 'reduced'|'up_to_date'|'skipped', 'reason', 'run_id'}."""
@@ -121,15 +128,16 @@ class ReduceDataset(Reporting, luigi.Task):
             self.report_status("up to date")
             return {"status": "up_to_date", "reason": "already reduced by another run"}
         register_run_owner(run_id)
-        n_frames = len(frame_stats(red))
+        n_frames = len(list_frames(red))
         log.info(f"========== run {run_id}: reducing {red} ({n_frames} frames, target {cfg.target.name}) ==========")
         workers = self.dataset_workers or luigi.interface.core().workers
         _release_inherited_fork_lock()
         _preload_science()
         result = None
         try:
-            result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
-                                 detailed_summary=True, no_lock=True)
+            with nested_build():
+                result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
+                                     detailed_summary=True, no_lock=True)
         finally:
             try:
                 if lock.release(red, run_id):

@@ -74,23 +74,23 @@ class UploadToTOM(DatasetStage):
         previous = read_json(self.red / UPLOAD_RECORD_NAME) or {}
         if not cfg.tom.upload:
             record.update(status="skipped", reason="tom.upload is false")
-            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record, inside=self.red)
             self.note("upload skipped (tom.upload is false)")
             return
         from ..config import load_tom_config
         from ..tom import TomError, publish_photometry
 
         tom = load_tom_config(cfg.tom.config_file)
-        filter_name = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id)._catalogue_filter()
+        filter_token = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id).filter_token()
         # where the light curve goes: the same content sent elsewhere is a new upload
         destination = {"url": tom.url, "target": cfg.target.name,
-                       "product_name": f"{cfg.tom.data_label}_{filter_name}"}
+                       "product_name": f"{cfg.tom.data_label}_{filter_token}"}
         same_place = all(previous.get(k) == v for k, v in destination.items())
         if (same_place and previous.get("status") in ("uploaded", "unchanged")
                 and previous.get("sha256") == record["sha256"]):
             record.update(destination, status="unchanged", reason="identical light curve already on the TOM",
                           **{k: previous.get(k) for k in ("target_id", "product_id", "n_points")})
-            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, record, inside=self.red)
             self.note("light curve unchanged since the last upload: not uploaded again")
             return
         # A product id is only meaningful on the TOM that gave it.
@@ -107,12 +107,12 @@ class UploadToTOM(DatasetStage):
             # must not stand for what the TOM holds. This one marks the stage incomplete
             # and keeps the previous product's id for the next attempt to delete.
             error = str(exc) if isinstance(exc, TomError) else type(exc).__name__
-            write_json_atomic(self.red / UPLOAD_RECORD_NAME, {
+            write_json_atomic(self.red / UPLOAD_RECORD_NAME, inside=self.red, data={
                 "status": "failed", "error": error, "csv": csv.name, "sha256": record["sha256"],
                 "time_utc": record["time_utc"], **destination, "product_id": previous_product_id})
             raise
         record.update(destination, status="uploaded", target_id=result.target_id, product_id=result.product_id,
                       n_points=result.n_points)
-        write_json_atomic(self.red / UPLOAD_RECORD_NAME, record)
+        write_json_atomic(self.red / UPLOAD_RECORD_NAME, record, inside=self.red)
         self.note(f"uploaded {csv.name} to {tom.url} as data product {result.product_id} "
                   f"({result.n_points} points) in {t.seconds:.1f} s")
