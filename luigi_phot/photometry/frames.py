@@ -13,6 +13,7 @@ naming the file and the problem.
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import re
@@ -156,6 +157,7 @@ class Frame:
     data_e: np.ndarray
     pixel_flags: np.ndarray
     err_e: np.ndarray | None
+    pixel_digest: str = ""   # sha256 of the science pixels as read (before conversion to electrons)
 
     @property
     def name(self) -> str:
@@ -727,6 +729,9 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
             raise FrameError(path, f"image shape {raw.shape} does not match its header {info.shape}")
         data = np.array(raw, dtype=np.float32, copy=True, order="C")
         del raw
+        # what the pixels are, whatever the file's format: a frame and its fpack'ed or
+        # funpack'ed copy have other bytes but the same pixels
+        pixel_digest = hashlib.sha256(memoryview(data).cast("B")).hexdigest()[:32]
         if info.to_electrons != 1.0:
             data *= np.float32(info.to_electrons)
         flags = np.zeros(data.shape, dtype=np.uint8)
@@ -766,4 +771,4 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         sample = data[good]
     if np.ptp(sample) == 0:
         raise FrameError(path, f"image is constant (every usable pixel = {sample[0]:g})")
-    return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err)
+    return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err, pixel_digest=pixel_digest)
