@@ -248,10 +248,10 @@ def duplicate_exposures(frames: dict[str, tuple[float | None, str | None]], pref
                         tolerance_s: float = 0.5) -> dict[str, str]:
     """{frame: why it is not used} for frames that share their exposure with another.
 
-    `frames` maps each usable frame to (mid-exposure MJD, content digest). Frames whose
-    mid-exposure times agree within `tolerance_s` claim the same exposure (one camera
-    cannot take two at once). When all of them hold the same bytes, they are one
-    frame under several names: the one listed first in `prefer` (else the first by
+    `frames` maps each usable frame to (mid-exposure MJD, content digest: of its pixels,
+    so that an fpack'ed copy counts as the same). Frames whose mid-exposure times agree
+    within `tolerance_s` claim the same exposure (one camera cannot take two at once).
+    When all of them hold the same content, they are one frame under several names: the one listed first in `prefer` (else the first by
     name) is used, the others are not. When their contents differ, at most one of
     them can be genuine and nothing tells which (a mislabelled copy has another
     frame's header time on different pixels): none is used. Frames without a time

@@ -140,11 +140,18 @@ def add_hostile_frames(red: Path) -> dict:
     rejected_as["mislabelled.fits"] = f"the same exposure time as {src[2]} but different content"
     rejected_as[src[2]] = "the same exposure time as mislabelled.fits but different content"
     shutil.copy2(red / src[1], red / "byte_copy.fits")
+    # a frame and its funpack'ed copy: other bytes, the same pixels, one exposure
+    packed_name = next(n for n in frames_of(red) if n.endswith(".fits.fz"))
+    with fits.open(red / packed_name) as hdul:
+        plain = fits.HDUList([fits.PrimaryHDU(header=hdul[0].header)]
+                             + [fits.ImageHDU(h.data, h.header, name=h.name) for h in hdul[1:]
+                                if h.is_image])
+        plain.writeto(red / "funpacked.fits")
     # a frame without its bad-pixel mask, with the synthetic frames' hot column: measured
     derived(red, src[1], "no_bpm.fits", 30, lambda h: h.pop("BPM"))
     # a site far above the Earth: ignored (the geocentre is used), the frame measured
     derived(red, src[1], "site_in_space.fits", 31, set_header("HEIGHT", 1e300))
-    return {"rejected": rejected_as, "genuine_twin": src[2], "copied": src[1],
+    return {"rejected": rejected_as, "genuine_twin": src[2], "copied": src[1], "packed": packed_name,
             "measured": [*ODD_NAMES.values(), "no_bpm.fits", "site_in_space.fits"]}
 
 
@@ -186,7 +193,9 @@ def test_a_dataset_of_hostile_frames_is_reduced(hostile_run):
     expected |= {shown(n) for n in hostile_run["measured"]}
     copies = {hostile_run["copied"], "byte_copy.fits"}
     assert len(used(lc) & copies) == 1, "a frame and its byte copy: exactly one is used"
-    assert used(lc) - copies == expected - copies
+    packed = {hostile_run["packed"], "funpacked.fits"}
+    assert len(used(lc) & packed) == 1, "a frame and its funpack'ed copy: exactly one is used"
+    assert used(lc) - copies - packed == expected - copies - packed
     # the record knows every frame by its exact name
     record = json.loads((red / "reduction_record.json").read_text())
     assert set(record["frames"]) >= set(hostile_run["measured"]) | set(hostile_run["rejected"])

@@ -13,6 +13,7 @@ naming the file and the problem.
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import re
@@ -156,6 +157,7 @@ class Frame:
     data_e: np.ndarray
     pixel_flags: np.ndarray
     err_e: np.ndarray | None
+    pixel_digest: str = ""   # sha256 of the science pixels as read (before conversion to electrons)
 
     @property
     def name(self) -> str:
@@ -449,6 +451,17 @@ def _wcs_of(header):
         return None, None
 
 
+def _scale_from_optics(header) -> float | None:
+    """Pixel scale [arcsec/pix] from the pixel size [um, binning applied, as N.I.N.A. and
+    MaxIm write XPIXSZ] and the focal length [mm], or None."""
+    pixel_um = _number(header, "XPIXSZ")
+    focal_mm = _number(header, "FOCALLEN")
+    if pixel_um is None or focal_mm is None or pixel_um <= 0 or focal_mm <= 0:
+        return None
+    scale = 206.265 * pixel_um / focal_mm
+    return scale if 0.01 < scale < 100.0 else None
+
+
 def _unexpected(path: Path, what: str, exc: Exception) -> FrameError:
     """A FrameError for an exception astropy (or numpy) raised on a corrupt file: its
     cards are parsed lazily, so a broken header can raise on any access."""
@@ -493,7 +506,7 @@ def _read_frame_info(path: Path, camera: CameraConfig, hdul) -> FrameInfo:
     airmass = _number(header, "AIRMASS", "SECZ")
     wcs, wcs_scale = _wcs_of(header)
     pixel_scale = wcs_scale or _number(header, "PIXSCALE", "SECPIX", "PIXSCAL1", "HIERARCH ESO INS PIXSCALE") \
-        or camera.pixel_scale_arcsec
+        or _scale_from_optics(header) or camera.pixel_scale_arcsec
 
     units = camera.units
     if units == "auto":
@@ -506,7 +519,9 @@ def _read_frame_info(path: Path, camera: CameraConfig, hdul) -> FrameInfo:
             units = "electrons"   # LCO BANZAI reduced frames are in electrons
         else:
             units = "adu"
-    gain = _number(header, "GAIN", "EGAIN", "CCDGAIN", "HIERARCH ESO DET OUT1 GAIN")
+    # EGAIN first: amateur-camera software (N.I.N.A., SharpCap, MaxIm) writes the e-/ADU as
+    # EGAIN and the driver's gain *setting* (e.g. 56 on a QHY600) as GAIN
+    gain = _number(header, "EGAIN", "GAIN", "CCDGAIN", "HIERARCH ESO DET OUT1 GAIN")
     gain_known = True
     if gain is None or gain <= 0:
         gain = camera.gain_e_per_adu
@@ -714,6 +729,9 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
             raise FrameError(path, f"image shape {raw.shape} does not match its header {info.shape}")
         data = np.array(raw, dtype=np.float32, copy=True, order="C")
         del raw
+        # what the pixels are, whatever the file's format: a frame and its fpack'ed or
+        # funpack'ed copy have other bytes but the same pixels
+        pixel_digest = hashlib.sha256(memoryview(data).cast("B")).hexdigest()[:32]
         if info.to_electrons != 1.0:
             data *= np.float32(info.to_electrons)
         flags = np.zeros(data.shape, dtype=np.uint8)
@@ -753,4 +771,4 @@ def _load_frame(path: Path, camera: CameraConfig) -> Frame:
         sample = data[good]
     if np.ptp(sample) == 0:
         raise FrameError(path, f"image is constant (every usable pixel = {sample[0]:g})")
-    return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err)
+    return Frame(info=info, data_e=data, pixel_flags=flags, err_e=err, pixel_digest=pixel_digest)

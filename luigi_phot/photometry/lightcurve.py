@@ -86,6 +86,12 @@ class MeasurementRecord:
         d = self.header.get("FRAMEDIG")
         return None if d is None else str(d)
 
+    @property
+    def pixel_digest(self) -> str | None:
+        """Digest of the science pixels measured, whatever the file's format (None when unknown)."""
+        d = self.header.get("PIXDIG")
+        return str(d) if d else None
+
 
 def read_measurement(path: Path, columns=("x", "y", "flux", "flux_err", "sky", "neighbour_flux", "flags")) -> MeasurementRecord:
     with fits.open(path, memmap=False) as hdul:

@@ -50,8 +50,9 @@ def ecsv_meta_value(path, key: str) -> str | None:
 
 def _duplicates(records, reference_image: str) -> dict[str, str]:
     """{frame: why it is not used} for measured frames that claim the same exposure as
-    another (``dataset.duplicate_exposures``: byte-identical copies are one frame, kept
-    once - the reference first; different contents at one time are all refused)."""
+    another (``dataset.duplicate_exposures``: copies with the same pixels - the same file
+    under two names, or a frame and its fpack'ed or funpack'ed copy - are one frame,
+    kept once, the reference first; different pixels at one time are all refused)."""
     def mid(r):
         try:
             return float(r.header.get("MJDMID"))
@@ -59,7 +60,8 @@ def _duplicates(records, reference_image: str) -> dict[str, str]:
             return None
 
     measured = [r for r in records if r.columns is not None]
-    return duplicate_exposures({r.image: (mid(r), r.digest) for r in measured}, [reference_image])
+    return duplicate_exposures({r.image: (mid(r), r.pixel_digest or r.digest) for r in measured},
+                               [reference_image])
 
 
 class _LightcurveTarget(luigi.LocalTarget):

@@ -235,6 +235,7 @@ class MeasureImage(DatasetStage):
                                  + traceback.format_exc().rstrip())
                 raise FrameRejected(f"measurement failed ({type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:200]}); traceback in the log") from None
+            m.header["PIXDIG"] = (frame.pixel_digest, "sha256 of the science pixels")
             del frame
         except (FrameError, FrameRejected) as exc:
             reason = exc.problem if isinstance(exc, FrameError) else str(exc)
