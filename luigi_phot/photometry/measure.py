@@ -221,7 +221,8 @@ class NeighbourModel:
         self.flux[changed] += d
         self._set_radius(changed)
         self.subtract_from(data, changed)
-        self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(self.flux[changed], 1e-9))
+        # (of the absolute flux: a faint star fitted below zero must not blow its error up)
+        self.rel_err[changed] = np.nan_to_num(err[keep] / np.maximum(np.abs(self.flux[changed]), 1e-9))
         near = self.tree.query_ball_point(np.column_stack([self.x[changed], self.y[changed]]),
                                           r=self.r_out + self.max_radius)
         return np.unique(np.concatenate([self.on[np.asarray(k, dtype=int)] for k in near]))
