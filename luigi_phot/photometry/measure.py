@@ -21,7 +21,7 @@ import numpy as np
 
 from . import flags as F
 from .alignment import Alignment, AlignmentError, affine_from_wcs, align
-from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_model,
+from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, noise_area, noise_model,
                        pixel_flag_summary, repair_pixels, repaired_light_fraction, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
@@ -479,12 +479,16 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         repaired[touched] = repaired_light_fraction(pflags, PIXEL_BAD | PIXEL_COSMIC, x[touched], y[touched],
                                                     r_ap, psf)
 
+    noise_area_pix = noise_area(r_ap)
+
     def fluxes():
         f = total - neighbour - sky * area
         if err_plane is not None:
             v = total_err ** 2 + area ** 2 * pixel_var * sky_factor / np.maximum(n_sky, 1)
         else:
-            v = ccd_variance(f, area, pixel_var, n_sky, noise.source_factor, sky_factor)
+            # Poisson noise of all the light collected, the neighbours' too; background over
+            # the aperture's squared pixel weights
+            v = ccd_variance(f + neighbour, area, pixel_var, n_sky, noise.source_factor, sky_factor, noise_area_pix)
         v = v + (REPAIR_ERROR * repaired * np.maximum(f, 0.0)) ** 2
         return f, np.sqrt(v + neighbour_var)
 
