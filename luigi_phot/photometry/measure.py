@@ -205,8 +205,12 @@ class NeighbourModel:
         est = flux / self.own_fraction
         sig = flux_err / self.own_fraction
         delta = est - self.flux
+        # not a star with more of its neighbours' modelled light in its aperture than its own
+        # (unless in `always`): its aperture departs with their model's misfit, which its fit
+        # would take up (a faint star beside a bright one in poor seeing)
+        crowded = self.contamination()[0] > self.flux * self.own_fraction
         with np.errstate(invalid="ignore"):
-            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux)
+            cand = (np.abs(delta) > 5 * sig) & (np.abs(delta) > 0.05 * self.flux) & ~crowded
             cand[list(always)] = True
             if only is not None:
                 mask = np.zeros(cand.size, dtype=bool)
@@ -216,6 +220,10 @@ class NeighbourModel:
         if cand.size == 0:
             return cand
         d, err = self._fit_change(data, cand, pixel_ok, pixel_var)
+        # a star's light can fade to nothing, not below: a fit below zero (a faint star taking up
+        # a brighter neighbour's model misfit, a detection of the reference's noise) would
+        # otherwise hand its neighbours' apertures light that is not there
+        d = np.maximum(d, -self.flux[cand])
         forced = np.isin(cand, list(always))
         keep = np.isfinite(d) & ((np.abs(d) > 5 * err) & (np.abs(d) > 0.05 * self.flux[cand])
                                  | forced & (np.abs(d) > 2 * err))
