@@ -4,12 +4,16 @@ sigma-clipped annulus, pixel-flag summaries and the CCD-equation error.
 Everything is in electrons. The error of a sky-subtracted aperture flux F
 over A pixels, with the sky estimated from N_sky annulus pixels, is
 
-    var = F + A * v_pix * (1 + k * A / N_sky)
+    var = F + A_w * v_pix + k * A^2 * v_pix / N_sky
 
 where v_pix is the variance of one background pixel (sky electrons plus
 read noise squared, or the frame's ERR plane when that is used), the first
-term is the source's Poisson noise and the last is the uncertainty of the
-sky estimate itself (k = 1 for a clipped mean, pi/2 for a clipped median).
+term is the Poisson noise of the light in the aperture above the sky (the
+star's and any neighbours' whose light is subtracted), A_w the sum of the
+squared pixel weights of the exact-overlap aperture (a pixel half inside adds
+half its value but a quarter of its variance; photutils weights an ERR plane
+the same way), and the last the uncertainty of the sky estimate itself
+(k = 1 for a clipped mean, pi/2 for a clipped median).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy as np
 from .background import clipped_stats_sorted
 
 __all__ = ["ApertureGeometry", "annulus_sky", "aperture_sums", "pixel_flag_summary", "MaskedOverlaps",
-           "masked_overlaps", "repair_pixels", "NoiseModel", "noise_model", "sky_estimate_factor", "ccd_variance"]
+           "masked_overlaps", "repair_pixels", "NoiseModel", "noise_model", "sky_estimate_factor", "ccd_variance",
+           "noise_area"]
 
 
 @dataclass(frozen=True)
@@ -261,10 +266,28 @@ def sky_estimate_factor(estimator: str) -> float:
 
 
 def ccd_variance(flux_e: np.ndarray, area_pix: np.ndarray, pixel_var_e2: np.ndarray | float,
-                 n_sky: np.ndarray, source_factor: float = 1.0, sky_factor: float = 0.5 * np.pi) -> np.ndarray:
-    """Variance (e^2) of a sky-subtracted aperture flux: source Poisson noise, background
-    and read noise over the aperture, and the error of the sky estimate itself
-    (sky_factor: see sky_estimate_factor)."""
+                 n_sky: np.ndarray, source_factor: float = 1.0, sky_factor: float = 0.5 * np.pi,
+                 noise_area_pix: np.ndarray | float | None = None) -> np.ndarray:
+    """Variance (e^2) of a sky-subtracted aperture flux: source Poisson noise (`flux_e`:
+    all the light in the aperture above the sky, the star's and any neighbours'),
+    background and read noise over the aperture, and the error of the sky estimate itself
+    (sky_factor: see sky_estimate_factor). `noise_area_pix`: the sum of the squared pixel
+    weights (see noise_area), by default the area."""
     n_sky = np.maximum(np.asarray(n_sky, float), 1.0)
+    noise_area_pix = area_pix if noise_area_pix is None else noise_area_pix
     return (source_factor * np.maximum(flux_e, 0.0)
-            + area_pix * pixel_var_e2 * (1.0 + sky_factor * area_pix / n_sky))
+            + pixel_var_e2 * (noise_area_pix + sky_factor * area_pix ** 2 / n_sky))
+
+
+def noise_area(r_pix: float, phases: int = 4) -> float:
+    """Background-noise area [pix] of an exact-overlap circular aperture of radius r_pix:
+    the sum of the squared pixel weights (a pixel partly inside counts its overlap w in
+    the sum, but only w^2 of its variance), averaged over sub-pixel centre positions.
+    Below the geometric area by 14% at r = 2.4 px, 6% at 5.9 px, 3% at 10 px."""
+    from photutils.aperture import CircularAperture
+
+    offsets = (np.arange(phases) + 0.5) / phases
+    sums = [float(np.sum(CircularAperture((20.0 + r_pix + dx, 20.0 + r_pix + dy), r=r_pix)
+                         .to_mask(method="exact").data ** 2))
+            for dx in offsets for dy in offsets]
+    return float(np.mean(sums))
