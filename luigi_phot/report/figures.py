@@ -15,7 +15,7 @@ import io
 import numpy as np
 
 from ..photometry import flags as F
-from ..photometry.plots import _legend_below, _pyplot
+from ..photometry.plots import _pyplot
 from .products import LightCurve
 
 __all__ = ["lightcurve_png", "conditions_png", "time_origin"]
@@ -38,9 +38,10 @@ def _png(fig, plt) -> bytes:
 
 
 def _mark_rejected(ax, t_rejected: np.ndarray, label: bool) -> None:
-    for k, t in enumerate(t_rejected):
-        ax.axvline(t, color=_REJECTED_COLOUR, lw=0.8, alpha=0.35,
-                   label=f"rejected frame ({t_rejected.size})" if label and k == 0 else None)
+    """A faint red line across the panel at each rejected frame's time (one artist for all)."""
+    if t_rejected.size:
+        ax.vlines(t_rejected, 0, 1, transform=ax.get_xaxis_transform(), color=_REJECTED_COLOUR, lw=0.8, alpha=0.35,
+                  label=f"rejected frame ({t_rejected.size})" if label else None)
 
 
 def lightcurve_png(lc: LightCurve, title: str) -> bytes:
@@ -52,8 +53,8 @@ def lightcurve_png(lc: LightCurve, title: str) -> bytes:
     severe = (lc.flags & F.SEVERE) != 0
     informational = (lc.flags & ~F.SEVERE) != 0
     rejected = lc.rejected()
-    fig, (ax_mag, ax_flux) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, layout="constrained",
-                                          height_ratios=(3, 2))
+    fig, (ax_mag, ax_flux) = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True, height_ratios=(3, 2))
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.95, bottom=0.17, hspace=0.06)
     for ax, value, error, unit in ((ax_mag, lc.column("mag"), lc.column("mag_err"), "magnitude"),
                                    (ax_flux, lc.column("flux"), lc.column("flux_err"), "flux [e-/s]")):
         finite = np.isfinite(value)
@@ -74,7 +75,8 @@ def lightcurve_png(lc: LightCurve, title: str) -> bytes:
     ax_mag.invert_yaxis()
     ax_flux.set_xlabel(f"MJD - {t0:.0f} (UTC, mid-exposure)")
     ax_mag.set_title(title)
-    _legend_below(fig, ax_mag)
+    handles, labels = ax_mag.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(4, max(1, len(handles))), fontsize=8, frameon=False)
     return _png(fig, plt)
 
 
@@ -105,7 +107,8 @@ def conditions_png(frames, lc: LightCurve, title: str) -> bytes:
     rejected_x = x_lc[lc.rejected() & np.isfinite(x_lc)]
     col = {name: np.asarray(frames[name], float) for name in
            ("fwhm_arcsec", "sky", "zero_point", "zero_point_err", "airmass", "alignment_rms_pix", "n_matched")}
-    fig, axes = plt.subplots(3, 2, figsize=(11, 8), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(3, 2, figsize=(11, 8), sharex=True)
+    fig.subplots_adjust(left=0.07, right=0.95, top=0.94, bottom=0.07, hspace=0.12, wspace=0.4)
     (a_fwhm, a_sky), (a_zp, a_air), (a_aln, a_flux) = axes
     _panel(a_fwhm, x, col["fwhm_arcsec"], "seeing FWHM [arcsec]", "C0", rejected_x)
     _panel(a_sky, x, col["sky"], "sky [e-/pix]", "C2", rejected_x)
