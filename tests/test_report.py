@@ -169,3 +169,21 @@ def test_a_failed_light_curve_gets_a_page_saying_why_with_this_runs_rejections(b
     assert sorted(seen["rejected"]) == sorted(_csv_rows(red / NAMES["rejected"]))
     assert seen["numbers"]["n-points"] is None and seen["points"] == []
     assert "from an earlier reduction" in path.read_text()
+
+
+def test_the_report_package_imports_nothing_of_luigi_or_the_tasks():
+    """The pages are plain code over the products (README section 3a): the tasks call them."""
+    import ast
+
+    import luigi_phot.report
+
+    for path in Path(luigi_phot.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = ["." * node.level + (node.module or "")]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] != "luigi" and "tasks" not in module.split("."), (path.name, module)

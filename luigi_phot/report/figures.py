@@ -30,6 +30,11 @@ def time_origin(mjd: np.ndarray) -> float:
     return float(np.floor(finite.min())) if finite.size else 0.0
 
 
+def _plain(title: str) -> str:
+    """A title as plain text: a '$' from a header's FILTER must not start matplotlib's mathtext."""
+    return title.replace("$", r"\$")
+
+
 def _png(fig, plt) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
@@ -74,7 +79,7 @@ def lightcurve_png(lc: LightCurve, title: str) -> bytes:
         ax.grid(alpha=0.25)
     ax_mag.invert_yaxis()
     ax_flux.set_xlabel(f"MJD - {t0:.0f} (UTC, mid-exposure)")
-    ax_mag.set_title(title)
+    ax_mag.set_title(_plain(title))
     handles, labels = ax_mag.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncols=min(4, max(1, len(handles))), fontsize=8, frameon=False)
     return _png(fig, plt)
@@ -130,5 +135,5 @@ def conditions_png(frames, lc: LightCurve, title: str) -> bytes:
     a_flux.legend(fontsize=7, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel(f"MJD - {t0:.0f}")
-    fig.suptitle(title + (f"; red lines: {rejected_x.size} rejected frames" if rejected_x.size else ""))
+    fig.suptitle(_plain(title) + (f"; red lines: {rejected_x.size} rejected frames" if rejected_x.size else ""))
     return _png(fig, plt)
