@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     print(f"Outputs in {red}:")
     print(format_outputs(describe_outputs(red), base=red))
     print(f"  {TRUTH_NAME}\n      truth of the synthetic data (the event's model, every frame's true target flux)")
+    for page in red.glob("*_report.html"):
+        print(f"\nOpen the dataset's page in a browser: {page.resolve().as_uri()}")
     print("\nRun `make demo` again: nothing is redone. `scripts/demo.py --fresh` starts over.")
     return 0
 

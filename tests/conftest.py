@@ -77,3 +77,13 @@ def reduced_template(small_dataset_template, tmp_path_factory) -> Path:
 def reduced_dataset(reduced_template, tmp_path) -> Path:
     """A private copy of the reduced standard dataset."""
     return copy_dataset(reduced_template, tmp_path / "ip")
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """A real headless Chromium for the session (tests/browser.py); the test fails in one
+    line saying how to install it when the machine has none."""
+    from tests.browser import Chromium
+
+    with Chromium(tmp_path_factory.mktemp("chromium_profile")) as browser:
+        yield browser

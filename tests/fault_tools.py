@@ -258,6 +258,9 @@ def check_outputs_readable(red_dir: Path) -> list[str]:
             Table.read(p, format="ascii.csv")
         elif name.endswith(".png"):
             assert matplotlib.image.imread(p).size > 0
+        elif name.endswith(".html"):
+            page = p.read_text(encoding="utf-8")
+            assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
         elif name.endswith(".json") or name == "dataset.lock":
             json.loads(p.read_text())
         elif name == LOG:

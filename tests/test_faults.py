@@ -157,8 +157,8 @@ def test_kill_while_measuring_then_rerun(dataset, tmp_path):
 def test_kill_while_writing_the_lightcurve_then_rerun(dataset, tmp_path):
     frames = frames_of(dataset)
     before = input_checksums(dataset)
-    # the light curve's products (the finder chart is the catalogue stage's)
-    products = re.compile(rf"^\.tmp-[0-9a-f]{{8}}-{re.escape(TARGET)}_ip_(?!finder)")
+    # the light curve's products (the finder chart is the catalogue stage's; the report is written after them)
+    products = re.compile(rf"^\.tmp-[0-9a-f]{{8}}-{re.escape(TARGET)}_ip_(?!finder|report)")
 
     def product_temporary():
         return [p.name for p in temporaries(dataset) if products.match(p.name)]

@@ -221,7 +221,8 @@ def test_nothing_is_written_outside_red_dir_and_the_filter_is_a_safe_token(hosti
     assert not any(p.is_dir() for p in red.iterdir() if p.name not in ("photometry", "a_directory.fits"))
     products = sorted(p.name for p in red.iterdir() if p.name.startswith(TARGET))
     assert products == sorted(f"{TARGET}_{FILTER_TOKEN}{s}" for s in (
-        "_lc.ecsv", "_lc.csv", "_lc.png", "_noise.png", "_fwhm_residuals.png", "_rejected.csv", "_finder.png"))
+        "_lc.ecsv", "_lc.csv", "_lc.png", "_noise.png", "_fwhm_residuals.png", "_rejected.csv", "_finder.png",
+        "_report.html"))
     assert (red / "photometry" / f"{TARGET}_{FILTER_TOKEN}_all_stars.fits").is_file()
     assert lightcurve(red, FILTER_TOKEN).meta["filter"] == HOSTILE_FILTER
     assert any(f"(written {FILTER_TOKEN} in file names)" in ln for ln in log_lines(red))

@@ -21,6 +21,7 @@ from luigi_phot.photometry.catalogue import build_catalogue
 from luigi_phot.photometry.frames import load_frame
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset, series_from_real_frame
 from luigi_phot.validation import target_figures
+from tests.browser import IMAGES_SETTLED
 from tests.conftest import reduce_dataset
 from tests.fault_tools import log_runs
 from tests.gaia_archive import GaiaArchive, gaia_table_from_synthetic
@@ -165,7 +166,7 @@ def test_a_2_arcsec_per_pixel_series_with_the_star_1_5_px_from_its_coordinates(t
     assert fig.std_norm_resid <= 1.5 and fig.n_flagged == 0 and fig.slope > 0.5, fig
 
 
-def test_coordinates_on_empty_sky_fail_in_one_line_pointing_at_the_finder_chart(tmp_path, archive_down):
+def test_coordinates_on_empty_sky_fail_in_one_line_pointing_at_the_finder_chart(tmp_path, archive_down, chromium):
     cfg = dataclasses.replace(OFF, seed=55, n_frames=8, n_stars=300, wcs_error_range_arcsec=(0.2, 0.6))
     red = tmp_path / "ip"
     ds = generate_dataset(red, cfg)
@@ -196,6 +197,11 @@ def test_coordinates_on_empty_sky_fail_in_one_line_pointing_at_the_finder_chart(
     assert not list(red.glob("*_lc.csv")), "nothing for the TOM"
     hdr, _ = _catalogue(red)
     assert hdr["TGTDET"] is False
+    # the dataset's page says why, with the finder chart (in a real browser)
+    page = chromium.visit((red / "SYN-2026-BLG-0001_ip_report.html").as_uri(), IMAGES_SETTLED + """return {images,
+        reason: document.getElementById('failure-reason').textContent};""")
+    assert page.errors == [] and "the target identification looks wrong" in page.value["reason"]
+    assert [(i["id"], i["width"] > 0) for i in page.value["images"]] == [("finder", True)]
 
 
 def test_a_signal_injected_into_a_real_frame_2_arcsec_from_its_coordinates_is_recovered(tmp_path, archive_down):

@@ -20,7 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import luigi
 import pytest
@@ -29,6 +31,7 @@ from astropy.table import Table
 from luigi_phot import lock
 from luigi_phot.dataset import LOG_NAME, RECORD_NAME, read_json
 from luigi_phot.manager import MANAGER_LOG_NAME, RUNS_DIR, mjd_to_date
+from luigi_phot.report import INDEX_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from luigi_phot.tasks import BuildLightcurve, MeasureImage, ReduceDataset, ReductionManager
 from tests.conftest import LUIGI, copy_dataset, run_luigi
@@ -123,6 +126,33 @@ def max_overlap(intervals) -> int:
         now += step
         peak = max(peak, now)
     return peak
+
+
+def overview_rows(index: Path) -> dict[str, list[str]]:
+    """The night overview's table: dataset name -> the text of its cells."""
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr" and ("class", "dataset-row") in attrs:
+                self.rows.append([])
+            elif tag == "td" and self.rows:
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    parser = Rows()
+    parser.feed(index.read_text(encoding="utf-8"))
+    return {row[0].removesuffix(" (no page)"): row for row in parser.rows}
 
 
 def run_intervals(summary: dict) -> list[tuple[float, float]]:
@@ -277,6 +307,32 @@ def test_manager_log_records_each_run_with_counts_and_reasons(group_runs):
     assert "T-A/sinistro/gp: reduced in" in log
 
 
+def test_the_night_overview_lists_every_dataset_of_the_run_with_links_that_resolve(group_runs, chromium):
+    """log_dir/index.html, rewritten by the last run (the date group again: all up to date),
+    opened in a real browser: one row per dataset of that run, each linking to the
+    dataset's own page, which opens and names its target."""
+    summary = check_run(group_runs["runs"][-1])
+    index = group_runs["log_dir"] / INDEX_NAME
+    visit = chromium.visit(index.as_uri(), """return {run: document.getElementById('run-id').textContent,
+        rows: Array.from(document.querySelectorAll('#datasets tr.dataset-row')).map(tr => ({
+            name: tr.querySelector('.dataset').dataset.dataset, status: tr.querySelector('.status').textContent,
+            href: (tr.querySelector('.dataset a') || {}).href || null, points: tr.cells[4].textContent}))};""")
+    assert visit.errors == []
+    assert visit.value["run"] == summary["run_id"]
+    rows = {r["name"]: r for r in visit.value["rows"]}
+    assert set(rows) == {o["dataset"]["name"] for o in summary["outcomes"]} == DATE_GROUP
+    root = group_runs["root"]
+    for name, row in rows.items():
+        target, _, filt = name.split("/")
+        assert row["status"] == "up to date"
+        page = Path(unquote(urlparse(row["href"]).path))
+        assert page == root / name / f"{target}_{filt}_report.html" and page.is_file()
+        lc = Table.read(root / name / f"{target}_{filt}_lc.ecsv", format="ascii.ecsv")
+        assert row["points"].startswith(f"{len(lc)} ")
+        opened = chromium.visit(row["href"], "return document.getElementById('target-name').textContent;")
+        assert opened.errors == [] and opened.value == target
+
+
 def test_max_parallel_is_never_exceeded(group_runs, luigid_server):
     # The first run: 3 datasets, max_parallel 2, --workers 4.
     summary = check_run(group_runs["runs"][0])
@@ -369,6 +425,10 @@ def test_locked_datasets_are_skipped_stale_locks_taken_over_and_failures_reporte
     assert "T-A/sinistro/ip: skipped: locked: being reduced by run live-run" in log
     assert "T-B/qhy/gp: FAILED" in log and "target.RA '25:00:00'" in log
     assert "1 of 4 selected datasets failed (T-B/qhy/gp)" in done.stdout + done.stderr
+    overview = overview_rows(tmp_path / "logs" / INDEX_NAME)
+    assert overview["T-B/qhy/gp"][1].startswith("FAILED") and "target.RA '25:00:00'" in overview["T-B/qhy/gp"][7]
+    assert overview["T-A/sinistro/ip"][1].startswith("skipped") and "live-run" in overview["T-A/sinistro/ip"][7]
+    assert overview["T-A/qhy/ip"][1].startswith("reduced")
 
 
 # --------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def product_names(target_name: str, filter_name: str, source="the dataset's refe
     return {"lc_ecsv": f"{stem}_lc.ecsv", "lc_csv": f"{stem}_lc.csv", "lc_png": f"{stem}_lc.png",
             "noise_png": f"{stem}_noise.png", "crowding_png": f"{stem}_fwhm_residuals.png",
             "rejected": f"{stem}_rejected.csv", "all_stars": f"photometry/{stem}_all_stars.fits",
-            "finder_png": f"{stem}_finder.png"}
+            "finder_png": f"{stem}_finder.png", "report_html": f"{stem}_report.html"}
 
 
 class IdentificationError(ValueError):

@@ -23,7 +23,7 @@ import numpy as np
 from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities, is_inside,
                        measurement_dir, read_json, write_json_atomic)
 from ..names import UnsafeName, safe_token, shown
-from .base import DatasetStage, StageError, warnings_to_log
+from .base import DatasetStage, StageError, one_line_error, warnings_to_log
 from .catalogue import BuildCatalogue, reference_name
 from .lock import LockDataset
 from .measure import MeasureImage, measurement_key, retry_markers, retry_path
@@ -68,15 +68,16 @@ class _LightcurveTarget(luigi.LocalTarget):
     """The light curve made from the current inputs, with no frame waiting to be tried
     again (one that an earlier run rejected for an environmental cause)."""
 
-    def __init__(self, path, key, retries_due, finder_path=None):
+    def __init__(self, path, key, retries_due, also_required=()):
         super().__init__(str(path))
         self.key = key
         self.retries_due = retries_due
-        self.finder_path = finder_path   # the catalogue stage's finder chart, part of every finished run
+        # the catalogue stage's finder chart and this stage's report page: part of every finished run
+        self.also_required = tuple(also_required)
 
     def exists(self) -> bool:
         return (ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
-                and (self.finder_path is None or self.finder_path.is_file()))
+                and all(p.is_file() for p in self.also_required))
 
 
 class BuildLightcurve(DatasetStage):
@@ -128,7 +129,7 @@ class BuildLightcurve(DatasetStage):
     def output(self):
         names = self._names()
         return _LightcurveTarget(self.red / names["lc_ecsv"], self.input_key(), self.retries_due,
-                                 self.red / names["finder_png"])
+                                 [self.red / names["finder_png"], self.red / names["report_html"]])
 
     def run(self):
         self.check_lock()
@@ -136,6 +137,21 @@ class BuildLightcurve(DatasetStage):
         measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
         self.check_lock()
         self._build([Path(m.path) for m in measures])
+        self._write_report()
+
+    def _write_report(self, failure: ValueError | None = None) -> None:
+        """The dataset's page (luigi_phot/report/page.py), at the end of every run; also when
+        the light curve cannot be made, saying why (then it never hides that error)."""
+        from ..report import write_dataset_report
+
+        try:
+            with self.timed() as t:
+                path = write_dataset_report(self.red, self.config.target.name, self._names(), self.run_id, failure)
+            self.note(f"report {path.name} written in {t.seconds:.1f} s")
+        except Exception as exc:
+            if failure is None:
+                raise
+            self.note(f"the report could not be written: {one_line_error(exc) or repr(exc)}", 30)
 
     @warnings_to_log
     def _build(self, paths):
@@ -160,6 +176,7 @@ class BuildLightcurve(DatasetStage):
                                             cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
                                             cfg.photometry.default_zero_point, extra_rejected=duplicates)
             except ValueError as exc:
+                self._write_report(failure=exc)
                 raise StageError(f"{self.red}: {exc}") from None
             products.lightcurve.meta["input_key"] = self.input_key()
             products.lightcurve.meta["neighbour_subtraction"] = cfg.photometry.subtract_neighbours
@@ -177,7 +194,8 @@ class BuildLightcurve(DatasetStage):
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
-                     "lightcurve": files["lc_ecsv"], "products": [files[k] for k in order] + [files["finder_png"]]}
+                     "lightcurve": files["lc_ecsv"],
+                     "products": [files[k] for k in order] + [files["finder_png"], files["report_html"]]}
             write_json_atomic(self.index_path, index, inside=self.red)
             with atomic_paths(final, inside=self.red) as tmp:
                 write_products(products, tmp, include_flagged_in_tom=cfg.tom.include_flagged)

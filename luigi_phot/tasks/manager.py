@@ -45,6 +45,7 @@ from ..console import console_logger, nested_build
 from ..dataset import read_json, write_json_atomic
 from ..manager import (MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line,
                        lock_skip_reason, select_datasets)
+from ..report import write_night_overview
 from .base import Reporting, StageError, install_console_filter, user_errors
 from .reduce import DATASET_RESOURCE, ReduceDataset, _preload_science, _release_inherited_fork_lock, \
     dataset_is_current
@@ -197,6 +198,7 @@ class ReductionManager(Reporting, luigi.Task):
             "counts": {s: sum(o.status == s for o in ordered) for s in OUTCOMES},
             "outcomes": [o.to_json() for o in ordered],
         })
+        log.info(f"night overview: {write_night_overview(cfg.log_dir, run_dir / 'summary.json')}")
         self.report_progress(100)
         self.report_status(counts)
         failed = [o for o in ordered if o.status == "failed"]

@@ -1,24 +1,24 @@
 """What a reduced dataset's outputs hold, one line each: the list `make demo` prints,
 and what a user wants to know before opening the files.
 
-:func:`describe_outputs` reads only what the reduction wrote (the light curve, the
-all-stars file, the catalogue, the records and the log of the last run) and never
-fails on a missing or unreadable file: that file's line says so.
+:func:`describe_outputs` reads only what the reduction wrote (through the readers of
+:mod:`.products`) and never fails on a missing or unreadable file: that file's line
+says so.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import LOG_NAME, PRODUCTS_DIR, RECORD_NAME, UPLOAD_RECORD_NAME, catalogue_path, read_json
+from ..dataset import LOG_NAME, RECORD_NAME, UPLOAD_RECORD_NAME, catalogue_path, read_json
+from . import products as P
 
-__all__ = ["Output", "describe_outputs", "format_outputs"]
+__all__ = ["Output", "describe_outputs", "format_outputs", "record_product_names"]
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,10 @@ class Output:
 
 
 def _light_curve(path: Path) -> str:
-    from astropy.table import Table
-
-    from .photometry import flags as F
-
-    lc = Table.read(path, format="ascii.ecsv")
-    mag = np.asarray(lc["mag"], float)
-    mjd = np.asarray(lc["mjd"], float)
-    flagged = (np.asarray(lc["flags"]) & F.SEVERE) != 0
-    good = np.isfinite(mag) & ~flagged
-    text = f"{len(lc)} points ({int(flagged.sum())} flagged) over {np.ptp(mjd):.1f} days"
+    lc = P.read_lightcurve(path)
+    mag, mjd = lc.column("mag"), lc.column("mjd")
+    counts, good = lc.counts(), lc.good()
+    text = f"{counts.n_points} points ({counts.n_flagged + counts.n_rejected} flagged) over {np.ptp(mjd):.1f} days"
     if good.any():
         brightest = int(np.argmin(np.where(good, mag, np.inf)))
         text += (f"; {np.max(mag[good]):.2f} mag faintest, {mag[brightest]:.2f} brightest "
@@ -49,57 +43,33 @@ def _light_curve(path: Path) -> str:
     return text
 
 
-def _tom_csv(path: Path) -> str:
-    with open(path, encoding="utf-8") as fh:
-        rows = sum(1 for line in fh if line.strip()) - 1
-    return f"{rows} unflagged points (time, filter, magnitude, error) for the TOM"
-
-
 def _rejected(path: Path) -> str:
-    from astropy.table import Table
-
-    rej = Table.read(path, format="ascii.csv") if path.stat().st_size else []
-    if len(rej) == 0:
+    rejected = P.read_rejected(path)
+    if not rejected:
         return "no frame rejected"
-    first = f"{rej['image'][0]}: {rej['reason'][0]}"
-    return f"{len(rej)} frames rejected, e.g. {first}"
+    return f"{len(rejected)} frames rejected, e.g. {rejected[0].image}: {rejected[0].reason}"
 
 
 def _all_stars(path: Path) -> tuple[str, str]:
     """The all-stars file's line, and the noise diagnostic's (from the same STARS table)."""
-    from astropy.io import fits
-
-    with fits.open(path) as hdul:
-        n_frames, n_stars = hdul["FLUX"].shape
-        stars = hdul["STARS"].data
-        ok = (stars["comparison"].astype(bool) & (stars["mean_flux"] > 0) & np.isfinite(stars["rms_flux"])
-              & np.isfinite(stars["median_flux_err"]) & (stars["n_good"] >= 3))
-        ratio = stars["rms_flux"][ok] / stars["median_flux_err"][ok]
-    noise = (f"{int(ok.sum())} constant stars; median measured RMS / predicted = {np.median(ratio):.2f}"
-             if ok.any() else "no constant star with 3 good points")
-    return f"{n_stars} stars x {n_frames} frames (calibrated FLUX, FLUX_ERR, FLAGS)", noise
+    stars = P.read_all_stars(path)
+    noise = (f"{stars.n_constant} constant stars; median measured RMS / predicted = {stars.noise_ratio:.2f}"
+             if stars.noise_ratio is not None else "no constant star with 3 good points")
+    return f"{stars.n_stars} stars x {stars.n_frames} frames (calibrated FLUX, FLUX_ERR, FLAGS)", noise
 
 
 def _catalogue(path: Path) -> str:
-    from astropy.io import fits
-
-    with fits.open(path) as hdul:
-        hdr = hdul[0].header
-        n = len(hdul[1].data)
-    return f"{n} stars measured on every frame; reference frame {hdr.get('REFIMAGE', '?')}"
+    cat = P.read_catalogue(path)
+    return f"{cat.n_stars} stars measured on every frame; reference frame {cat.reference_image or '?'}"
 
 
 def _log(path: Path, run_id: str | None) -> str:
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    mine = [ln for ln in lines if run_id and f"[{run_id}]" in ln] or lines
-    warned = sum(1 for ln in mine if re.match(r"^\S+ \S+ (WARNING|ERROR)", ln))
-    return f"{len(mine)} lines from the last run ({warned} warnings or errors)"
+    log = P.read_run_log(path, run_id)
+    return f"{len(log.lines)} lines from the last run ({len(log.warnings)} warnings or errors)"
 
 
 def _fwhm(path: Path) -> str:
-    from astropy.table import Table
-
-    fwhm = np.asarray(Table.read(path, format="ascii.ecsv")["fwhm_arcsec"], float)
+    fwhm = P.read_lightcurve(path).column("fwhm_arcsec")
     fwhm = fwhm[np.isfinite(fwhm)]
     seeing = f", seeing {fwhm.min():.1f}-{fwhm.max():.1f}\"" if fwhm.size else ""
     return f"residuals of constant stars and the target against the frames' FWHM{seeing}"
@@ -107,13 +77,19 @@ def _fwhm(path: Path) -> str:
 
 def _finder(catalogue: Path) -> str:
     """How the target was identified, from the catalogue's TGT/AST cards."""
-    from astropy.io import fits
+    cat = P.read_catalogue(catalogue)
+    how = "detected star" if cat.target_detected else "NOT DETECTED: placed at its coordinates"
+    ambiguous = "; another star nearly as close (see the chart)" if cat.target_ambiguous else ""
+    separation = cat.target_separation_arcsec if cat.target_separation_arcsec is not None else float("nan")
+    return (f"target: {how}, {separation:.2f}\" from its coordinates; "
+            f"astrometry {cat.astrometry_source or '?'}{ambiguous}")
 
-    hdr = fits.getheader(catalogue, 0)
-    how = "detected star" if hdr.get("TGTDET") else "NOT DETECTED: placed at its coordinates"
-    ambiguous = "; another star nearly as close (see the chart)" if hdr.get("TGTAMBIG") else ""
-    return (f"target: {how}, {hdr.get('TGTSEP', float('nan')):.2f}\" from its coordinates; "
-            f"astrometry {hdr.get('ASTSRC', '?')}{ambiguous}")
+
+def _report(path: Path) -> str:
+    head = path.read_text(encoding="utf-8", errors="replace")[:4000]
+    state = "says the light curve FAILED (open it for why)" if 'class="failure"' in head else \
+        "summary, finder chart, light curve, conditions per frame, diagnostics, rejected frames, warnings"
+    return f"one page for a browser (self-contained, offline): {state}"
 
 
 def _line(label: str, path: Path, summarise) -> Output:
@@ -127,16 +103,25 @@ def _line(label: str, path: Path, summarise) -> Output:
         return Output(label, path, f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
 
 
+def record_product_names(red: Path, record: dict | None = None) -> dict[str, str]:
+    """The product names of the dataset's last finished reduction ({} when there is none)."""
+    from ..photometry.lightcurve import product_names
+
+    record = read_json(red / RECORD_NAME) if record is None else record
+    lc_name, target = (record or {}).get("lightcurve") or "", (record or {}).get("target") or ""
+    if lc_name.startswith(f"{target}_") and lc_name.endswith("_lc.ecsv"):
+        try:
+            return product_names(target, lc_name[len(target) + 1: -len("_lc.ecsv")])
+        except ValueError:
+            return {}
+    return {}
+
+
 def describe_outputs(red_dir: Path) -> list[Output]:
     """Every output of the dataset's last reduction, with a one-line summary each."""
-    from .photometry.lightcurve import product_names
-
     red = Path(red_dir)
     record = read_json(red / RECORD_NAME) or {}
-    lc_name, target = record.get("lightcurve") or "", record.get("target") or ""
-    names = {}
-    if lc_name.startswith(f"{target}_") and lc_name.endswith("_lc.ecsv"):
-        names = product_names(target, lc_name[len(target) + 1: -len("_lc.ecsv")])
+    names = record_product_names(red, record)
     path = {key: red / name for key, name in names.items()}
     stars_line: dict[str, str] = {}
 
@@ -147,15 +132,18 @@ def describe_outputs(red_dir: Path) -> list[Output]:
 
     out = []
     if names:
-        out += [_line("light curve (ECSV)", path["lc_ecsv"], lambda: _light_curve(path["lc_ecsv"])),
-                _line("light curve for the TOM (CSV)", path["lc_csv"], lambda: _tom_csv(path["lc_csv"])),
+        out += [_line("report (HTML)", path["report_html"], lambda: _report(path["report_html"])),
+                _line("light curve (ECSV)", path["lc_ecsv"], lambda: _light_curve(path["lc_ecsv"])),
+                _line("light curve for the TOM (CSV)", path["lc_csv"],
+                      lambda: f"{P.count_csv_rows(path['lc_csv'])} unflagged points (time, filter, magnitude, "
+                              f"error) for the TOM"),
                 _line("finder chart", path["finder_png"], lambda: _finder(catalogue_path(red))),
                 _line("light-curve plot", path["lc_png"], lambda: "magnitude against time, flagged points in grey"),
                 _line("noise diagnostic", path["noise_png"], lambda: all_stars(1)),
                 _line("crowding diagnostic", path["crowding_png"], lambda: _fwhm(path["lc_ecsv"])),
                 _line("rejected frames", path["rejected"], lambda: _rejected(path["rejected"])),
                 _line("all-stars time series", path["all_stars"], lambda: all_stars(0))]
-    frames = _measurements(red)
+    frames = P.measurement_dir_in_use(red)
     out += [_line("star catalogue", catalogue_path(red), lambda: _catalogue(catalogue_path(red))),
             _line("per-frame measurements", frames,
                   lambda: f"{len(list(frames.glob('*.phot.fits')))} tables, one per frame (all stars)"),
@@ -165,12 +153,6 @@ def describe_outputs(red_dir: Path) -> list[Output]:
                           f"{record.get('n_rejected')} rejected, finished {record.get('finished_utc')}"),
             _line("upload record", red / UPLOAD_RECORD_NAME, lambda: _upload(red / UPLOAD_RECORD_NAME))]
     return out
-
-
-def _measurements(red: Path) -> Path:
-    """The directory of the current per-frame tables (the most recently written key)."""
-    keys = [d for d in (red / PRODUCTS_DIR / "frames").glob("*") if d.is_dir()]
-    return max(keys, key=lambda d: d.stat().st_mtime_ns) if keys else red / PRODUCTS_DIR / "frames"
 
 
 def _upload(path: Path) -> str:
