@@ -30,10 +30,10 @@ from astropy.wcs import WCS
 
 from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
-from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_peaks, star_sharpness_limit,
-                        windowed_centroids)
+from .detection import (find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness, quick_fwhm, star_peaks,
+                        star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
-from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, read_frame_info
+from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, read_frame_info
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
 __all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
@@ -169,6 +169,7 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512) -> _Look:
     flags[~np.isfinite(crop)] = 1
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
+    flag_flat_maximum(crop, flags, saturated_bit=2)
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))
     sky, sky_sigma = float(np.median(mesh.level)), float(np.median(mesh.sigma))
     stars, fwhm = star_peaks(crop, flags, mesh, nsigma=10.0, max_stars=1500)
@@ -347,6 +348,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     notes: list[str] = []
     info = frame.info
     flags = frame.pixel_flags
+    flag_flat_maximum(frame.data_e, flags, saturated_bit=PIXEL_SATURATED)  # saturation the header did not say
     # bad pixels (a hot column) would pull the windowed centroids of the stars beside
     # them, and every frame inherits the catalogue positions: bridged from their sides
     # here; the PSF and flux fits leave them out anyway (pixel_ok)

@@ -19,7 +19,7 @@ import numpy as np
 from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
-           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks"]
+           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum"]
 
 
 @dataclass
@@ -332,7 +332,7 @@ def peak_shapes(data: np.ndarray, peaks: Peaks, sky) -> PeakShapes:
     return PeakShapes(width, fwhm, ratio, flat_top)
 
 
-def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix: float = 1.4,
+def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix: float = 0.9,
               min_stars: int = 8) -> np.ndarray:
     """Peaks whose shape is a star's: not flat-topped (saturated), not a line (a bad
     column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), and,
@@ -385,3 +385,20 @@ def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
     fwhm = seeing_fwhm(shapes, stars)
     keep = np.flatnonzero(stars)[:max_stars]
     return peaks.take(keep), fwhm
+
+
+def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: int = 2,
+                      min_pixels: int = 4) -> int:
+    """Flag as saturated the pixels at the frame's largest value when at least
+    `min_pixels` share it exactly (a full well clipped, or the digitiser's top), whatever
+    the header says about saturation: frames in ADU without SATURATE or a mask would
+    otherwise offer their saturated stars as PSF and alignment stars. Returns how many."""
+    top = np.nanmax(data)
+    if not np.isfinite(top):
+        return 0
+    at = data == top
+    n = int(np.count_nonzero(at))
+    if n < min_pixels:
+        return 0
+    pixel_flags[at] |= np.uint8(saturated_bit)
+    return n

@@ -25,7 +25,8 @@ from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_varianc
                        pixel_flag_summary, repair_pixels, repaired_light_fraction, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import find_cosmic_rays, star_peaks, star_sharpness_limit, windowed_centroids
+from .detection import (find_cosmic_rays, flag_flat_maximum, star_peaks, star_sharpness_limit,
+                        windowed_centroids)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
@@ -352,6 +353,7 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         raise FrameRejected(f"filter {info.filter_name!r} is not the dataset's {cat.filter_name!r}")
 
     # --- sky and bright stars
+    flag_flat_maximum(data, pflags, saturated_bit=PIXEL_SATURATED)
     mesh = sky_mesh(data, pflags, box=128)
     pixel_sigma = pixel_noise(data, pflags)
     sky_level = float(np.median(mesh.level))
