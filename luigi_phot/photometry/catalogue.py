@@ -30,8 +30,8 @@ from astropy.wcs import WCS
 
 from .alignment import _voted_shift, fit_affine
 from .background import sky_mesh
-from .detection import (find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness, quick_fwhm, star_peaks,
-                        star_sharpness_limit, windowed_centroids)
+from .detection import (find_peaks, flag_flat_maximum, not_cosmic, peak_shapes, peak_sharpness, quick_fwhm,
+                        star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, read_frame_info
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
@@ -393,6 +393,10 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     limit = star_sharpness_limit(phases)
     sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
+    # an unflagged hot column or bleed trail is a row of bright peaks, lines or flat tops
+    shapes = peak_shapes(data, peaks, mesh.level_at(peaks.x, peaks.y))
+    defect = (peaks.height > 20.0 * sky_sigma) & (shapes.flat_top | (shapes.axis_ratio < 0.3))
+    peaks = peaks.take(np.flatnonzero(~defect))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
     x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y), psf.fwhm_pix / 2.355)

@@ -332,17 +332,19 @@ def peak_shapes(data: np.ndarray, peaks: Peaks, sky) -> PeakShapes:
     return PeakShapes(width, fwhm, ratio, flat_top)
 
 
-def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix: float = 0.9,
+def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix=(1.4, 0.9),
               min_stars: int = 8) -> np.ndarray:
     """Peaks whose shape is a star's: not flat-topped (saturated), not a line (a bad
     column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), and,
-    when the frame's stars are resolved (at least `min_stars` round peaks wider than
-    `point_fwhm_pix`), not a single pixel either (a hot pixel or a cosmic-ray hit). In an
-    undersampled frame stars are as sharp as hot pixels and the single pixels are kept."""
+    when the frame's stars are resolved, not a single pixel either (a hot pixel or a
+    cosmic-ray hit measures about 0.7 px): peaks wider than the first of
+    `point_fwhm_pix` that at least `min_stars` round peaks exceed. In an undersampled
+    frame stars are as sharp as hot pixels and the single pixels are kept."""
     ok = ~shapes.flat_top & (shapes.axis_ratio >= min_axis_ratio) & np.isfinite(shapes.fwhm_pix)
-    resolved = ok & (shapes.fwhm_pix > point_fwhm_pix)
-    if np.count_nonzero(resolved) >= min_stars:
-        return resolved
+    for width in point_fwhm_pix:
+        resolved = ok & (shapes.fwhm_pix > width)
+        if np.count_nonzero(resolved) >= min_stars:
+            return resolved
     return ok
 
 
