@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Alignment", "AlignmentError", "align", "affine_from_wcs", "fit_affine"]
+__all__ = ["Alignment", "AlignmentError", "align", "affine_from_wcs", "fit_affine", "match_star_lists"]
 
 
 class AlignmentError(Exception):
@@ -32,6 +32,7 @@ class Alignment:
     rms_pix: float
     n_matched: int
     method: str
+    note: str = ""    # what the log should know (e.g. the header WCS was wrong, the pattern was used)
 
     def apply(self, x, y):
         m = self.matrix
@@ -196,6 +197,126 @@ def _triangles(xy: np.ndarray, k: int = 5):
     return inv[distinct], verts[distinct]
 
 
+def _similarities(r_tri: np.ndarray, f_tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity transforms (proper or mirrored, whichever fits better) taking each
+    triangle r_tri[k] (K, 3, 2) onto f_tri[k]: (K, 2, 3) matrices and the rms misfit [pix]."""
+    zs = r_tri[..., 0] + 1j * r_tri[..., 1]
+    zd = f_tri[..., 0] + 1j * f_tri[..., 1]
+    zs_c = zs - zs.mean(axis=1, keepdims=True)
+    zd_c = zd - zd.mean(axis=1, keepdims=True)
+    norm = np.maximum((np.abs(zs_c) ** 2).sum(axis=1), 1e-12)
+    best_m, best_res = None, None
+    for mirror in (False, True):
+        src = np.conj(zs_c) if mirror else zs_c
+        z = (np.conj(src) * zd_c).sum(axis=1) / norm
+        res = np.sqrt((np.abs(zd_c - z[:, None] * src) ** 2).mean(axis=1))
+        lin = np.empty((z.size, 2, 2))
+        lin[:, 0, 0], lin[:, 0, 1] = z.real, -z.imag
+        lin[:, 1, 0], lin[:, 1, 1] = z.imag, z.real
+        if mirror:
+            lin[:, :, 1] *= -1.0
+        mean_s = r_tri.mean(axis=1)
+        t = f_tri.mean(axis=1) - np.einsum("kij,kj->ki", lin, mean_s)
+        m = np.concatenate([lin, t[:, :, None]], axis=2)
+        if best_m is None:
+            best_m, best_res = m, res
+        else:
+            take = res < best_res
+            best_m[take], best_res[take] = m[take], res[take]
+    return best_m, best_res
+
+
+def match_star_lists(ref_xy: np.ndarray, frame_xy: np.ndarray, scale_range=(0.5, 2.0), tol_pix: float = 3.0,
+                     frame_shape=None) -> tuple[np.ndarray | None, int]:
+    """The similarity transform (any rotation, including 180 degrees, a mirror, a scale
+    within `scale_range`, any shift) taking reference stars `ref_xy` (N, 2) onto frame
+    stars `frame_xy` (M, 2), both brightest first and free of most non-stars; by its own
+    (ref, frame) star lists only, no image and no header. Returns (2x3 matrix, number of
+    reference stars it lands within `tol_pix` of a frame star), or (None, 0).
+
+    Triangles of each star with pairs of its nearest neighbours are compared by their
+    shape (side ratios); every pair of similar triangles proposes a transform, and the
+    transform proposed by the most pairs (a vote in rotation, scale and shift, as the
+    asterisms of astroalign agree through RANSAC) is checked against all the stars. The
+    brightest 30, 60, then 120 stars of each list are tried, so a frame that shares only
+    part of its field with the reference still finds common triangles. Deterministic."""
+    from scipy.spatial import cKDTree
+
+    ref_xy = np.asarray(ref_xy, float)
+    frame_xy = np.asarray(frame_xy, float)
+    if len(ref_xy) < 3 or len(frame_xy) < 3:
+        return None, 0
+    ftree = cKDTree(frame_xy)
+    best, best_n = None, 0
+    for n_use in (30, 60, 120):
+        r, f = ref_xy[:n_use], frame_xy[:n_use]
+        if n_use > 30 and len(ref_xy) <= n_use // 2 and len(frame_xy) <= n_use // 2:
+            break  # the lists were used whole already
+        m, n_in = _vote(r, f, ref_xy[: 3 * n_use], ftree, scale_range, tol_pix, frame_shape)
+        if m is not None and n_in > best_n:
+            best, best_n = m, n_in
+        # enough to be sure: the refinement takes it from here
+        if best_n >= max(12, 0.3 * min(len(r), len(f))):
+            break
+    return best, best_n
+
+
+def _vote(r, f, check_xy, ftree, scale_range, tol_pix, frame_shape, n_check: int = 8):
+    """One round of :func:`match_star_lists` on the star lists r and f."""
+    from scipy.spatial import cKDTree
+
+    if len(r) < 3 or len(f) < 3:
+        return None, 0
+    inv_r, v_r = _triangles(r)
+    inv_f, v_f = _triangles(f)
+    if len(inv_r) == 0 or len(inv_f) == 0:
+        return None, 0
+    pairs = cKDTree(inv_r).query_ball_tree(cKDTree(inv_f), r=0.01)
+    a = np.repeat(np.arange(len(pairs)), [len(p) for p in pairs])
+    if a.size == 0:
+        return None, 0
+    b = np.concatenate([np.asarray(p, dtype=int) for p in pairs if p])
+    m, res = _similarities(r[v_r[a]], f[v_f[b]])
+    scale = np.sqrt(np.abs(np.linalg.det(m[:, :, :2])))
+    ok = (scale >= scale_range[0]) & (scale <= scale_range[1]) & (res <= tol_pix)
+    m, scale = m[ok], scale[ok]
+    if len(m) == 0:
+        return None, 0
+    # vote: transforms that agree to 1 degree, 1% in scale and 4 px at the frame centre
+    rot = np.degrees(np.arctan2(m[:, 1, 0] - m[:, 0, 1], m[:, 0, 0] + m[:, 1, 1]))
+    mirror = np.linalg.det(m[:, :, :2]) < 0
+    centre = check_xy.mean(axis=0)
+    moved = np.einsum("kij,j->ki", m[:, :, :2], centre) + m[:, :, 2]
+    ang = np.radians(rot)
+    params = np.column_stack([np.cos(ang) * 57.3, np.sin(ang) * 57.3, np.log(scale) / 0.01,
+                              moved / 4.0, mirror * 1000.0])
+    counts = np.array([len(c) for c in cKDTree(params).query_ball_point(params, r=1.5)])
+    order = np.argsort(-counts, kind="stable")
+    best, best_n, seen = None, 0, []
+    for k in order:
+        if len(seen) >= n_check:
+            break
+        if any(np.linalg.norm(params[k] - params[j]) < 1.5 for j in seen):
+            continue
+        seen.append(k)
+        pred = _apply(m[k], check_xy)
+        if frame_shape is not None:
+            ny, nx = frame_shape
+            pred = pred[(pred[:, 0] > -tol_pix) & (pred[:, 0] < nx + tol_pix)
+                        & (pred[:, 1] > -tol_pix) & (pred[:, 1] < ny + tol_pix)]
+        d, _ = ftree.query(pred, distance_upper_bound=tol_pix)
+        n_in = int(np.isfinite(d).sum())
+        if n_in > best_n:
+            best, best_n = m[k], n_in
+    if best is not None and best_n >= 6:
+        # one triangle's transform is off by its centroid errors over its small size:
+        # refit on every star it matched, so the far corners land within tolerance too
+        d, j = ftree.query(_apply(best, check_xy), distance_upper_bound=tol_pix)
+        hit = np.isfinite(d)
+        best = fit_affine(check_xy[hit], ftree.data[j[hit]])
+    return best, best_n
+
+
 def _pattern_guess(ref_xy: np.ndarray, frm_xy: np.ndarray, n_use: int = 40, tol: float = 3.0,
                    scale_range=(0.5, 2.0)):
     """Best transform from triangle matching, as (matrix, inliers)."""
@@ -234,43 +355,90 @@ def _pattern_guess(ref_xy: np.ndarray, frm_xy: np.ndarray, n_use: int = 40, tol:
     return best, best_n
 
 
+def _expected_matches(m: np.ndarray, ref_xy: np.ndarray, n_frame: int, frame_shape) -> int:
+    """How many stars a right transform should match: the reference stars it puts on the
+    frame (all of them without `frame_shape`), at most the frame's star count and 200."""
+    n_ref = len(ref_xy)
+    if frame_shape is not None:
+        ny, nx = frame_shape
+        xy = _apply(m, ref_xy)
+        n_ref = int(np.count_nonzero((xy[:, 0] >= 0) & (xy[:, 0] < nx) & (xy[:, 1] >= 0) & (xy[:, 1] < ny)))
+    return min(n_ref, n_frame, 200)
+
+
+def _solution_offset_pix(a: np.ndarray, b: np.ndarray, ref_xy: np.ndarray) -> float:
+    """Largest distance [frame pix] between where two transforms put the reference stars."""
+    return float(np.max(np.hypot(*(_apply(a, ref_xy) - _apply(b, ref_xy)).T))) if len(ref_xy) else 0.0
+
+
 def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = None,
           search_radius_pix: float = 200.0, min_matched: int = 8, max_rms_pix: float = 0.5,
-          expected_scale: float | None = None) -> Alignment:
+          expected_scale: float | None = None, frame_shape=None, trust_pix: float = 3.0) -> Alignment:
     """Fit the frame's transformation from reference-catalogue stars `ref_xy` (N,2;
     reference pixels, brightest first) to stars detected on the frame `frame_xy`
-    (M,2; brightest first). Raises AlignmentError when no fit passes the checks."""
+    (M,2; brightest first). Raises AlignmentError when no fit passes the checks; its
+    message names what was tried (header WCS, star pattern) and what each found.
+
+    `guess` (from the header WCS of both frames) is a first guess only: corrected by
+    the shift most stars agree on, then refined. When it needed a correction of more
+    than `trust_pix` (or led nowhere), the star pattern is matched too
+    (:func:`match_star_lists`); when both succeed and disagree by more than `trust_pix`,
+    the pattern wins and Alignment.note says so. `frame_shape` (ny, nx) lets the checks
+    count only the reference stars that land on the frame."""
     from scipy.spatial import cKDTree
 
     ref_xy = np.asarray(ref_xy, float)
     frame_xy = np.asarray(frame_xy, float)
     if len(frame_xy) < min_matched:
-        raise AlignmentError(f"too few stars detected ({len(frame_xy)}, need {min_matched})")
+        raise AlignmentError(f"alignment failed: too few stars detected ({len(frame_xy)}, need {min_matched})")
     tree = cKDTree(frame_xy)
-    attempts = []
+    if expected_scale:
+        scale_range = (0.8 * expected_scale, 1.25 * expected_scale)
+    else:
+        scale_range = (0.5, 2.0)
+    found: dict[str, tuple] = {}
+    failures = []
+
+    def attempt(method: str, m0: np.ndarray) -> bool:
+        m, rms, n, _, _ = _refine(m0, ref_xy, frame_xy, tree)
+        need = max(min_matched, int(0.15 * _expected_matches(m, ref_xy, len(frame_xy), frame_shape)))
+        if n >= need and rms <= max_rms_pix:
+            found[method] = (m, rms, n)
+            return True
+        failures.append(f"{method}: {n} stars matched (need {need}), rms {rms:.2f} px")
+        return False
+
+    wcs_shift = None
     if guess is not None:
         shift, votes = _voted_shift(_apply(guess, ref_xy[:300]), frame_xy[:400], search_radius_pix)
         if shift is not None and votes >= 4:
             m0 = guess.copy()
             m0[:, 2] += shift
-            attempts.append(("wcs", m0))
-    attempts.append(("pattern", None))
-    if expected_scale:
-        lo, hi = 0.8 * expected_scale, 1.25 * expected_scale
+            if attempt("header WCS", m0):
+                wcs_shift = _solution_offset_pix(guess, found["header WCS"][0], ref_xy)
+        else:
+            failures.append(f"header WCS: no shift within {search_radius_pix:.0f} px agreed by 4 stars")
+    if "header WCS" not in found or wcs_shift > trust_pix:
+        m0, n_in = match_star_lists(ref_xy, frame_xy, scale_range=scale_range, frame_shape=frame_shape)
+        if m0 is None or n_in < 4:
+            failures.append(f"star pattern: no match of {min(len(ref_xy), 120)} reference and "
+                            f"{min(len(frame_xy), 120)} frame stars" + (f" (best {n_in} stars)" if n_in else ""))
+        else:
+            attempt("star pattern", m0)
+    note = ""
+    if "star pattern" in found:
+        m, rms, n = found["star pattern"]
+        method = "pattern"
+        if "header WCS" in found:
+            off = _solution_offset_pix(found["header WCS"][0], m, ref_xy)
+            note = (f"header WCS off by {wcs_shift:.0f} px from the star pattern"
+                    + (f"; its corrected solution still {off:.1f} px away" if off > trust_pix else "")
+                    + ": star pattern used")
+        elif guess is not None:
+            note = "header WCS led nowhere (" + "; ".join(failures) + "): star pattern used"
+    elif "header WCS" in found:
+        m, rms, n = found["header WCS"]
+        method = "wcs"
     else:
-        lo, hi = 0.5, 2.0
-    failures = []
-    for method, m0 in attempts:
-        if m0 is None:
-            m0, n_in = _pattern_guess(ref_xy, frame_xy, scale_range=(lo, hi))
-            if m0 is None or n_in < 4:
-                m0, n_in = _pattern_guess(ref_xy, frame_xy, n_use=80, scale_range=(lo, hi))
-            if m0 is None or n_in < 4:
-                failures.append("no matching star pattern")
-                continue
-        m, rms, n, _, _ = _refine(m0, ref_xy, frame_xy, tree)
-        expected = min(len(ref_xy), len(frame_xy))
-        if n >= max(min_matched, int(0.15 * min(expected, 200))) and rms <= max_rms_pix:
-            return Alignment(matrix=m, rms_pix=rms, n_matched=n, method=method)
-        failures.append(f"{method}: {n} stars matched, rms {rms:.2f} px")
-    raise AlignmentError("alignment failed (" + "; ".join(failures) + ")")
+        raise AlignmentError("alignment failed (" + "; ".join(failures) + ")")
+    return Alignment(matrix=m, rms_pix=rms, n_matched=n, method=method, note=note)

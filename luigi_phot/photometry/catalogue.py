@@ -2,7 +2,8 @@
 
 - :func:`choose_reference` picks the reference frame: the configured one, or
   the frame with the best ratio of seeing to sky noise among those with a
-  usable WCS that covers the target (measured on a crop around the target).
+  usable WCS that covers the target and seeing no worse than the median
+  (measured on a crop around the target, on star-shaped peaks only).
 - :func:`build_catalogue` detects stars on the reference (matched filter),
   fits the reference PSF, measures every star's reference flux by
   simultaneous PSF photometry, refines the reference WCS against an astrometric
@@ -21,6 +22,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -30,10 +32,11 @@ from astropy.wcs import WCS
 from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
-from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
-                        windowed_centroids)
+from .detection import (find_peaks, flag_flat_maximum, not_cosmic, peak_shapes, peak_sharpness, quick_fwhm,
+                        star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
-from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, mask_defective_lines, read_frame_info
+from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, mask_defective_lines,
+                     read_frame_info)
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
@@ -156,9 +159,21 @@ def _target_pixel(info: FrameInfo, ra: float, dec: float):
     return float(x), float(y)
 
 
-def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
-    """Sky noise, FWHM, star count and the number of bad or saturated pixels near the
-    target (within 3 FWHM of (x, y)), measured on a crop around (x, y), reading only that crop."""
+class _Look(NamedTuple):
+    """What the quick look at a candidate reference saw (electrons, pixels)."""
+
+    sky_e: float
+    sky_sigma_e: float
+    fwhm_pix: float          # median over its star-like peaks (NaN when fewer than 3)
+    n_stars: int             # star-like peaks above 10 sigma
+    bad_near_target: int     # masked or saturated pixels within 3 FWHM of the target
+
+
+def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512) -> _Look:
+    """Sky, sky noise, FWHM, star count and the number of bad or saturated pixels near the
+    target (within 3 FWHM of (x, y)), measured on a crop around (x, y), reading only that
+    crop. Hot pixels, a bad column, cosmic rays and saturated stars do not count as stars
+    (by their shape: frames in ADU often have no mask), so the FWHM is the stars'."""
     ny, nx = info.shape
     x0, x1 = int(max(0, x - half)), int(min(nx, x + half))
     y0, y1 = int(max(0, y - half)), int(min(ny, y + half))
@@ -176,17 +191,42 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
         mask_defective_lines(crop, flags)   # a hot column would pass for a line of sharp stars
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
+    flag_flat_maximum(crop, flags, saturated_bit=2)
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))
-    peaks = find_peaks(crop, flags, mesh, nsigma=10.0, max_peaks=400)
-    if len(peaks) == 0:
-        return float(np.median(mesh.sigma)), float("nan"), 0, 0
-    sharp = peak_sharpness(crop, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp)))
-    fwhm = quick_fwhm(crop, peaks, float(np.median(mesh.level)))
+    sky, sky_sigma = float(np.median(mesh.level)), float(np.median(mesh.sigma))
+    stars, fwhm = star_peaks(crop, flags, mesh, nsigma=10.0, max_stars=1500)
     reach = 3.0 * (fwhm if np.isfinite(fwhm) else 3.0)
     yy, xx = np.ogrid[y0 - y: y1 - y, x0 - x: x1 - x]
     bad_near_target = int(np.count_nonzero(flags[(xx * xx + yy * yy) <= reach * reach]))
-    return float(np.median(mesh.sigma)), fwhm, len(peaks), bad_near_target
+    return _Look(sky, sky_sigma, fwhm, len(stars), bad_near_target)
+
+
+def _pick_reference(looks: list) -> tuple[tuple, str]:
+    """The reference among (path, info, _Look) candidates, and why, in words.
+
+    Transparent frames only (at least half the most stars seen); among them, those with
+    seeing no worse than the median candidate's (a blurred reference costs every frame
+    catalogue completeness in a crowded field); among those the smallest FWHM x sky
+    noise (the faint stars' signal to noise), preferring a frame clean around the target
+    while it scores within 1.5x of the best."""
+    most = max(lk[2].n_stars for lk in looks)
+    clear = [lk for lk in looks if lk[2].n_stars >= 0.5 * most]
+    median_fwhm = float(np.median([lk[2].fwhm_pix for lk in looks]))
+    sharp = [lk for lk in clear if lk[2].fwhm_pix <= median_fwhm] or clear
+
+    def score(lk):
+        return lk[2].fwhm_pix * lk[2].sky_sigma_e
+
+    # a bad column or saturated pixels beside the target on the reference would bias
+    # its catalogue position, which every frame's forced aperture then inherits
+    best_score = min(score(lk) for lk in sharp)
+    clean = [lk for lk in sharp if lk[2].bad_near_target == 0 and score(lk) <= 1.5 * best_score]
+    best = min(clean or sharp, key=score)
+    scale = best[1].pixel_scale_arcsec or 1.0
+    why = (f"the smallest FWHM x sky noise of the {len(sharp)} with at least half the most stars seen ({most})"
+           f" and seeing no worse than the median ({median_fwhm * scale:.2f}\") of {len(looks)} candidates"
+           + ("; clean around the target" if clean and len(clean) < len(sharp) else ""))
+    return best, why
 
 
 def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
@@ -197,10 +237,12 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     The dataset's filter is the most common one among readable frames (or
     `filter_name`). Candidates need a usable WCS that puts the target at least
     50 pixels inside the frame. Among up to `max_candidates` of them (evenly spread
-    over the dataset), the one with the smallest FWHM x sky noise wins, provided it
-    shows at least half as many stars as the best (clouds show fewer). With `allow_no_wcs`
-    (an astrometric catalogue can solve the reference), frames with no WCS but a pixel
-    scale are candidates when no frame has a WCS, the target taken near their centre."""
+    over the dataset), those showing at least half as many stars as the best (clouds
+    show fewer) and seeing no worse than their median compete: the smallest FWHM x sky
+    noise wins (see :func:`_pick_reference`). The reason names its FWHM, sky and why.
+    With `allow_no_wcs` (an astrometric catalogue can solve the reference), frames with
+    no WCS but a pixel scale are candidates when no frame has a WCS, the target taken
+    near their centre."""
     infos: dict[Path, FrameInfo] = {}
     rejected: dict[str, str] = {}
     for p in frame_paths:
@@ -258,25 +300,18 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     looks = []
     for p, info, x, y in usable:
         try:
-            sky_sigma, fwhm, n_stars, bad_near = _quick_look(info, x, y)
+            look = _quick_look(info, x, y)
         except Exception as exc:  # unreadable pixels: not a candidate
             rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
             continue
-        looks.append((p, info, sky_sigma, fwhm, n_stars, bad_near))
-    looks = [lk for lk in looks if np.isfinite(lk[3]) and lk[4] >= 5]
+        looks.append((p, info, look))
+    looks = [lk for lk in looks if np.isfinite(lk[2].fwhm_pix) and lk[2].n_stars >= 5]
     if not looks:
         raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
-    most = max(lk[4] for lk in looks)
-    good = [lk for lk in looks if lk[4] >= 0.5 * most]
-    # a bad column or saturated pixels beside the target on the reference would bias
-    # its catalogue position, which every frame's forced aperture then inherits: a frame
-    # clean there is preferred unless it is much worse (score over 1.5x the best)
-    best_score = min(lk[3] * lk[2] for lk in good)
-    good = [lk for lk in good if lk[5] == 0 and lk[3] * lk[2] <= 1.5 * best_score] or good
-    best = min(good, key=lambda lk: lk[3] * lk[2])
-    p, info, sky_sigma, fwhm, n_stars, bad_near = best
-    reason = (f"automatic: FWHM {fwhm * (info.pixel_scale_arcsec or 1):.2f}\" and sky noise {sky_sigma:.1f} e- "
-              f"best of {len(looks)} candidates ({n_stars} stars near the target)")
+    (p, info, look), why = _pick_reference(looks)
+    scale = info.pixel_scale_arcsec or 1.0
+    reason = (f"automatic: FWHM {look.fwhm_pix * scale:.2f}\", sky {look.sky_e:.0f} e- (noise "
+              f"{look.sky_sigma_e:.1f} e-), {look.n_stars} stars near the target: {why}")
     return ReferenceChoice(p, info, reason, rejected, filter_name)
 
 
@@ -324,6 +359,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     notes: list[str] = []
     info = frame.info
     flags = frame.pixel_flags
+    flag_flat_maximum(frame.data_e, flags, saturated_bit=PIXEL_SATURATED)  # saturation the header did not say
     # bad pixels (a hot column) would pull the windowed centroids of the stars beside
     # them, and every frame inherits the catalogue positions: bridged from their sides
     # here; the PSF and flux fits leave them out anyway (pixel_ok)
@@ -366,6 +402,10 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     limit = star_sharpness_limit(phases)
     sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
+    # an unflagged hot column or bleed trail is a row of bright peaks, lines or flat tops
+    shapes = peak_shapes(data, peaks, mesh.level_at(peaks.x, peaks.y))
+    defect = (peaks.height > 20.0 * sky_sigma) & (shapes.flat_top | (shapes.axis_ratio < 0.3))
+    peaks = peaks.take(np.flatnonzero(~defect))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
     x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y), psf.fwhm_pix / 2.355)

@@ -19,7 +19,7 @@ import numpy as np
 from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
-           "star_sharpness_limit", "quick_fwhm"]
+           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum"]
 
 
 @dataclass
@@ -258,3 +258,163 @@ def quick_fwhm(data: np.ndarray, peaks: Peaks, sky: float, n: int = 40) -> float
     fwhm = 2.0 * np.sqrt(area / np.pi)
     # pixelisation: a star whose half-maximum area is one pixel has FWHM ~ 1.1 px
     return float(np.median(fwhm))
+
+
+# --------------------------------------------------------------------------
+# Which peaks are stars: the shape of each peak at half its height
+# --------------------------------------------------------------------------
+
+#: the eight half-directions along which a peak's profile is followed (dx, dy)
+_DIRECTIONS = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)])
+#: a star's profile is followed this far (pixels along an axis) from its peak
+_MAX_REACH = 24
+
+
+@dataclass
+class PeakShapes:
+    """Shape of each peak at half its height above the sky.
+
+    width_pix: (N, 4) widths at half maximum along x, y and both diagonals [pix];
+    fwhm_pix: their geometric mean, corrected for the pixel's own width (a star's FWHM);
+    axis_ratio: narrowest / widest of the four (a line - a bad column, a bleed trail, a
+    cosmic-ray track - is near 1 / its length; a star near 1 - ellipticity);
+    flat_top: the peak pixel shares its value with a neighbour (a saturated core or its
+    bleed trail, whatever the header says about saturation)."""
+
+    width_pix: np.ndarray
+    fwhm_pix: np.ndarray
+    axis_ratio: np.ndarray
+    flat_top: np.ndarray
+
+
+def peak_shapes(data: np.ndarray, peaks: Peaks, sky) -> PeakShapes:
+    """Widths at half maximum of each peak along four axes, from the profile through its
+    peak pixel (followed outwards to where it first drops below half the height,
+    interpolated linearly there). The height is the peak pixel's, raised to the profile's
+    summit by a parabola through the logarithms of the pixel and its neighbours (exact
+    for a Gaussian core), so a star centred between pixels is not measured wider."""
+    ny, nx = data.shape
+    n = len(peaks)
+    if n == 0:
+        z = np.zeros((0, 4))
+        return PeakShapes(z, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+    x = np.asarray(peaks.x, dtype=np.int64)
+    y = np.asarray(peaks.y, dtype=np.int64)
+    sky = np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))
+    k = np.arange(0, _MAX_REACH + 1)
+    px = np.clip(x[:, None, None] + _DIRECTIONS[None, :, 0, None] * k[None, None, :], 0, nx - 1)
+    py = np.clip(y[:, None, None] + _DIRECTIONS[None, :, 1, None] * k[None, None, :], 0, ny - 1)
+    prof = data[py, px].astype(np.float64) - sky[:, None, None]          # (N, 8, K+1)
+    prof = np.nan_to_num(prof, nan=0.0)
+    h0 = prof[:, 0, 0]
+    flat_top = np.any(prof[:, :, 1] >= h0[:, None] - 1e-6 * np.abs(h0[:, None]), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ln0 = np.log(np.maximum(h0, 1e-30))
+        lift = np.zeros(n)
+        for a, b in ((0, 1), (2, 3)):
+            lp = np.log(np.maximum(prof[:, a, 1], 1e-30))
+            lm = np.log(np.maximum(prof[:, b, 1], 1e-30))
+            curv = 2 * ln0 - lp - lm
+            summit = (lp - lm) / (2 * np.where(curv > 0, curv, 1.0))    # offset of the summit [pix]
+            # a summit more than half a pixel away is no summit of this pixel's (a flat ridge)
+            usable = (curv > 0) & (np.abs(summit) <= 0.5) & (np.minimum(prof[:, a, 1], prof[:, b, 1]) > 0.05 * h0)
+            lift += np.where(usable, 0.5 * curv * summit ** 2, 0.0)
+        height = h0 * np.exp(np.minimum(lift, 0.5))
+    half = 0.5 * height
+    below = prof < half[:, None, None]
+    below[:, :, -1] = True
+    first = np.argmax(below, axis=2)                                      # (N, 8), >= 1 when h0 > 0
+    first = np.maximum(first, 1)
+    rows = np.arange(n)[:, None]
+    dirs = np.arange(8)[None, :]
+    v_in = prof[rows, dirs, first - 1]
+    v_out = prof[rows, dirs, first]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip(np.where(v_in > v_out, (v_in - half[:, None]) / (v_in - v_out), 0.5), 0.0, 1.0)
+    reach = (first - 1 + frac) * np.hypot(_DIRECTIONS[:, 0], _DIRECTIONS[:, 1])[None, :]
+    width = reach[:, 0::2] + reach[:, 1::2]                               # x, y, diagonal, antidiagonal
+    width = np.maximum(width, 0.5)
+    mean = np.exp(np.mean(np.log(width), axis=1))
+    # a pixel's width adds about 1/12 px^2 to each axis' variance (Gaussian: 8 ln 2 / 12 px^2 to FWHM^2)
+    fwhm = np.sqrt(np.maximum(mean ** 2 - 8 * np.log(2) / 12, 0.25 * mean ** 2))
+    ratio = width.min(axis=1) / width.max(axis=1)
+    # a profile still above half height at the end of its reach is no star's (a ridge of
+    # bright wings or of a trail, or a bump on it)
+    bad = ~(h0 > 0) | np.any(first >= _MAX_REACH, axis=1)
+    fwhm[bad] = np.nan
+    ratio[bad] = 0.0
+    return PeakShapes(width, fwhm, ratio, flat_top)
+
+
+def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix=(1.4, 0.9),
+              min_stars: int = 8) -> np.ndarray:
+    """Peaks whose shape is a star's: not flat-topped (saturated), not a line (a bad
+    column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), and,
+    when the frame's stars are resolved, not a single pixel either (a hot pixel or a
+    cosmic-ray hit measures about 0.7 px): peaks wider than the first of
+    `point_fwhm_pix` that at least `min_stars` round peaks exceed. In an undersampled
+    frame stars are as sharp as hot pixels and the single pixels are kept."""
+    ok = ~shapes.flat_top & (shapes.axis_ratio >= min_axis_ratio) & np.isfinite(shapes.fwhm_pix)
+    for width in point_fwhm_pix:
+        resolved = ok & (shapes.fwhm_pix > width)
+        if np.count_nonzero(resolved) >= min_stars:
+            return resolved
+    return ok
+
+
+def seeing_fwhm(shapes: PeakShapes, stars: np.ndarray, n: int = 60) -> float:
+    """The frame's FWHM [pix]: the median over the `n` brightest peaks marked in `stars`
+    (NaN when fewer than 3). Peaks must be sorted brightest first."""
+    rows = np.flatnonzero(stars)[:n]
+    if rows.size < 3:
+        return float("nan")
+    fwhm = shapes.fwhm_pix[rows]
+    centre = float(np.median(fwhm))
+    for _ in range(3):  # the mode: a few blends or defects must not move it
+        near = fwhm[(fwhm > centre / 1.4) & (fwhm < centre * 1.4)]
+        if near.size < 3:
+            break
+        centre = float(np.median(near))
+    return centre
+
+
+def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma: float,
+               max_stars: int) -> tuple[Peaks, float]:
+    """The brightest `max_stars` star-like peaks above `nsigma` (brightest first), and the
+    frame's FWHM [pix] from them (:func:`seeing_fwhm`; NaN when fewer than 3).
+
+    Unflagged defects are looked past however many there are: a hot column alone gives
+    a local maximum every few rows, all brighter than most stars."""
+    peaks = find_peaks(data, pixel_flags, mesh, nsigma=nsigma)
+    peaks = peaks.take(np.flatnonzero(~peaks.saturated))
+    chunk = 2 * max_stars
+    parts: list[PeakShapes] = []
+    for start in range(0, max(len(peaks), 1), chunk):
+        part = peaks.take(np.arange(start, min(start + chunk, len(peaks))))
+        parts.append(peak_shapes(data, part, mesh.level_at(part.x, part.y)))
+        n_ok = sum(int(np.count_nonzero(~q.flat_top & (q.axis_ratio >= 0.5))) for q in parts)
+        if n_ok >= max_stars:
+            break
+    shapes = PeakShapes(*(np.concatenate([getattr(q, f) for q in parts])
+                          for f in ("width_pix", "fwhm_pix", "axis_ratio", "flat_top")))
+    stars = star_like(shapes)
+    fwhm = seeing_fwhm(shapes, stars)
+    keep = np.flatnonzero(stars)[:max_stars]
+    return peaks.take(keep), fwhm
+
+
+def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: int = 2,
+                      min_pixels: int = 4) -> int:
+    """Flag as saturated the pixels at the frame's largest value when at least
+    `min_pixels` share it exactly (a full well clipped, or the digitiser's top), whatever
+    the header says about saturation: frames in ADU without SATURATE or a mask would
+    otherwise offer their saturated stars as PSF and alignment stars. Returns how many."""
+    top = np.nanmax(data)
+    if not np.isfinite(top):
+        return 0
+    at = data == top
+    n = int(np.count_nonzero(at))
+    if n < min_pixels:
+        return 0
+    pixel_flags[at] |= np.uint8(saturated_bit)
+    return n

@@ -25,12 +25,13 @@ from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_varianc
                        pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
-                        star_sharpness_limit, windowed_centroids)
+from .detection import (find_cosmic_rays, flag_flat_maximum, star_peaks, star_sharpness_limit,
+                        windowed_centroids)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
-__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame"]
+__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "alignment_control_points",
+           "align_to_catalogue"]
 
 #: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
 NEIGHBOUR_MODEL_ERROR = 0.03
@@ -408,6 +409,49 @@ def _blended_or_absent(stars, flux, flux_err, model: NeighbourModel | None, fwhm
     return blended | absent
 
 
+def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sigma: float,
+                             max_points: int = 400) -> tuple[np.ndarray, float]:
+    """Positions (M, 2) of the frame's stars to align on, brightest first, and the frame's
+    FWHM [pix] measured on its star-like peaks (NaN when too few).
+
+    Hot pixels, a bad column, cosmic rays and saturated cores are left out by their
+    shape (:func:`~.detection.star_like`), whether or not the frame flags them: in a
+    frame in ADU without a mask they are the brightest "stars"."""
+    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500)
+    # align on well-measured stars: their centroids, not photon noise, set the residuals;
+    # but enough of them that a frame sharing a quarter of its field still shares dozens
+    for level in (60.0, 25.0, 0.0):
+        strong = np.flatnonzero(peaks.height > level * sky_sigma)
+        if strong.size >= 150 or level == 0.0:
+            peaks = peaks.take(strong[:max_points])
+            break
+    width = fwhm if np.isfinite(fwhm) else 2.0
+    # a window narrower than the star keeps neighbours' wings out of the centroid
+    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                   0.8 * max(width, 1.0) / 2.355)
+    return np.column_stack([px, py]), fwhm
+
+
+def align_to_catalogue(info, cat: Catalogue, frame_xy: np.ndarray, settings: MeasureSettings) -> Alignment:
+    """The frame's transformation from the catalogue's reference pixels, from its stars
+    `frame_xy` (brightest first): the header WCS of both frames is a first guess when
+    usable; without one (or when it leads nowhere) the star pattern alone."""
+    ny, nx = info.shape
+    rows = cat.alignment_stars(800)
+    ref_xy = np.column_stack([cat.stars["x_ref"][rows], cat.stars["y_ref"][rows]])
+    guess = None
+    expected_scale = None
+    if info.wcs is not None:
+        guess = affine_from_wcs(cat.wcs, info.wcs, cat.shape)
+    if info.pixel_scale_arcsec:
+        expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
+    if info.name == cat.reference_image:
+        guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    return align(ref_xy, frame_xy, guess=guess, search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
+                 min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
+                 expected_scale=expected_scale, frame_shape=(ny, nx))
+
+
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
     """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
     when the frame cannot be used. `progress(fraction, message)` is called between steps."""
@@ -424,50 +468,26 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         raise FrameRejected(f"filter {info.filter_name!r} is not the dataset's {cat.filter_name!r}")
 
     # --- sky and bright stars
+    flag_flat_maximum(data, pflags, saturated_bit=PIXEL_SATURATED)
     mesh = sky_mesh(data, pflags, box=128)
     pixel_sigma = pixel_noise(data, pflags)
     sky_level = float(np.median(mesh.level))
     sky_sigma = float(np.median(mesh.sigma))
     if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
         raise FrameRejected("no usable sky (constant or empty image)")
-    peaks = find_peaks(data, pflags, mesh, nsigma=8.0, max_peaks=1500)
-    sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp) & ~peaks.saturated))
-    # align on well-measured stars: their centroids, not photon noise, set the residuals
-    for level in (60.0, 25.0):
-        strong = np.flatnonzero(peaks.height > level * sky_sigma)
-        if strong.size >= 30:
-            peaks = peaks.take(strong[:400])
-            break
-    fwhm_guess = quick_fwhm(data, peaks, sky_level)
+    frame_xy, fwhm_guess = alignment_control_points(data, pflags, mesh, sky_sigma)
     if not np.isfinite(fwhm_guess):
         fwhm_guess = cat.psf.fwhm_pix
-    # a window narrower than the star keeps neighbours' wings out of the centroid
-    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                   0.8 * max(fwhm_guess, 1.0) / 2.355)
     clock.lap("detect")
-    report(0.2, f"{len(peaks)} stars detected")
+    report(0.2, f"{len(frame_xy)} stars detected")
 
     # --- alignment to the catalogue
-    ref_rows = cat.alignment_stars(800)
-    ref_xy = np.column_stack([stars["x_ref"][ref_rows], stars["y_ref"][ref_rows]])
-    guess = None
-    expected_scale = None
-    if info.wcs is not None:
-        guess = affine_from_wcs(cat.wcs, info.wcs, cat.shape)
-        if info.pixel_scale_arcsec:
-            expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
-    elif info.pixel_scale_arcsec:
-        expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
-    if info.name == cat.reference_image:
-        guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     try:
-        aln = align(ref_xy, np.column_stack([px, py]), guess=guess,
-                    search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
-                    min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
-                    expected_scale=expected_scale)
+        aln = align_to_catalogue(info, cat, frame_xy, settings)
     except AlignmentError as exc:
         raise FrameRejected(str(exc)) from None
+    if aln.note:
+        notes.append(aln.note)
     x, y = aln.apply(stars["x_ref"], stars["y_ref"])
     pixel_scale = cat.pixel_scale_arcsec / aln.scale
     clock.lap("align")
