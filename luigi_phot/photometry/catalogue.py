@@ -32,8 +32,8 @@ from astropy.wcs import WCS
 from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
-from .detection import (find_peaks, flag_flat_maximum, not_cosmic, peak_shapes, peak_sharpness, quick_fwhm,
-                        star_peaks, star_sharpness_limit, windowed_centroids)
+from .detection import (centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness,
+                        quick_fwhm, star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
 from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, mask_defective_lines,
                      read_frame_info)
@@ -381,7 +381,8 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     fwhm0 = quick_fwhm(data, bright, sky_level)
     if not np.isfinite(fwhm0) or len(bright) < 5:
         raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")
-    bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y), fwhm0 / 2.355)
+    bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y),
+                                   centroid_window_sigma(fwhm0, 1.0))
     tree = cKDTree(np.column_stack([bx, by]))
     nn_d, _ = tree.query(np.column_stack([bx, by]), k=2)
     iso = np.flatnonzero(nn_d[:, 1] > 3.0 * fwhm0)[:60]
@@ -402,13 +403,10 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     limit = star_sharpness_limit(phases)
     sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
-    # an unflagged hot column or bleed trail is a row of bright peaks, lines or flat tops
-    shapes = peak_shapes(data, peaks, mesh.level_at(peaks.x, peaks.y))
-    defect = (peaks.height > 20.0 * sky_sigma) & (shapes.flat_top | (shapes.axis_ratio < 0.3))
-    peaks = peaks.take(np.flatnonzero(~defect))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
-    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y), psf.fwhm_pix / 2.355)
+    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                 centroid_window_sigma(psf.fwhm_pix, 1.0))
     # two peaks that converged onto one star: keep the higher
     t = cKDTree(np.column_stack([x, y]))
     drop = np.zeros(x.size, dtype=bool)
@@ -441,7 +439,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
                            smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
         if len(extra):
             ex, ey, _ = windowed_centroids(residual, extra.x, extra.y, mesh.level_at(extra.x, extra.y),
-                                           psf.fwhm_pix / 2.355)
+                                           centroid_window_sigma(psf.fwhm_pix, 1.0))
             d_near, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([ex, ey]))
             # close to a known star, or small against the light modelled there, a residual
             # peak is more likely that star's PSF misfit than a companion

@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
-           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum"]
+           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum",
+           "centroid_window_sigma"]
 
 
 @dataclass
@@ -279,25 +280,40 @@ class PeakShapes:
     axis_ratio: narrowest / widest of the four (a line - a bad column, a bleed trail, a
     cosmic-ray track - is near 1 / its length; a star near 1 - ellipticity);
     flat_top: the peak pixel shares its value with a neighbour (a saturated core or its
-    bleed trail, whatever the header says about saturation)."""
+    bleed trail, whatever the header says about saturation);
+    wing_ratio: mean of the four edge neighbours above the sky over the peak's height
+    (a single hot pixel or one-pixel hit: 0 within the noise; a star, even one of FWHM
+    0.8 px centred on its pixel: 0.08 or more);
+    single_pixel: wing_ratio too small for a star, beyond the noise (see peak_shapes)."""
 
     width_pix: np.ndarray
     fwhm_pix: np.ndarray
     axis_ratio: np.ndarray
     flat_top: np.ndarray
+    wing_ratio: np.ndarray
+    single_pixel: np.ndarray
 
 
-def peak_shapes(data: np.ndarray, peaks: Peaks, sky) -> PeakShapes:
+#: wing_ratio below which a peak is a single pixel (a star of FWHM 0.8 px centred on its
+#: pixel, integrated over pixels, has 0.08; a hot pixel 0), plus 2.5 sigma of its noise
+SINGLE_PIXEL_WING_RATIO = 0.05
+
+
+def peak_shapes(data: np.ndarray, peaks: Peaks, sky, sky_sigma=0.0) -> PeakShapes:
     """Widths at half maximum of each peak along four axes, from the profile through its
     peak pixel (followed outwards to where it first drops below half the height,
     interpolated linearly there). The height is the peak pixel's, raised to the profile's
     summit by a parabola through the logarithms of the pixel and its neighbours (exact
-    for a Gaussian core), so a star centred between pixels is not measured wider."""
+    for a Gaussian core), so a star centred between pixels is not measured wider.
+
+    A peak is a single pixel when its wing_ratio is below SINGLE_PIXEL_WING_RATIO plus
+    2.5 times the ratio's noise (`sky_sigma`, the pixel noise [data units], scalar or
+    per peak): however undersampled, a star spills light onto its neighbours."""
     ny, nx = data.shape
     n = len(peaks)
     if n == 0:
         z = np.zeros((0, 4))
-        return PeakShapes(z, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+        return PeakShapes(z, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0), np.zeros(0, dtype=bool))
     x = np.asarray(peaks.x, dtype=np.int64)
     y = np.asarray(peaks.y, dtype=np.int64)
     sky = np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))
@@ -343,23 +359,23 @@ def peak_shapes(data: np.ndarray, peaks: Peaks, sky) -> PeakShapes:
     bad = ~(h0 > 0) | np.any(first >= _MAX_REACH, axis=1)
     fwhm[bad] = np.nan
     ratio[bad] = 0.0
-    return PeakShapes(width, fwhm, ratio, flat_top)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wing = np.where(h0 > 0, prof[:, 0:4, 1].mean(axis=1) / h0, 0.0)
+        # the mean of four pixels has half a pixel's noise
+        noise = np.broadcast_to(np.asarray(sky_sigma, dtype=np.float64), (n,)) / (2.0 * np.where(h0 > 0, h0, 1.0))
+    single = wing < SINGLE_PIXEL_WING_RATIO + 2.5 * noise
+    return PeakShapes(width, fwhm, ratio, flat_top, wing, single)
 
 
-def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, point_fwhm_pix=(1.4, 0.9),
-              min_stars: int = 8) -> np.ndarray:
+def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, min_stars: int = 8) -> np.ndarray:
     """Peaks whose shape is a star's: not flat-topped (saturated), not a line (a bad
-    column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), and,
-    when the frame's stars are resolved, not a single pixel either (a hot pixel or a
-    cosmic-ray hit measures about 0.7 px): peaks wider than the first of
-    `point_fwhm_pix` that at least `min_stars` round peaks exceed. In an undersampled
-    frame stars are as sharp as hot pixels and the single pixels are kept."""
+    column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), not a
+    single pixel (a hot pixel, a one-pixel hit: no light on its neighbours, see
+    :func:`peak_shapes`). When fewer than `min_stars` peaks pass the last test (stars far
+    below a pixel across), single pixels are kept."""
     ok = ~shapes.flat_top & (shapes.axis_ratio >= min_axis_ratio) & np.isfinite(shapes.fwhm_pix)
-    for width in point_fwhm_pix:
-        resolved = ok & (shapes.fwhm_pix > width)
-        if np.count_nonzero(resolved) >= min_stars:
-            return resolved
-    return ok
+    spread = ok & ~shapes.single_pixel
+    return spread if np.count_nonzero(spread) >= min_stars else ok
 
 
 def seeing_fwhm(shapes: PeakShapes, stars: np.ndarray, n: int = 60) -> float:
@@ -391,16 +407,59 @@ def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
     parts: list[PeakShapes] = []
     for start in range(0, max(len(peaks), 1), chunk):
         part = peaks.take(np.arange(start, min(start + chunk, len(peaks))))
-        parts.append(peak_shapes(data, part, mesh.level_at(part.x, part.y)))
-        n_ok = sum(int(np.count_nonzero(~q.flat_top & (q.axis_ratio >= 0.5))) for q in parts)
+        parts.append(peak_shapes(data, part, mesh.level_at(part.x, part.y), mesh.sigma_at(part.x, part.y)))
+        n_ok = sum(int(np.count_nonzero(~q.flat_top & (q.axis_ratio >= 0.5) & ~q.single_pixel)) for q in parts)
         if n_ok >= max_stars:
             break
-    shapes = PeakShapes(*(np.concatenate([getattr(q, f) for q in parts])
-                          for f in ("width_pix", "fwhm_pix", "axis_ratio", "flat_top")))
+    shapes = PeakShapes(*(np.concatenate([getattr(q, f.name) for q in parts]) for f in fields(PeakShapes)))
     stars = star_like(shapes)
     fwhm = seeing_fwhm(shapes, stars)
     keep = np.flatnonzero(stars)[:max_stars]
-    return peaks.take(keep), fwhm
+    peaks = peaks.take(keep)
+    if np.isfinite(fwhm) and fwhm < UNDERSAMPLED_FWHM_PIX:
+        fwhm = _pixel_integrated_fwhm(data, pixel_flags, mesh, peaks, fwhm)
+    return peaks, fwhm
+
+
+#: below this FWHM [pix] the widths at half maximum of pixel values are biased by the
+#: pixel grid (10-50% wide at 1 px, by the star's phase on its pixel: benchmarks in
+#: README section 8): the seeing is then a PSF fit integrated over the pixels
+UNDERSAMPLED_FWHM_PIX = 2.5
+#: narrowest Gaussian window [sigma, pix] for a centroid: a narrower one locks the
+#: centroid of an undersampled star onto its pixel's centre (0.4 px off at FWHM 1 px,
+#: 0.05 px with this floor)
+MIN_CENTROID_WINDOW_PIX = 1.0
+
+
+def centroid_window_sigma(fwhm_pix: float, fraction: float = 0.8) -> float:
+    """Sigma [pix] of the Gaussian window for :func:`windowed_centroids` of stars of FWHM
+    `fwhm_pix`: `fraction` x the star's own sigma (narrower than the star keeps its
+    neighbours' wings out), at least MIN_CENTROID_WINDOW_PIX."""
+    width = fwhm_pix if np.isfinite(fwhm_pix) else 2.0
+    return max(fraction * width / 2.355, MIN_CENTROID_WINDOW_PIX)
+
+
+def _pixel_integrated_fwhm(data, pixel_flags, mesh: SkyMesh, peaks: Peaks, fwhm_pix: float, n: int = 30) -> float:
+    """The FWHM [pix] of a Moffat profile integrated over the pixels, fitted to the `n`
+    brightest of `peaks` (star-like, brightest first) at their windowed centroids;
+    `fwhm_pix` when the fit cannot be made."""
+    from .psf import fit_positions, fit_psf
+
+    use = peaks.take(np.arange(min(n, len(peaks))))
+    if len(use) < 5:
+        return fwhm_pix
+    sky_var = float(np.median(mesh.sigma)) ** 2
+    ok = pixel_flags == 0
+    x, y, _ = windowed_centroids(data, use.x, use.y, mesh.level_at(use.x, use.y), centroid_window_sigma(fwhm_pix))
+    fit = fit_psf(data, x, y, sky_var, max(fwhm_pix, 1.0), pixel_ok=ok, size_field=False)
+    if fit.n_stars < 5 or not np.isfinite(fit.psf.fwhm_pix):
+        return fwhm_pix
+    # the centroids' errors widen the fitted profile (10-15% at FWHM 0.8 px): again at
+    # positions fitted with that profile
+    x, y = fit_positions(data, x, y, fit.psf, sky_var, pixel_ok=ok)
+    again = fit_psf(data, x, y, sky_var, fit.psf.fwhm_pix, pixel_ok=ok, size_field=False)
+    best = again if again.n_stars >= 5 and np.isfinite(again.psf.fwhm_pix) else fit
+    return float(best.psf.fwhm_pix)
 
 
 def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: int = 2,

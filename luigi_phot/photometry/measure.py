@@ -25,8 +25,8 @@ from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_varianc
                        pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import (find_cosmic_rays, flag_flat_maximum, star_peaks, star_sharpness_limit,
-                        windowed_centroids)
+from .detection import (centroid_window_sigma, find_cosmic_rays, flag_flat_maximum, star_peaks,
+                        star_sharpness_limit, windowed_centroids)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
@@ -425,10 +425,8 @@ def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sig
         if strong.size >= 150 or level == 0.0:
             peaks = peaks.take(strong[:max_points])
             break
-    width = fwhm if np.isfinite(fwhm) else 2.0
-    # a window narrower than the star keeps neighbours' wings out of the centroid
     px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                   0.8 * max(width, 1.0) / 2.355)
+                                   centroid_window_sigma(fwhm))
     return np.column_stack([px, py]), fwhm
 
 
