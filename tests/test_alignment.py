@@ -119,3 +119,29 @@ def test_a_frame_of_other_stars_is_rejected_naming_what_was_tried():
     text = str(err.value)
     assert text.startswith("alignment failed (") and "header WCS" in text and "star pattern" in text, text
     assert "\n" not in text
+
+
+def test_unrelated_star_lists_are_never_aligned_from_sparse_to_dense():
+    """Chance pairs: whatever the densities, with or without a guess, no transform is
+    accepted between lists of different stars, and the reason says what was found."""
+    rng = np.random.default_rng(12)
+    for trial in range(40):
+        n_ref, n_frame = int(rng.choice([30, 120, 800])), int(rng.choice([20, 100, 400]))
+        ref = rng.uniform(0, 512, (n_ref, 2))
+        other = rng.uniform(0, 512, (n_frame, 2))
+        guess = _similarity(0.0, 1.0, (0.0, 0.0)) if trial % 2 else None
+        with pytest.raises(AlignmentError, match="chance|star pattern: no match"):
+            align(ref, other, guess=guess, frame_shape=(512, 512), search_radius_pix=300.0)
+
+
+def test_a_few_true_pairs_among_many_frame_stars_are_not_enough():
+    """Ten stars truly shared, among 400 frame stars (hot pixels, hits, another field):
+    over the 60 reference stars, a wrong transform would pair about four by chance within
+    4 px, so ten is no proof, although ten is above the configured minimum of 8."""
+    rng = np.random.default_rng(13)
+    m_true = _similarity(0.3, 1.0, (5.0, -4.0))
+    ref = rng.uniform(0, 512, (60, 2))
+    shared = _apply(m_true, ref[:10]) + rng.normal(0, 0.03, (10, 2))
+    frame = np.vstack([shared, rng.uniform(0, 512, (390, 2))])
+    with pytest.raises(AlignmentError, match="chance alone gives that many"):
+        align(ref, frame, guess=m_true, frame_shape=(512, 512))

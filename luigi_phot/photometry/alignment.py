@@ -13,11 +13,19 @@ frame), which also handles a camera rotated by 180 degrees.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["Alignment", "AlignmentError", "align", "affine_from_wcs", "fit_affine", "match_star_lists"]
+
+
+#: the largest distance [pix] at which the refinement pairs stars (its first round)
+_PAIRING_PIX = 4.0
+#: an alignment is accepted only when chance could give its match count with a probability
+#: below this (many transforms are tried before the best one is refined: see _chance_limit)
+CHANCE_PROBABILITY = 1e-10
 
 
 class AlignmentError(Exception):
@@ -72,28 +80,6 @@ def fit_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = No
     return coef.T
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
-    """2x3 similarity (rotation, uniform scale, shift; proper or mirrored) from matched points."""
-    best = None
-    for mirror in (1.0, -1.0):
-        s = src * np.array([1.0, mirror])
-        sc = s - s.mean(0)
-        dc = dst - dst.mean(0)
-        # complex-number fit: dst = z * src + t
-        zs = sc[:, 0] + 1j * sc[:, 1]
-        zd = dc[:, 0] + 1j * dc[:, 1]
-        denom = np.vdot(zs, zs).real
-        if denom <= 0:
-            continue
-        z = np.vdot(zs, zd) / denom
-        res = np.abs(zd - z * zs).sum()
-        if best is None or res < best[0]:
-            lin = np.array([[z.real, -z.imag], [z.imag, z.real]]) @ np.diag([1.0, mirror])
-            t = dst.mean(0) - lin @ src.mean(0)
-            best = (res, np.column_stack([lin, t]))
-    return None if best is None else best[1]
-
-
 def _apply(m, xy):
     return xy @ m[:, :2].T + m[:, 2]
 
@@ -125,7 +111,7 @@ def _match(pred: np.ndarray, tree, tol: float):
     return i[sel], j[sel]
 
 
-def _refine(m0, ref_xy, frm_xy, tree, tols=(4.0, 2.0, 1.0)) -> tuple[np.ndarray, float, int, np.ndarray, np.ndarray]:
+def _refine(m0, ref_xy, frm_xy, tree, tols=(_PAIRING_PIX, 2.0, 1.0)) -> tuple[np.ndarray, float, int, np.ndarray, np.ndarray]:
     m = m0
     i = j = np.zeros(0, dtype=int)
     for tol in tols:
@@ -309,61 +295,83 @@ def _vote(r, f, check_xy, ftree, scale_range, tol_pix, frame_shape, n_check: int
         if n_in > best_n:
             best, best_n = m[k], n_in
     if best is not None and best_n >= 6:
-        # one triangle's transform is off by its centroid errors over its small size:
-        # refit on every star it matched, so the far corners land within tolerance too
-        d, j = ftree.query(_apply(best, check_xy), distance_upper_bound=tol_pix)
-        hit = np.isfinite(d)
-        best = fit_affine(check_xy[hit], ftree.data[j[hit]])
+        best = _grow(best, check_xy, ftree, tol_pix)
     return best, best_n
 
 
-def _pattern_guess(ref_xy: np.ndarray, frm_xy: np.ndarray, n_use: int = 40, tol: float = 3.0,
-                   scale_range=(0.5, 2.0)):
-    """Best transform from triangle matching, as (matrix, inliers)."""
-    from scipy.spatial import cKDTree
-
-    r = ref_xy[:n_use]
-    f = frm_xy[:n_use]
-    if len(r) < 4 or len(f) < 4:
-        return None, 0
-    inv_r, v_r = _triangles(r)
-    inv_f, v_f = _triangles(f)
-    if len(inv_r) == 0 or len(inv_f) == 0:
-        return None, 0
-    tree = cKDTree(inv_f)
-    cand = tree.query_ball_point(inv_r, r=0.01)
-    ftree = cKDTree(frm_xy)
-    best, best_n = None, 0
-    tried = 0
-    for a, matches in enumerate(cand):
-        for b in matches:
-            m = _similarity(r[v_r[a]], f[v_f[b]])
-            if m is None:
-                continue
-            sc = np.sqrt(abs(np.linalg.det(m[:, :2])))
-            if not (scale_range[0] <= sc <= scale_range[1]):
-                continue
-            tried += 1
-            d, _ = ftree.query(_apply(m, ref_xy[: 2 * n_use]), distance_upper_bound=tol)
-            n_in = int(np.isfinite(d).sum())
-            if n_in > best_n:
-                best, best_n = m, n_in
-            if tried > 3000:
-                break
-        if tried > 3000:
+def _grow(m: np.ndarray, ref_xy: np.ndarray, ftree, tol_pix: float, rounds: int = 6) -> np.ndarray:
+    """A triangle's transform is off by its centroid errors over its small size: near the
+    triangle its stars land within `tol_pix`, far away they do not. Refit on the stars
+    matched so far (the worst residuals, blends and chance pairs, left out), match again
+    with the better transform, until the matched set stops growing: the far corners come
+    within tolerance one ring at a time."""
+    hits = None
+    for _ in range(rounds):
+        d, j = ftree.query(_apply(m, ref_xy), distance_upper_bound=tol_pix)
+        hit = np.flatnonzero(np.isfinite(d))
+        if hit.size < 6 or (hits is not None and hit.size <= hits.size):
             break
-    return best, best_n
+        hits = hit
+        src, dst = ref_xy[hit], ftree.data[j[hit]]
+        r = d[hit]
+        good = r <= max(3.0 * np.median(r), 0.5)
+        m = fit_affine(src[good], dst[good]) if good.sum() >= 6 else fit_affine(src, dst)
+    return m
+
+
+def _on_frame(m: np.ndarray, ref_xy: np.ndarray, frame_shape) -> int:
+    """How many reference stars the transform `m` puts on the frame (all without a shape)."""
+    if frame_shape is None:
+        return len(ref_xy)
+    ny, nx = frame_shape
+    xy = _apply(m, ref_xy)
+    return int(np.count_nonzero((xy[:, 0] >= 0) & (xy[:, 0] < nx) & (xy[:, 1] >= 0) & (xy[:, 1] < ny)))
+
+
+def _chance_limit(n_on: int, frame_xy: np.ndarray, frame_shape) -> tuple[int, float]:
+    """(k, expected): the number of matched stars that chance reaches with a probability
+    below CHANCE_PROBABILITY, and the number it gives on average, for `n_on` reference
+    stars on a frame of `frame_xy` stars (density over the frame, or over their bounding
+    box without a shape). A wrong transform pairs each reference star with whatever
+    frame star lies within _PAIRING_PIX (Poisson); the three stars of the triangle that
+    proposed it come for free (an affine fit passes through them)."""
+    if frame_shape is not None:
+        area = float(frame_shape[0] * frame_shape[1])
+    else:
+        span = np.ptp(frame_xy, axis=0) if len(frame_xy) else np.zeros(2)
+        area = float(max(span[0], 1.0) * max(span[1], 1.0))
+    p = 1.0 - math.exp(-len(frame_xy) * math.pi * _PAIRING_PIX ** 2 / area)
+    expected = n_on * p
+    # smallest k with P(Poisson(expected) >= k) < CHANCE_PROBABILITY
+    k, pmf = 0, math.exp(-expected)
+    tail = 1.0
+    while tail >= CHANCE_PROBABILITY and k < 100000:
+        tail -= pmf
+        k += 1
+        pmf *= expected / k
+    return k + 3, expected
 
 
 def _expected_matches(m: np.ndarray, ref_xy: np.ndarray, n_frame: int, frame_shape) -> int:
     """How many stars a right transform should match: the reference stars it puts on the
     frame (all of them without `frame_shape`), at most the frame's star count and 200."""
-    n_ref = len(ref_xy)
-    if frame_shape is not None:
-        ny, nx = frame_shape
-        xy = _apply(m, ref_xy)
-        n_ref = int(np.count_nonzero((xy[:, 0] >= 0) & (xy[:, 0] < nx) & (xy[:, 1] >= 0) & (xy[:, 1] < ny)))
-    return min(n_ref, n_frame, 200)
+    return min(_on_frame(m, ref_xy, frame_shape), n_frame, 200)
+
+
+def _acceptance(m: np.ndarray, rms: float, n: int, ref_xy, frame_xy, frame_shape, min_matched: int,
+                max_rms_pix: float) -> str | None:
+    """Why a refined transform cannot be accepted, in words (None when it can): too few
+    matched stars for the configured minimum, for 15% of what a right transform matches,
+    or for chance to be ruled out; or a residual rms above `max_rms_pix`."""
+    n_on = _on_frame(m, ref_xy, frame_shape)
+    by_chance, expected = _chance_limit(n_on, frame_xy, frame_shape)
+    need = max(min_matched, int(0.15 * min(n_on, len(frame_xy), 200)), by_chance)
+    if n >= need and rms <= max_rms_pix:
+        return None
+    why = ("chance alone gives that many" if need == by_chance and by_chance > min_matched else
+           "for a right transform" if need > min_matched else "the configured minimum")
+    return (f"{n} stars matched (need {need}: {why}; chance pairs {expected:.1f} of the {n_on} reference "
+            f"stars it puts on the frame within {_PAIRING_PIX:.0f} px), rms {rms:.2f} px")
 
 
 def _solution_offset_pix(a: np.ndarray, b: np.ndarray, ref_xy: np.ndarray) -> float:
@@ -401,11 +409,11 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
 
     def attempt(method: str, m0: np.ndarray) -> bool:
         m, rms, n, _, _ = _refine(m0, ref_xy, frame_xy, tree)
-        need = max(min_matched, int(0.15 * _expected_matches(m, ref_xy, len(frame_xy), frame_shape)))
-        if n >= need and rms <= max_rms_pix:
+        refused = _acceptance(m, rms, n, ref_xy, frame_xy, frame_shape, min_matched, max_rms_pix)
+        if refused is None:
             found[method] = (m, rms, n)
             return True
-        failures.append(f"{method}: {n} stars matched (need {need}), rms {rms:.2f} px")
+        failures.append(f"{method}: {refused}")
         return False
 
     wcs_shift = None
