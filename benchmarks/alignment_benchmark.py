@@ -27,7 +27,6 @@ table and every failure's reason; writes benchmarks/results/alignment.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -153,8 +152,8 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
         ny, nx = frame.data_e.shape
         t0 = time.perf_counter()
         mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
-        frame_xy, fwhm = alignment_control_points(frame.data_e, frame.pixel_flags, mesh,
-                                                  float(np.median(mesh.sigma)))
+        points = alignment_control_points(frame.data_e, frame.pixel_flags, mesh, float(np.median(mesh.sigma)))
+        frame_xy, fwhm = points.xy, points.fwhm_pix
         t_detect = time.perf_counter() - t0
         true = _true_map(truth, ref_name, image)
         on = true(ref_xy)
@@ -163,7 +162,7 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
                "rotation_deg": float(r["rotation_deg"]), "seeing_arcsec": float(r["seeing_arcsec"]),
                "fwhm_ratio": float(fwhm / float(r["fwhm_pix"])) if np.isfinite(fwhm) else None,
                "detect_s": round(t_detect, 3)}
-        solvers = [("pipeline", lambda: align_to_catalogue(frame.info, cat, frame_xy, settings).matrix)]
+        solvers = [("pipeline", lambda: align_to_catalogue(frame.info, cat, points, settings).matrix)]
         if with_astroalign:
             solvers.append(("astroalign", lambda: _astroalign_solution(ref_xy, frame_xy, (ny, nx), settings)))
         for label, solve in solvers:

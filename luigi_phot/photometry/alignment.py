@@ -26,6 +26,8 @@ _PAIRING_PIX = 4.0
 #: an alignment is accepted only when chance could give its match count with a probability
 #: below this (many transforms are tried before the best one is refined: see _chance_limit)
 CHANCE_PROBABILITY = 1e-10
+#: the smallest radius [pix] over which chance pairs are counted (see _chance_limit)
+_CHANCE_RADIUS_FLOOR_PIX = 0.2
 
 
 class AlignmentError(Exception):
@@ -328,20 +330,21 @@ def _on_frame(m: np.ndarray, ref_xy: np.ndarray, frame_shape) -> int:
     return int(np.count_nonzero((xy[:, 0] >= 0) & (xy[:, 0] < nx) & (xy[:, 1] >= 0) & (xy[:, 1] < ny)))
 
 
-def _chance_limit(n_on: int, frame_xy: np.ndarray, frame_shape) -> tuple[int, float]:
+def _chance_limit(n_on: int, frame_xy: np.ndarray, frame_shape, radius_pix: float) -> tuple[int, float]:
     """(k, expected): the number of matched stars that chance reaches with a probability
     below CHANCE_PROBABILITY, and the number it gives on average, for `n_on` reference
     stars on a frame of `frame_xy` stars (density over the frame, or over their bounding
-    box without a shape). A wrong transform pairs each reference star with whatever
-    frame star lies within _PAIRING_PIX (Poisson); the three stars of the triangle that
+    box without a shape), the pairs lying within `radius_pix` of their stars (at least
+    _CHANCE_RADIUS_FLOOR_PIX). A wrong transform pairs each reference star with whatever
+    frame star happens to lie that close (Poisson); the three stars of the triangle that
     proposed it come for free (an affine fit passes through them)."""
     if frame_shape is not None:
         area = float(frame_shape[0] * frame_shape[1])
     else:
         span = np.ptp(frame_xy, axis=0) if len(frame_xy) else np.zeros(2)
         area = float(max(span[0], 1.0) * max(span[1], 1.0))
-    p = 1.0 - math.exp(-len(frame_xy) * math.pi * _PAIRING_PIX ** 2 / area)
-    expected = n_on * p
+    radius = max(radius_pix, _CHANCE_RADIUS_FLOOR_PIX)
+    expected = n_on * (1.0 - math.exp(-len(frame_xy) * math.pi * radius ** 2 / area))
     # smallest k with P(Poisson(expected) >= k) < CHANCE_PROBABILITY
     k, pmf = 0, math.exp(-expected)
     tail = 1.0
@@ -358,20 +361,40 @@ def _expected_matches(m: np.ndarray, ref_xy: np.ndarray, n_frame: int, frame_sha
     return min(_on_frame(m, ref_xy, frame_shape), n_frame, 200)
 
 
-def _acceptance(m: np.ndarray, rms: float, n: int, ref_xy, frame_xy, frame_shape, min_matched: int,
-                max_rms_pix: float) -> str | None:
+def _acceptance(m: np.ndarray, rms: float, n: int, radius_pix: float, ref_xy, frame_xy, frame_shape,
+                min_matched: int, max_rms_pix: float) -> str | None:
     """Why a refined transform cannot be accepted, in words (None when it can): too few
     matched stars for the configured minimum, for 15% of what a right transform matches,
-    or for chance to be ruled out; or a residual rms above `max_rms_pix`."""
+    or for chance to be ruled out (its pairs lie within `radius_pix`); or a residual rms
+    above `max_rms_pix`."""
     n_on = _on_frame(m, ref_xy, frame_shape)
-    by_chance, expected = _chance_limit(n_on, frame_xy, frame_shape)
+    by_chance, expected = _chance_limit(n_on, frame_xy, frame_shape, radius_pix)
     need = max(min_matched, int(0.15 * min(n_on, len(frame_xy), 200)), by_chance)
     if n >= need and rms <= max_rms_pix:
         return None
     why = ("chance alone gives that many" if need == by_chance and by_chance > min_matched else
            "for a right transform" if need > min_matched else "the configured minimum")
-    return (f"{n} stars matched (need {need}: {why}; chance pairs {expected:.1f} of the {n_on} reference "
-            f"stars it puts on the frame within {_PAIRING_PIX:.0f} px), rms {rms:.2f} px")
+    return (f"{n} stars matched (need {need}: {why}; chance pairs {expected:.1f} of the {n_on} reference stars "
+            f"it puts on the frame within {max(radius_pix, _CHANCE_RADIUS_FLOOR_PIX):.1f} px), rms {rms:.2f} px")
+
+
+#: the final fit takes at least this many of the brightest matched stars (align's n_precise)
+PRECISE_FIT_STARS = 30
+
+
+def _precise_fit(m, rms, i, j, ref_xy, frame_xy, n_precise):
+    """(matrix, rms, n) of the final fit, on the pairs (i, j) whose frame star is among the
+    first `n_precise` (the brightest: their centroids, not photon noise, set the
+    residuals), or on the brightest PRECISE_FIT_STARS pairs when fewer are; on all pairs
+    without `n_precise` or with fewer pairs than that."""
+    if n_precise is None or i.size <= PRECISE_FIT_STARS:
+        return m, rms, int(i.size)
+    order = np.argsort(j, kind="stable")        # frame stars are brightest first
+    keep = order[: max(PRECISE_FIT_STARS, int(np.count_nonzero(j < n_precise)))]
+    i, j = i[keep], j[keep]
+    m = fit_affine(ref_xy[i], frame_xy[j])
+    r = np.hypot(*(_apply(m, ref_xy[i]) - frame_xy[j]).T)
+    return m, float(np.sqrt(np.mean(r ** 2))), int(i.size)
 
 
 def _solution_offset_pix(a: np.ndarray, b: np.ndarray, ref_xy: np.ndarray) -> float:
@@ -381,7 +404,8 @@ def _solution_offset_pix(a: np.ndarray, b: np.ndarray, ref_xy: np.ndarray) -> fl
 
 def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = None,
           search_radius_pix: float = 200.0, min_matched: int = 8, max_rms_pix: float = 0.5,
-          expected_scale: float | None = None, frame_shape=None, trust_pix: float = 3.0) -> Alignment:
+          expected_scale: float | None = None, frame_shape=None, trust_pix: float = 3.0,
+          n_precise: int | None = None) -> Alignment:
     """Fit the frame's transformation from reference-catalogue stars `ref_xy` (N,2;
     reference pixels, brightest first) to stars detected on the frame `frame_xy`
     (M,2; brightest first). Raises AlignmentError when no fit passes the checks; its
@@ -392,7 +416,9 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
     than `trust_pix` (or led nowhere), the star pattern is matched too
     (:func:`match_star_lists`); when both succeed and disagree by more than `trust_pix`,
     the pattern wins and Alignment.note says so. `frame_shape` (ny, nx) lets the checks
-    count only the reference stars that land on the frame."""
+    count only the reference stars that land on the frame. With `n_precise`, the first
+    `n_precise` frame stars are the well-measured ones: all stars find and check the
+    transform, those (at least the brightest PRECISE_FIT_STARS matched) fit it."""
     from scipy.spatial import cKDTree
 
     ref_xy = np.asarray(ref_xy, float)
@@ -408,10 +434,11 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
     failures = []
 
     def attempt(method: str, m0: np.ndarray) -> bool:
-        m, rms, n, _, _ = _refine(m0, ref_xy, frame_xy, tree)
-        refused = _acceptance(m, rms, n, ref_xy, frame_xy, frame_shape, min_matched, max_rms_pix)
+        m, rms, n, i, j = _refine(m0, ref_xy, frame_xy, tree)
+        radius = float(np.max(np.hypot(*(_apply(m, ref_xy[i]) - frame_xy[j]).T))) if n else _PAIRING_PIX
+        refused = _acceptance(m, rms, n, radius, ref_xy, frame_xy, frame_shape, min_matched, max_rms_pix)
         if refused is None:
-            found[method] = (m, rms, n)
+            found[method] = _precise_fit(m, rms, i, j, ref_xy, frame_xy, n_precise)
             return True
         failures.append(f"{method}: {refused}")
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from .detection import (centroid_window_sigma, find_cosmic_rays, flag_flat_maxim
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
-__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "alignment_control_points",
-           "align_to_catalogue"]
+__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "ControlPoints",
+           "alignment_control_points", "align_to_catalogue"]
 
 #: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
 NEIGHBOUR_MODEL_ERROR = 0.03
@@ -409,31 +410,45 @@ def _blended_or_absent(stars, flux, flux_err, model: NeighbourModel | None, fwhm
     return blended | absent
 
 
+class ControlPoints(NamedTuple):
+    """The frame's stars to align on."""
+
+    xy: np.ndarray      # (M, 2) positions [pix], brightest first
+    n_precise: int      # the first n_precise stand above PRECISE_CONTROL_SIGMA: the fit's stars
+    fwhm_pix: float     # the frame's FWHM from its star-like peaks (NaN when too few)
+
+
+#: control points above this many sky sigma are precise enough to fit the transform on
+PRECISE_CONTROL_SIGMA = 60.0
+
+
 def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sigma: float,
-                             max_points: int = 400) -> tuple[np.ndarray, float]:
-    """Positions (M, 2) of the frame's stars to align on, brightest first, and the frame's
-    FWHM [pix] measured on its star-like peaks (NaN when too few).
+                             max_points: int = 400) -> ControlPoints:
+    """The frame's stars to align on (brightest first) and its FWHM [pix].
 
     Hot pixels, a bad column, cosmic rays and saturated cores are left out by their
     shape (:func:`~.detection.star_like`), whether or not the frame flags them: in a
-    frame in ADU without a mask they are the brightest "stars"."""
+    frame in ADU without a mask they are the brightest "stars". At least 150 stars where
+    the frame has them (down to 25 sigma, then to the detection limit), so that a frame
+    sharing a quarter of its field with the reference still shares dozens; the transform
+    is fitted on those above PRECISE_CONTROL_SIGMA when enough are matched (align's
+    n_precise)."""
     peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500)
-    # align on well-measured stars: their centroids, not photon noise, set the residuals;
-    # but enough of them that a frame sharing a quarter of its field still shares dozens
-    for level in (60.0, 25.0, 0.0):
+    for level in (PRECISE_CONTROL_SIGMA, 25.0, 0.0):
         strong = np.flatnonzero(peaks.height > level * sky_sigma)
         if strong.size >= 150 or level == 0.0:
             peaks = peaks.take(strong[:max_points])
             break
     px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
                                    centroid_window_sigma(fwhm))
-    return np.column_stack([px, py]), fwhm
+    n_precise = int(np.count_nonzero(peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma))
+    return ControlPoints(np.column_stack([px, py]), n_precise, fwhm)
 
 
-def align_to_catalogue(info, cat: Catalogue, frame_xy: np.ndarray, settings: MeasureSettings) -> Alignment:
-    """The frame's transformation from the catalogue's reference pixels, from its stars
-    `frame_xy` (brightest first): the header WCS of both frames is a first guess when
-    usable; without one (or when it leads nowhere) the star pattern alone."""
+def align_to_catalogue(info, cat: Catalogue, points: ControlPoints, settings: MeasureSettings) -> Alignment:
+    """The frame's transformation from the catalogue's reference pixels, from its control
+    `points`: the header WCS of both frames is a first guess when usable; without one (or
+    when it leads nowhere) the star pattern alone."""
     ny, nx = info.shape
     rows = cat.alignment_stars(800)
     ref_xy = np.column_stack([cat.stars["x_ref"][rows], cat.stars["y_ref"][rows]])
@@ -445,9 +460,9 @@ def align_to_catalogue(info, cat: Catalogue, frame_xy: np.ndarray, settings: Mea
         expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
     if info.name == cat.reference_image:
         guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    return align(ref_xy, frame_xy, guess=guess, search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
+    return align(ref_xy, points.xy, guess=guess, search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
                  min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
-                 expected_scale=expected_scale, frame_shape=(ny, nx))
+                 expected_scale=expected_scale, frame_shape=(ny, nx), n_precise=points.n_precise)
 
 
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
@@ -473,15 +488,14 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     sky_sigma = float(np.median(mesh.sigma))
     if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
         raise FrameRejected("no usable sky (constant or empty image)")
-    frame_xy, fwhm_guess = alignment_control_points(data, pflags, mesh, sky_sigma)
-    if not np.isfinite(fwhm_guess):
-        fwhm_guess = cat.psf.fwhm_pix
+    points = alignment_control_points(data, pflags, mesh, sky_sigma)
+    fwhm_guess = points.fwhm_pix if np.isfinite(points.fwhm_pix) else cat.psf.fwhm_pix
     clock.lap("detect")
-    report(0.2, f"{len(frame_xy)} stars detected")
+    report(0.2, f"{len(points.xy)} stars detected")
 
     # --- alignment to the catalogue
     try:
-        aln = align_to_catalogue(info, cat, frame_xy, settings)
+        aln = align_to_catalogue(info, cat, points, settings)
     except AlignmentError as exc:
         raise FrameRejected(str(exc)) from None
     if aln.note:
