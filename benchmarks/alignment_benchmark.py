@@ -19,8 +19,10 @@ counts as a wrong alignment (a silent failure), separately from rejections.
 
     python benchmarks/alignment_benchmark.py [--cases plain_1k,sparse] [--astroalign]
 
---astroalign also runs astroalign.find_transform on the same star lists (its
-similarity refined on the catalogue stars the same way) for comparison. Prints a
+--astroalign also runs astroalign.find_transform for comparison, on the same star
+lists and on the pixels (its own detection, 5 sigma, 60 control points), its
+similarity refined and checked on the catalogue stars the same way; it needs
+astroalign, which the pipeline does not (``pip install -e .[compare]``). Prints a
 table and every failure's reason; writes benchmarks/results/alignment.json.
 """
 
@@ -102,22 +104,47 @@ def _true_map(truth, ref_name: str, image: str):
     return apply
 
 
-def _astroalign_solution(ref_xy, frame_xy, frame_shape, settings):
-    """astroalign on the same star lists, refined on the catalogue stars like ours."""
-    import astroalign
+def _astroalign_refined(t, ref_xy, points, frame_shape, settings, label):
+    """An astroalign similarity refined, checked and fitted on the catalogue stars like ours."""
     from scipy.spatial import cKDTree
 
-    from luigi_phot.photometry.alignment import AlignmentError, _expected_matches, _refine
+    from luigi_phot.photometry.alignment import AlignmentError, _acceptance, _apply, _precise_fit, _refine
+
+    frame_xy = points.xy
+    m, rms, n, i, j = _refine(t.params[:2], ref_xy, frame_xy, cKDTree(frame_xy))
+    radius = float(np.max(np.hypot(*(_apply(m, ref_xy[i]) - frame_xy[j]).T))) if n else 4.0
+    refused = _acceptance(m, rms, n, radius, ref_xy, frame_xy, frame_shape, settings.min_matched_stars,
+                          settings.max_alignment_rms_pix)
+    if refused:
+        raise AlignmentError(f"{label}: {refused}")
+    return _precise_fit(m, rms, i, j, ref_xy, frame_xy, points.n_precise)[0]
+
+
+def _astroalign_solution(ref_xy, points, frame_shape, settings):
+    """astroalign on the same star lists as ours."""
+    import astroalign
+
+    from luigi_phot.photometry.alignment import AlignmentError
 
     try:
-        t, _ = astroalign.find_transform(ref_xy, frame_xy, max_control_points=50)
+        t, _ = astroalign.find_transform(ref_xy, points.xy, max_control_points=50)
     except Exception as exc:  # MaxIterError, ValueError
         raise AlignmentError(f"astroalign: {type(exc).__name__}: {exc}") from None
-    m, rms, n, _, _ = _refine(t.params[:2], ref_xy, frame_xy, cKDTree(frame_xy))
-    need = max(settings.min_matched_stars, int(0.15 * _expected_matches(m, ref_xy, len(frame_xy), frame_shape)))
-    if n < need or rms > settings.max_alignment_rms_pix:
-        raise AlignmentError(f"astroalign: {n} stars matched (need {need}), rms {rms:.2f} px")
-    return m
+    return _astroalign_refined(t, ref_xy, points, frame_shape, settings, "astroalign")
+
+
+def _astroalign_pixels_solution(ref_data, frame_data, ref_xy, points, settings):
+    """astroalign on the pixels, as issue 12 tried it (its own detection at 5 sigma, 60
+    control points), then refined on our star lists the same way."""
+    import astroalign
+
+    from luigi_phot.photometry.alignment import AlignmentError
+
+    try:
+        t, _ = astroalign.find_transform(ref_data, frame_data, detection_sigma=5, max_control_points=60)
+    except Exception as exc:  # MaxIterError, ValueError
+        raise AlignmentError(f"astroalign (pixels): {type(exc).__name__}: {exc}") from None
+    return _astroalign_refined(t, ref_xy, points, frame_data.shape, settings, "astroalign (pixels)")
 
 
 def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
@@ -145,6 +172,7 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
     t_cat = time.perf_counter() - t0
     rows = cat.alignment_stars(800)
     ref_xy = np.column_stack([cat.stars["x_ref"][rows], cat.stars["y_ref"][rows]])
+    ref_data = load_frame(choice.path, rc.camera).data_e if with_astroalign else None
     frames = []
     for r in truth:
         image = str(r["image"])
@@ -153,7 +181,7 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
         t0 = time.perf_counter()
         mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
         points = alignment_control_points(frame.data_e, frame.pixel_flags, mesh, float(np.median(mesh.sigma)))
-        frame_xy, fwhm = points.xy, points.fwhm_pix
+        fwhm = points.fwhm_pix
         t_detect = time.perf_counter() - t0
         true = _true_map(truth, ref_name, image)
         on = true(ref_xy)
@@ -164,7 +192,9 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
                "detect_s": round(t_detect, 3)}
         solvers = [("pipeline", lambda: align_to_catalogue(frame.info, cat, points, settings).matrix)]
         if with_astroalign:
-            solvers.append(("astroalign", lambda: _astroalign_solution(ref_xy, frame_xy, (ny, nx), settings)))
+            solvers.append(("astroalign", lambda: _astroalign_solution(ref_xy, points, (ny, nx), settings)))
+            solvers.append(("astroalign_pixels", lambda: _astroalign_pixels_solution(ref_data, frame.data_e, ref_xy,
+                                                                                     points, settings)))
         for label, solve in solvers:
             t0 = time.perf_counter()
             try:
@@ -214,7 +244,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         res = run_case(name, CASES[name], args.astroalign)
         results.append(res)
-        labels = ["pipeline"] + (["astroalign"] if args.astroalign else [])
+        labels = ["pipeline"] + (["astroalign", "astroalign_pixels"] if args.astroalign else [])
         figs = "; ".join(
             f"{lb} {s['aligned']}/{s['frames']} median {s['median_rms_truth_pix'] or float('nan'):.3f} "
             f"worst {s['worst_rms_truth_pix'] or float('nan'):.3f} px"
@@ -226,7 +256,7 @@ def main(argv=None) -> int:
     out = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "load_1min": os.getloadavg()[0]},
            "elapsed_s": round(time.perf_counter() - t_all, 1),
-           "summary": {lb: _summary(results, lb) for lb in ("pipeline", "astroalign")
+           "summary": {lb: _summary(results, lb) for lb in ("pipeline", "astroalign", "astroalign_pixels")
                        if _summary(results, lb)},
            "cases": results}
     for lb, s in out["summary"].items():
