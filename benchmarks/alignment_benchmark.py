@@ -155,7 +155,8 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
     from luigi_phot.photometry.background import sky_mesh
     from luigi_phot.photometry.catalogue import build_catalogue, choose_reference
     from luigi_phot.photometry.frames import list_frames, load_frame
-    from luigi_phot.photometry.measure import MeasureSettings, align_to_catalogue, alignment_control_points
+    from luigi_phot.photometry.detection import alignment_control_points
+    from luigi_phot.photometry.measure import MeasureSettings, align_to_catalogue
 
     red = _dataset(name, cfg)
     truth = Table.read(red / "synthetic_truth.ecsv", format="ascii.ecsv")
@@ -167,7 +168,7 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
     seeing = {str(r["image"]): float(r["seeing_arcsec"]) for r in truth}
     ref_name = choice.path.name
     t0 = time.perf_counter()
-    cat = build_catalogue(load_frame(choice.path, rc.camera), rc.target.ra_deg, rc.target.dec_deg,
+    cat = build_catalogue(choice.load(rc.camera), rc.target.ra_deg, rc.target.dec_deg,
                           rc.photometry, key="benchmark")
     t_cat = time.perf_counter() - t0
     rows = cat.alignment_stars(800)

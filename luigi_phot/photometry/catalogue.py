@@ -1,9 +1,11 @@
 """The reference frame and the dataset's star catalogue.
 
 - :func:`choose_reference` picks the reference frame: the configured one, or
-  the frame with the best ratio of seeing to sky noise among those with a
-  usable WCS that covers the target and seeing no worse than the median
-  (measured on a crop around the target, on star-shaped peaks only).
+  the frame with the best ratio of seeing to sky noise among those with
+  seeing no worse than the median (measured on a crop around the target, on
+  star-shaped peaks only), frames with a usable WCS that covers the target and
+  frames without one, which borrow it from the best frame with one through
+  their star pattern (:func:`borrow_wcs`).
 - :func:`build_catalogue` detects stars on the reference (matched filter),
   fits the reference PSF, measures every star's reference flux by
   simultaneous PSF photometry, refines the reference WCS against an astrometric
@@ -18,6 +20,7 @@ facts and WCS, and a STARS table. Star ids are row numbers (0-based).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -29,18 +32,19 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
+from .alignment import AlignmentError, align
+from .astrometry import AstrometryError, AstrometryRequest, compose_wcs, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
-from .detection import (centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness,
+from .detection import (alignment_control_points, centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness,
                         quick_fwhm, star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
-from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, mask_defective_lines,
-                     read_frame_info)
+from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, load_frame,
+                     mask_defective_lines, read_frame_info)
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
-__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
+__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "borrow_wcs", "build_catalogue",
            "psf_star_candidates"]
 
 CATALOGUE_FORMAT = 1
@@ -153,6 +157,14 @@ class ReferenceChoice:
     rejected: dict[str, str]          # frame name -> why it cannot be the reference
     filter_name: str
 
+    def load(self, camera) -> Frame:
+        """The reference frame with the WCS the choice found for it (its own, or one
+        borrowed from another frame when it has none: see :func:`borrow_wcs`)."""
+        frame = load_frame(self.path, camera)
+        if frame.info.wcs is None:
+            frame.info.wcs = self.info.wcs
+        return frame
+
 
 def _target_pixel(info: FrameInfo, ra: float, dec: float):
     x, y = info.wcs.all_world2pix([[ra, dec]], 0)[0]
@@ -235,11 +247,14 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     """Pick the reference frame.
 
     The dataset's filter is the most common one among readable frames (or
-    `filter_name`). Candidates need a usable WCS that puts the target at least
-    50 pixels inside the frame. Among up to `max_candidates` of them (evenly spread
-    over the dataset), those showing at least half as many stars as the best (clouds
-    show fewer) and seeing no worse than their median compete: the smallest FWHM x sky
-    noise wins (see :func:`_pick_reference`). The reason names its FWHM, sky and why.
+    `filter_name`). Candidates are frames whose usable WCS puts the target at least 50
+    pixels inside the frame and, when there are such frames, frames without a WCS too:
+    a frame without one that wins borrows its WCS from the best frame with one through
+    their star pattern (:func:`borrow_wcs`; a frame that cannot borrow one is passed
+    over). Among up to `max_candidates` of them (evenly spread over the dataset), those
+    showing at least half as many stars as the best (clouds show fewer) and seeing no
+    worse than their median compete: the smallest FWHM x sky noise wins (see
+    :func:`_pick_reference`). The reason names its FWHM, sky and why.
     With `allow_no_wcs` (an astrometric catalogue can solve the reference), frames with
     no WCS but a pixel scale are candidates when no frame has a WCS, the target taken
     near their centre."""
@@ -257,28 +272,60 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
         names = [i.filter_name for i in infos.values()]
         values, counts = np.unique(names, return_counts=True)
         filter_name = str(values[np.argmax(counts)])
-
+    usable, no_wcs = _candidates(infos, filter_name, ra, dec, rejected)
     if configured is not None:
-        match = [p for p in frame_paths if p.name == configured]
-        if not match:
-            raise CatalogueError(f"photometry.reference_image {configured!r} is not a frame of this dataset")
-        p = match[0]
-        if p not in infos:
-            raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
-        info = infos[p]
-        if info.wcs is None and not (allow_no_wcs and info.pixel_scale_arcsec):
-            raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS")
-        return ReferenceChoice(p, info, "configured (photometry.reference_image)", rejected, filter_name)
+        return _configured_reference(configured, frame_paths, infos, usable, rejected, filter_name, camera,
+                                     ra, dec, allow_no_wcs)
+    if usable:
+        candidates = usable + no_wcs      # a frame without a WCS can borrow one
+    elif allow_no_wcs:
+        candidates = [c for c in no_wcs if c[1].pixel_scale_arcsec]
+    else:
+        candidates = []
+    if not candidates:
+        raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
+                             f"on the frame ({len(infos)} readable frames)")
+    if len(candidates) > max_candidates:
+        pick = np.linspace(0, len(candidates) - 1, max_candidates).round().astype(int)
+        candidates = [candidates[i] for i in np.unique(pick)]
+    looks = []
+    for p, info, x, y in candidates:
+        try:
+            look = _quick_look(info, x, y)
+        except Exception as exc:  # unreadable pixels: not a candidate
+            rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
+            continue
+        looks.append((p, info, look))
+    looks = [lk for lk in looks if np.isfinite(lk[2].fwhm_pix) and lk[2].n_stars >= 5]
+    while looks:
+        (p, info, look), why = _pick_reference(looks)
+        scale = info.pixel_scale_arcsec or 1.0
+        reason = (f"automatic: FWHM {look.fwhm_pix * scale:.2f}\", sky {look.sky_e:.0f} e- (noise "
+                  f"{look.sky_sigma_e:.1f} e-), {look.n_stars} stars near the target: {why}")
+        donors = [lk[1] for lk in sorted(looks, key=lambda lk: lk[2].fwhm_pix * lk[2].sky_sigma_e)
+                  if lk[1].wcs is not None]
+        if info.wcs is not None or not donors:
+            return ReferenceChoice(p, info, reason, rejected, filter_name)
+        try:
+            info, note = _with_borrowed_wcs(info, donors[0], camera, ra, dec)
+        except CatalogueError as exc:
+            rejected[p.name] = f"no WCS, and none could be borrowed: {exc}"
+            looks = [lk for lk in looks if lk[0] != p]
+            continue
+        return ReferenceChoice(p, info, f"{reason}; {note}", rejected, filter_name)
+    raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
 
-    usable, without_wcs = [], []
+
+def _candidates(infos: dict, filter_name: str, ra: float, dec: float, rejected: dict) -> tuple[list, list]:
+    """The frames of the dataset's filter as (path, info, target x, target y): those whose
+    WCS puts the target at least 50 px inside, and those without a WCS (the frame's
+    centre standing for the target's place)."""
+    usable, no_wcs = [], []
     for p, info in infos.items():
         if info.filter_name != filter_name:
             continue
         if info.wcs is None:
-            if allow_no_wcs and info.pixel_scale_arcsec:
-                without_wcs.append((p, info, (info.shape[1] - 1) / 2, (info.shape[0] - 1) / 2))
-            else:
-                rejected.setdefault(p.name, "no usable WCS")
+            no_wcs.append((p, info, (info.shape[1] - 1) / 2, (info.shape[0] - 1) / 2))
             continue
         try:
             x, y = _target_pixel(info, ra, dec)
@@ -290,29 +337,76 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
             rejected.setdefault(p.name, "target not on the frame (by its WCS)")
             continue
         usable.append((p, info, x, y))
-    usable = usable or without_wcs
-    if not usable:
-        raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
-                             f"on the frame ({len(infos)} readable frames)")
-    if len(usable) > max_candidates:
-        pick = np.linspace(0, len(usable) - 1, max_candidates).round().astype(int)
-        usable = [usable[i] for i in np.unique(pick)]
-    looks = []
-    for p, info, x, y in usable:
+    return usable, no_wcs
+
+
+def _configured_reference(configured, frame_paths, infos, usable, rejected, filter_name, camera, ra, dec,
+                          allow_no_wcs) -> ReferenceChoice:
+    """The reference named in the configuration (or kept from the previous catalogue); one
+    without a WCS borrows one from a frame that has one, or is solved by the astrometry
+    when `allow_no_wcs`."""
+    match = [p for p in frame_paths if p.name == configured]
+    if not match:
+        raise CatalogueError(f"photometry.reference_image {configured!r} is not a frame of this dataset")
+    p = match[0]
+    if p not in infos:
+        raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
+    info = infos[p]
+    reason = "configured (photometry.reference_image)"
+    if info.wcs is not None:
+        return ReferenceChoice(p, info, reason, rejected, filter_name)
+    failures = []
+    for donor in [c[1] for c in usable][:3]:
         try:
-            look = _quick_look(info, x, y)
-        except Exception as exc:  # unreadable pixels: not a candidate
-            rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
-            continue
-        looks.append((p, info, look))
-    looks = [lk for lk in looks if np.isfinite(lk[2].fwhm_pix) and lk[2].n_stars >= 5]
-    if not looks:
-        raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
-    (p, info, look), why = _pick_reference(looks)
-    scale = info.pixel_scale_arcsec or 1.0
-    reason = (f"automatic: FWHM {look.fwhm_pix * scale:.2f}\", sky {look.sky_e:.0f} e- (noise "
-              f"{look.sky_sigma_e:.1f} e-), {look.n_stars} stars near the target: {why}")
-    return ReferenceChoice(p, info, reason, rejected, filter_name)
+            borrowed, note = _with_borrowed_wcs(info, donor, camera, ra, dec)
+            return ReferenceChoice(p, borrowed, f"{reason}; {note}", rejected, filter_name)
+        except CatalogueError as exc:
+            failures.append(str(exc))
+    if allow_no_wcs and info.pixel_scale_arcsec:
+        return ReferenceChoice(p, info, reason, rejected, filter_name)
+    raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS"
+                         + (f" and none could be borrowed ({'; '.join(failures)})" if failures else ""))
+
+
+def _with_borrowed_wcs(info: FrameInfo, donor: FrameInfo, camera, ra: float, dec: float) -> tuple[FrameInfo, str]:
+    """A copy of `info` with the WCS borrowed from `donor` (:func:`borrow_wcs`), and the
+    note saying so; CatalogueError when none can be had or it leaves the target off the
+    frame."""
+    wcs, note = borrow_wcs(info, donor, camera)
+    out = dataclasses.replace(info, wcs=wcs)
+    x, y = _target_pixel(out, ra, dec)
+    ny, nx = info.shape
+    if not (50 <= x < nx - 50 and 50 <= y < ny - 50):
+        raise CatalogueError(f"the WCS borrowed from {donor.name} puts the target off the frame")
+    return out, note
+
+
+def borrow_wcs(info: FrameInfo, donor: FrameInfo, camera) -> tuple[WCS, str]:
+    """A WCS for the frame `info`, which has none, from the frame `donor`, which has one:
+    the two frames' stars aligned by their pattern (any rotation, a meridian flip, any
+    offset: :func:`~.alignment.align`) and the donor's WCS composed with that
+    transformation (a TAN WCS; the donor's distortion terms, if any, are dropped). Returns
+    (the WCS, a note for the log); CatalogueError when the frames do not align."""
+    points = []
+    for frame_info in (info, donor):
+        try:
+            frame = load_frame(frame_info.path, camera)
+        except FrameError as exc:
+            raise CatalogueError(str(exc)) from None
+        flag_flat_maximum(frame.data_e, frame.pixel_flags, saturated_bit=PIXEL_SATURATED)
+        mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
+        points.append(alignment_control_points(frame.data_e, frame.pixel_flags, mesh, float(np.median(mesh.sigma))))
+        del frame
+    scale = (info.pixel_scale_arcsec / donor.pixel_scale_arcsec
+             if info.pixel_scale_arcsec and donor.pixel_scale_arcsec else None)
+    try:
+        aln = align(points[0].xy, points[1].xy, frame_shape=donor.shape, expected_scale=scale,
+                    n_precise=points[1].n_precise)
+    except AlignmentError as exc:
+        raise CatalogueError(f"it does not align with {donor.name}: {exc}") from None
+    wcs = compose_wcs(donor.wcs, np.vstack([aln.matrix, [0.0, 0.0, 1.0]]), info.shape)
+    return wcs, (f"{info.name} has no WCS: borrowed from {donor.name} through their star pattern "
+                 f"({aln.n_matched} stars, rms {aln.rms_pix:.2f} px)")
 
 
 # --------------------------------------------------------------------------

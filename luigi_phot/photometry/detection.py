@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
            "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum",
-           "centroid_window_sigma"]
+           "centroid_window_sigma", "ControlPoints", "alignment_control_points"]
 
 
 @dataclass
@@ -477,3 +478,38 @@ def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: 
         return 0
     pixel_flags[at] |= np.uint8(saturated_bit)
     return n
+
+
+class ControlPoints(NamedTuple):
+    """The frame's stars to align on."""
+
+    xy: np.ndarray      # (M, 2) positions [pix], brightest first
+    n_precise: int      # the first n_precise stand above PRECISE_CONTROL_SIGMA: the fit's stars
+    fwhm_pix: float     # the frame's FWHM from its star-like peaks (NaN when too few)
+
+
+#: control points above this many sky sigma are precise enough to fit the transform on
+PRECISE_CONTROL_SIGMA = 60.0
+
+
+def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sigma: float,
+                             max_points: int = 400) -> ControlPoints:
+    """The frame's stars to align on (brightest first) and its FWHM [pix].
+
+    Hot pixels, a bad column, cosmic rays and saturated cores are left out by their
+    shape (:func:`~.detection.star_like`), whether or not the frame flags them: in a
+    frame in ADU without a mask they are the brightest "stars". At least 150 stars where
+    the frame has them (down to 25 sigma, then to the detection limit), so that a frame
+    sharing a quarter of its field with the reference still shares dozens; the transform
+    is fitted on those above PRECISE_CONTROL_SIGMA when enough are matched (align's
+    n_precise)."""
+    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500)
+    for level in (PRECISE_CONTROL_SIGMA, 25.0, 0.0):
+        strong = np.flatnonzero(peaks.height > level * sky_sigma)
+        if strong.size >= 150 or level == 0.0:
+            peaks = peaks.take(strong[:max_points])
+            break
+    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                   centroid_window_sigma(fwhm))
+    n_precise = int(np.count_nonzero(peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma))
+    return ControlPoints(np.column_stack([px, py]), n_precise, fwhm)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
@@ -26,13 +25,12 @@ from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_varianc
                        pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import (centroid_window_sigma, find_cosmic_rays, flag_flat_maximum, star_peaks,
-                        star_sharpness_limit, windowed_centroids)
+from .detection import (ControlPoints, alignment_control_points, find_cosmic_rays, flag_flat_maximum,
+                        star_sharpness_limit)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
-__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "ControlPoints",
-           "alignment_control_points", "align_to_catalogue"]
+__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "align_to_catalogue"]
 
 #: Fractional uncertainty assumed for the modelled light of a neighbour (PSF model error).
 NEIGHBOUR_MODEL_ERROR = 0.03
@@ -408,41 +406,6 @@ def _blended_or_absent(stars, flux, flux_err, model: NeighbourModel | None, fwhm
     with np.errstate(invalid="ignore"):
         absent = (np.asarray(stars["snr_ref"], float) < 3.0) & ~(flux > 3.0 * flux_err)
     return blended | absent
-
-
-class ControlPoints(NamedTuple):
-    """The frame's stars to align on."""
-
-    xy: np.ndarray      # (M, 2) positions [pix], brightest first
-    n_precise: int      # the first n_precise stand above PRECISE_CONTROL_SIGMA: the fit's stars
-    fwhm_pix: float     # the frame's FWHM from its star-like peaks (NaN when too few)
-
-
-#: control points above this many sky sigma are precise enough to fit the transform on
-PRECISE_CONTROL_SIGMA = 60.0
-
-
-def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sigma: float,
-                             max_points: int = 400) -> ControlPoints:
-    """The frame's stars to align on (brightest first) and its FWHM [pix].
-
-    Hot pixels, a bad column, cosmic rays and saturated cores are left out by their
-    shape (:func:`~.detection.star_like`), whether or not the frame flags them: in a
-    frame in ADU without a mask they are the brightest "stars". At least 150 stars where
-    the frame has them (down to 25 sigma, then to the detection limit), so that a frame
-    sharing a quarter of its field with the reference still shares dozens; the transform
-    is fitted on those above PRECISE_CONTROL_SIGMA when enough are matched (align's
-    n_precise)."""
-    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500)
-    for level in (PRECISE_CONTROL_SIGMA, 25.0, 0.0):
-        strong = np.flatnonzero(peaks.height > level * sky_sigma)
-        if strong.size >= 150 or level == 0.0:
-            peaks = peaks.take(strong[:max_points])
-            break
-    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                   centroid_window_sigma(fwhm))
-    n_precise = int(np.count_nonzero(peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma))
-    return ControlPoints(np.column_stack([px, py]), n_precise, fwhm)
 
 
 def align_to_catalogue(info, cat: Catalogue, points: ControlPoints, settings: MeasureSettings) -> Alignment:
