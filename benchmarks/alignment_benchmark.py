@@ -104,7 +104,7 @@ def _true_map(truth, ref_name: str, image: str):
     return apply
 
 
-def _astroalign_refined(t, ref_xy, points, frame_shape, settings, label):
+def _astroalign_refined(t, ref_xy, points, frame_shape, settings, label, fit_stars):
     """An astroalign similarity refined, checked and fitted on the catalogue stars like ours."""
     from scipy.spatial import cKDTree
 
@@ -117,10 +117,10 @@ def _astroalign_refined(t, ref_xy, points, frame_shape, settings, label):
                           settings.max_alignment_rms_pix)
     if refused:
         raise AlignmentError(f"{label}: {refused}")
-    return _precise_fit(m, rms, i, j, ref_xy, frame_xy, points.n_precise)[0]
+    return _precise_fit(m, rms, i, j, ref_xy, frame_xy, fit_stars)[0]
 
 
-def _astroalign_solution(ref_xy, points, frame_shape, settings):
+def _astroalign_solution(ref_xy, points, frame_shape, settings, fit_stars):
     """astroalign on the same star lists as ours."""
     import astroalign
 
@@ -130,10 +130,10 @@ def _astroalign_solution(ref_xy, points, frame_shape, settings):
         t, _ = astroalign.find_transform(ref_xy, points.xy, max_control_points=50)
     except Exception as exc:  # MaxIterError, ValueError
         raise AlignmentError(f"astroalign: {type(exc).__name__}: {exc}") from None
-    return _astroalign_refined(t, ref_xy, points, frame_shape, settings, "astroalign")
+    return _astroalign_refined(t, ref_xy, points, frame_shape, settings, "astroalign", fit_stars)
 
 
-def _astroalign_pixels_solution(ref_data, frame_data, ref_xy, points, settings):
+def _astroalign_pixels_solution(ref_data, frame_data, ref_xy, points, settings, fit_stars):
     """astroalign on the pixels, as issue 12 tried it (its own detection at 5 sigma, 60
     control points), then refined on our star lists the same way."""
     import astroalign
@@ -144,14 +144,14 @@ def _astroalign_pixels_solution(ref_data, frame_data, ref_xy, points, settings):
         t, _ = astroalign.find_transform(ref_data, frame_data, detection_sigma=5, max_control_points=60)
     except Exception as exc:  # MaxIterError, ValueError
         raise AlignmentError(f"astroalign (pixels): {type(exc).__name__}: {exc}") from None
-    return _astroalign_refined(t, ref_xy, points, frame_data.shape, settings, "astroalign (pixels)")
+    return _astroalign_refined(t, ref_xy, points, frame_data.shape, settings, "astroalign (pixels)", fit_stars)
 
 
 def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
     from astropy.table import Table
 
     from luigi_phot.config import load_reduction_config
-    from luigi_phot.photometry.alignment import AlignmentError
+    from luigi_phot.photometry.alignment import AlignmentError, FitStars
     from luigi_phot.photometry.background import sky_mesh
     from luigi_phot.photometry.catalogue import build_catalogue, choose_reference
     from luigi_phot.photometry.frames import list_frames, load_frame
@@ -183,6 +183,7 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
         mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
         points = alignment_control_points(frame.data_e, frame.pixel_flags, mesh, float(np.median(mesh.sigma)))
         fwhm = points.fwhm_pix
+        fit_stars = FitStars(~np.asarray(cat.stars["saturated_ref"])[rows], ~points.saturated, points.precise)
         t_detect = time.perf_counter() - t0
         true = _true_map(truth, ref_name, image)
         on = true(ref_xy)
@@ -193,9 +194,9 @@ def run_case(name: str, cfg: SyntheticConfig, with_astroalign: bool) -> dict:
                "detect_s": round(t_detect, 3)}
         solvers = [("pipeline", lambda: align_to_catalogue(frame.info, cat, points, settings).matrix)]
         if with_astroalign:
-            solvers.append(("astroalign", lambda: _astroalign_solution(ref_xy, points, (ny, nx), settings)))
+            solvers.append(("astroalign", lambda: _astroalign_solution(ref_xy, points, (ny, nx), settings, fit_stars)))
             solvers.append(("astroalign_pixels", lambda: _astroalign_pixels_solution(ref_data, frame.data_e, ref_xy,
-                                                                                     points, settings)))
+                                                                                     points, settings, fit_stars)))
         for label, solve in solvers:
             t0 = time.perf_counter()
             try:

@@ -101,3 +101,59 @@ def test_plain_frames_without_wcs_and_flipped_reach_the_light_curve(plain, tmp_p
     flipped = set(map(str, truth["image"][truth["flipped"] & ~truth["has_header_wcs"]]))
     assert flipped and all(name in set(map(str, lc["image"])) for name in flipped)
     assert "sky" in log.split("reference frame")[1].split("\n")[0]
+
+
+#: undersampled: 1.6"/px, seeing 1.5-3" (FWHM 0.94-1.9 px), defects unflagged
+UNDERSAMPLED = SyntheticConfig(seed=1213, n_frames=6, shape=(512, 512), n_stars=700, n_nights=3,
+                               pixel_scale_arcsec=1.6, seeing_arcsec=(1.5, 3.0), n_hot_pixels=40,
+                               cosmic_rays_per_mpix_per_s=0.3, plain_fits_adu=True, no_wcs_fraction=0.5,
+                               flip_every=3, target_isolation_arcsec=8.0)
+
+
+def test_undersampled_seeing_within_ten_percent_and_every_star_peak_a_star(tmp_path):
+    """Stars as sharp as hot pixels: single pixels are told from stars by the light on
+    their neighbours, and the seeing comes from a profile integrated over the pixels."""
+    from luigi_phot.synthetic import true_frame_wcs
+
+    red = tmp_path / "ip"
+    generate_dataset(red, UNDERSAMPLED)
+    truth = Table.read(red / "synthetic_truth.ecsv", format="ascii.ecsv")
+    sky = Table.read(red / "synthetic_stars.ecsv", format="ascii.ecsv")
+    for row in truth:
+        frame = load_frame(red / str(row["image"]))
+        mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
+        stars, fwhm = star_peaks(frame.data_e, frame.pixel_flags, mesh, nsigma=8.0, max_stars=1500)
+        assert abs(fwhm / row["fwhm_pix"] - 1) <= 0.10, (row["image"], fwhm, row["fwhm_pix"])
+        x, y = true_frame_wcs(truth, str(row["image"])).all_world2pix(sky["ra_deg"], sky["dec_deg"], 0)
+        bright = np.asarray(sky["mag"]) < 20.5
+        d = np.hypot(stars.x[:, None] - x[bright][None, :], stars.y[:, None] - y[bright][None, :]).min(axis=1)
+        assert len(stars) > 100 and np.mean(d <= 1.5) >= 0.98, (row["image"], len(stars), np.mean(d <= 1.5))
+
+
+def test_a_reference_without_wcs_borrows_one_from_a_frame_that_has_one(plain, tmp_path):
+    """The best-seeing frame, its WCS taken away, still wins: its WCS comes from the best
+    frame with one through their star patterns, within that frame's own header error."""
+    import shutil
+
+    from astropy.io import fits
+
+    from luigi_phot.synthetic import true_frame_wcs
+
+    red = tmp_path / "ip"
+    shutil.copytree(plain, red)
+    truth = Table.read(red / "synthetic_truth.ecsv", format="ascii.ecsv")
+    best = str(truth["image"][int(np.argmin(truth["seeing_arcsec"]))])
+    with fits.open(red / best) as h:
+        hdu = h[0].copy()
+    for key in [k for k in hdu.header if k.startswith(("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_", "CUNIT"))]:
+        del hdu.header[key]
+    (red / best).unlink()
+    hdu.writeto(red / best)
+    rc = load_reduction_config(red / "reduction_config.yaml", check_tom_file=False)
+    choice = choose_reference(list_frames(red), rc.camera, rc.target.ra_deg, rc.target.dec_deg)
+    assert choice.path.name == best and "has no WCS: borrowed from" in choice.reason, choice.reason
+    frame = choice.load(rc.camera)
+    true = true_frame_wcs(truth, best)
+    target = [[rc.target.ra_deg, rc.target.dec_deg]]
+    off_pix = np.hypot(*(frame.info.wcs.all_world2pix(target, 0)[0] - true.all_world2pix(target, 0)[0]))
+    assert off_pix * PLAIN.pixel_scale_arcsec <= PLAIN.wcs_error_arcsec + 0.3, off_pix

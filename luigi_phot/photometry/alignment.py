@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Alignment", "AlignmentError", "align", "affine_from_wcs", "fit_affine", "match_star_lists"]
+__all__ = ["Alignment", "AlignmentError", "FitStars", "align", "affine_from_wcs", "fit_affine", "match_star_lists"]
 
 
 #: the largest distance [pix] at which the refinement pairs stars (its first round)
@@ -378,19 +379,31 @@ def _acceptance(m: np.ndarray, rms: float, n: int, radius_pix: float, ref_xy, fr
             f"it puts on the frame within {max(radius_pix, _CHANCE_RADIUS_FLOOR_PIX):.1f} px), rms {rms:.2f} px")
 
 
-#: the final fit takes at least this many of the brightest matched stars (align's n_precise)
+#: the final fit takes at least this many of the brightest matched stars (see FitStars)
 PRECISE_FIT_STARS = 30
 
 
-def _precise_fit(m, rms, i, j, ref_xy, frame_xy, n_precise):
-    """(matrix, rms, n) of the final fit, on the pairs (i, j) whose frame star is among the
-    first `n_precise` (the brightest: their centroids, not photon noise, set the
-    residuals), or on the brightest PRECISE_FIT_STARS pairs when fewer are; on all pairs
-    without `n_precise` or with fewer pairs than that."""
-    if n_precise is None or i.size <= PRECISE_FIT_STARS:
+class FitStars(NamedTuple):
+    """Which matched stars fit the transform; all of them find and check it."""
+
+    ref_ok: np.ndarray         # (N,) reference stars whose positions can fit it (not saturated there)
+    frame_ok: np.ndarray       # (M,) frame stars likewise
+    frame_precise: np.ndarray  # (M,) frame stars measured well enough to fit on alone
+
+
+def _precise_fit(m, rms, i, j, ref_xy, frame_xy, fit_stars: FitStars | None):
+    """(matrix, rms, n) of the final fit on the pairs (i, j) whose stars are usable on both
+    sides and precise on the frame (their centroids, not photon noise, set the
+    residuals), or on the brightest PRECISE_FIT_STARS usable pairs when fewer are; on
+    all pairs without `fit_stars` or with fewer usable pairs than that."""
+    if fit_stars is None:
         return m, rms, int(i.size)
+    usable = fit_stars.ref_ok[i] & fit_stars.frame_ok[j]
+    if np.count_nonzero(usable) < PRECISE_FIT_STARS:
+        return m, rms, int(i.size)
+    i, j = i[usable], j[usable]
     order = np.argsort(j, kind="stable")        # frame stars are brightest first
-    keep = order[: max(PRECISE_FIT_STARS, int(np.count_nonzero(j < n_precise)))]
+    keep = order[: max(PRECISE_FIT_STARS, int(np.count_nonzero(fit_stars.frame_precise[j])))]
     i, j = i[keep], j[keep]
     m = fit_affine(ref_xy[i], frame_xy[j])
     r = np.hypot(*(_apply(m, ref_xy[i]) - frame_xy[j]).T)
@@ -405,7 +418,7 @@ def _solution_offset_pix(a: np.ndarray, b: np.ndarray, ref_xy: np.ndarray) -> fl
 def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = None,
           search_radius_pix: float = 200.0, min_matched: int = 8, max_rms_pix: float = 0.5,
           expected_scale: float | None = None, frame_shape=None, trust_pix: float = 3.0,
-          n_precise: int | None = None) -> Alignment:
+          fit_stars: FitStars | None = None) -> Alignment:
     """Fit the frame's transformation from reference-catalogue stars `ref_xy` (N,2;
     reference pixels, brightest first) to stars detected on the frame `frame_xy`
     (M,2; brightest first). Raises AlignmentError when no fit passes the checks; its
@@ -416,9 +429,9 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
     than `trust_pix` (or led nowhere), the star pattern is matched too
     (:func:`match_star_lists`); when both succeed and disagree by more than `trust_pix`,
     the pattern wins and Alignment.note says so. `frame_shape` (ny, nx) lets the checks
-    count only the reference stars that land on the frame. With `n_precise`, the first
-    `n_precise` frame stars are the well-measured ones: all stars find and check the
-    transform, those (at least the brightest PRECISE_FIT_STARS matched) fit it."""
+    count only the reference stars that land on the frame. `fit_stars` says which matched
+    stars fit the transform (unsaturated, well measured: at least the brightest
+    PRECISE_FIT_STARS usable pairs); all of them find and check it."""
     from scipy.spatial import cKDTree
 
     ref_xy = np.asarray(ref_xy, float)
@@ -438,7 +451,7 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
         radius = float(np.max(np.hypot(*(_apply(m, ref_xy[i]) - frame_xy[j]).T))) if n else _PAIRING_PIX
         refused = _acceptance(m, rms, n, radius, ref_xy, frame_xy, frame_shape, min_matched, max_rms_pix)
         if refused is None:
-            found[method] = _precise_fit(m, rms, i, j, ref_xy, frame_xy, n_precise)
+            found[method] = _precise_fit(m, rms, i, j, ref_xy, frame_xy, fit_stars)
             return True
         failures.append(f"{method}: {refused}")
         return False

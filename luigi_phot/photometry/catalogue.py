@@ -32,7 +32,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .alignment import AlignmentError, align
+from .alignment import AlignmentError, FitStars, align
 from .astrometry import AstrometryError, AstrometryRequest, compose_wcs, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
@@ -91,15 +91,18 @@ class Catalogue:
             return WCS(self.wcs_header, naxis=2)
 
     def alignment_stars(self, n: int = 500) -> np.ndarray:
-        """Indices of n of the brightest unsaturated detected stars: among the brightest
-        2n, the isolated ones first (a neighbour pulls a centroid when the seeing is
-        poor), each group brightest first."""
+        """Indices of n of the brightest detected stars, brightest first: among the
+        brightest 2n, the isolated ones (a neighbour pulls a centroid when the seeing is
+        poor), then the others. Saturated stars are among them (`saturated_ref`): the
+        brightest stars of a frame are often saturated on a sharper reference, and the
+        star pattern is matched between the brightest of both lists; they do not fit the
+        transform (:class:`~.alignment.FitStars`)."""
         s = self.stars
-        ok = np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"])
-                            & np.isfinite(s["flux_ref"]))
+        ok = np.flatnonzero(np.asarray(s["detected"]) & np.isfinite(s["flux_ref"]))
         ok = ok[np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")][: 2 * n]
         iso = np.asarray(s["isolated"])[ok]
-        return np.concatenate([ok[iso], ok[~iso]])[:n]
+        chosen = np.concatenate([ok[iso], ok[~iso]])[:n]
+        return chosen[np.argsort(-np.asarray(s["flux_ref"])[chosen], kind="stable")]
 
     def save(self, path: Path) -> None:
         hdr = fits.Header()
@@ -401,7 +404,7 @@ def borrow_wcs(info: FrameInfo, donor: FrameInfo, camera) -> tuple[WCS, str]:
              if info.pixel_scale_arcsec and donor.pixel_scale_arcsec else None)
     try:
         aln = align(points[0].xy, points[1].xy, frame_shape=donor.shape, expected_scale=scale,
-                    n_precise=points[1].n_precise)
+                    fit_stars=FitStars(~points[0].saturated, ~points[1].saturated, points[1].precise))
     except AlignmentError as exc:
         raise CatalogueError(f"it does not align with {donor.name}: {exc}") from None
     wcs = compose_wcs(donor.wcs, np.vstack([aln.matrix, [0.0, 0.0, 1.0]]), info.shape)

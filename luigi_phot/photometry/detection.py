@@ -396,14 +396,17 @@ def seeing_fwhm(shapes: PeakShapes, stars: np.ndarray, n: int = 60) -> float:
 
 
 def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma: float,
-               max_stars: int) -> tuple[Peaks, float]:
+               max_stars: int, with_saturated: bool = False) -> tuple[Peaks, float]:
     """The brightest `max_stars` star-like peaks above `nsigma` (brightest first), and the
     frame's FWHM [pix] from them (:func:`seeing_fwhm`; NaN when fewer than 3).
+    `with_saturated`: the round saturated stars too (flagged, or flat-topped), their
+    `saturated` set; they never count in the FWHM.
 
     Unflagged defects are looked past however many there are: a hot column alone gives
     a local maximum every few rows, all brighter than most stars."""
     peaks = find_peaks(data, pixel_flags, mesh, nsigma=nsigma)
-    peaks = peaks.take(np.flatnonzero(~peaks.saturated))
+    if not with_saturated:
+        peaks = peaks.take(np.flatnonzero(~peaks.saturated))
     chunk = 2 * max_stars
     parts: list[PeakShapes] = []
     for start in range(0, max(len(peaks), 1), chunk):
@@ -413,12 +416,17 @@ def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
         if n_ok >= max_stars:
             break
     shapes = PeakShapes(*(np.concatenate([getattr(q, f.name) for q in parts]) for f in fields(PeakShapes)))
-    stars = star_like(shapes)
+    peaks = peaks.take(np.arange(len(shapes.fwhm_pix)))
+    saturated = peaks.saturated | shapes.flat_top
+    stars = star_like(shapes) & ~saturated
     fwhm = seeing_fwhm(shapes, stars)
+    if with_saturated:
+        # a saturated star's plateau is round; a bleed trail or a masked-column edge is not
+        stars |= saturated & (shapes.axis_ratio >= 0.5)
     keep = np.flatnonzero(stars)[:max_stars]
-    peaks = peaks.take(keep)
+    peaks = Peaks(peaks.x[keep], peaks.y[keep], peaks.height[keep], saturated[keep])
     if np.isfinite(fwhm) and fwhm < UNDERSAMPLED_FWHM_PIX:
-        fwhm = _pixel_integrated_fwhm(data, pixel_flags, mesh, peaks, fwhm)
+        fwhm = _pixel_integrated_fwhm(data, pixel_flags, mesh, peaks.take(np.flatnonzero(~peaks.saturated)), fwhm)
     return peaks, fwhm
 
 
@@ -483,9 +491,10 @@ def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: 
 class ControlPoints(NamedTuple):
     """The frame's stars to align on."""
 
-    xy: np.ndarray      # (M, 2) positions [pix], brightest first
-    n_precise: int      # the first n_precise stand above PRECISE_CONTROL_SIGMA: the fit's stars
-    fwhm_pix: float     # the frame's FWHM from its star-like peaks (NaN when too few)
+    xy: np.ndarray         # (M, 2) positions [pix], brightest first
+    saturated: np.ndarray  # (M,) saturated stars: in the star pattern, not in the fit
+    precise: np.ndarray    # (M,) unsaturated and above PRECISE_CONTROL_SIGMA: the fit's stars
+    fwhm_pix: float        # the frame's FWHM from its star-like peaks (NaN when too few)
 
 
 #: control points above this many sky sigma are precise enough to fit the transform on
@@ -496,14 +505,16 @@ def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sig
                              max_points: int = 400) -> ControlPoints:
     """The frame's stars to align on (brightest first) and its FWHM [pix].
 
-    Hot pixels, a bad column, cosmic rays and saturated cores are left out by their
-    shape (:func:`~.detection.star_like`), whether or not the frame flags them: in a
-    frame in ADU without a mask they are the brightest "stars". At least 150 stars where
-    the frame has them (down to 25 sigma, then to the detection limit), so that a frame
-    sharing a quarter of its field with the reference still shares dozens; the transform
-    is fitted on those above PRECISE_CONTROL_SIGMA when enough are matched (align's
-    n_precise)."""
-    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500)
+    Hot pixels, a bad column and cosmic rays are left out by their shape
+    (:func:`~.detection.star_like`), whether or not the frame flags them: in a frame in
+    ADU without a mask they are the brightest "stars". Saturated stars are kept, marked:
+    the brightest stars of a frame are often saturated on a sharper reference (or the
+    other way round), and the star pattern is matched between the brightest of both
+    lists. At least 150 stars where the frame has them (down to 25 sigma, then to the
+    detection limit), so that a frame sharing a quarter of its field with the reference
+    still shares dozens; the transform is fitted on the unsaturated ones above
+    PRECISE_CONTROL_SIGMA when enough are matched (:class:`~.alignment.FitStars`)."""
+    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500, with_saturated=True)
     for level in (PRECISE_CONTROL_SIGMA, 25.0, 0.0):
         strong = np.flatnonzero(peaks.height > level * sky_sigma)
         if strong.size >= 150 or level == 0.0:
@@ -511,5 +522,5 @@ def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sig
             break
     px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
                                    centroid_window_sigma(fwhm))
-    n_precise = int(np.count_nonzero(peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma))
-    return ControlPoints(np.column_stack([px, py]), n_precise, fwhm)
+    precise = ~peaks.saturated & (peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma)
+    return ControlPoints(np.column_stack([px, py]), peaks.saturated.copy(), precise, fwhm)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import flags as F
-from .alignment import Alignment, AlignmentError, affine_from_wcs, align
+from .alignment import Alignment, AlignmentError, FitStars, affine_from_wcs, align
 from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, masked_overlaps, noise_model,
                        pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
@@ -425,7 +425,8 @@ def align_to_catalogue(info, cat: Catalogue, points: ControlPoints, settings: Me
         guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     return align(ref_xy, points.xy, guess=guess, search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
                  min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
-                 expected_scale=expected_scale, frame_shape=(ny, nx), n_precise=points.n_precise)
+                 expected_scale=expected_scale, frame_shape=(ny, nx),
+                 fit_stars=FitStars(~np.asarray(cat.stars["saturated_ref"])[rows], ~points.saturated, points.precise))
 
 
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
