@@ -114,7 +114,8 @@ def _match(pred: np.ndarray, tree, tol: float):
     return i[sel], j[sel]
 
 
-def _refine(m0, ref_xy, frm_xy, tree, tols=(_PAIRING_PIX, 2.0, 1.0)) -> tuple[np.ndarray, float, int, np.ndarray, np.ndarray]:
+def _refine(m0, ref_xy, frm_xy, tree,
+            tols=(_PAIRING_PIX, 2.0, 1.0)) -> tuple[np.ndarray, float, int, np.ndarray, np.ndarray]:
     m = m0
     i = j = np.zeros(0, dtype=int)
     for tol in tols:

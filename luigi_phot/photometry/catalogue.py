@@ -36,8 +36,8 @@ from .alignment import AlignmentError, FitStars, align
 from .astrometry import AstrometryError, AstrometryRequest, compose_wcs, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
-from .detection import (alignment_control_points, centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic, peak_sharpness,
-                        quick_fwhm, star_peaks, star_sharpness_limit, windowed_centroids)
+from .detection import (alignment_control_points, centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic,
+                        peak_sharpness, quick_fwhm, star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
 from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, load_frame,
                      mask_defective_lines, read_frame_info)

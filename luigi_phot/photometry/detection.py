@@ -20,8 +20,8 @@ import numpy as np
 from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
-           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks", "flag_flat_maximum",
-           "centroid_window_sigma", "ControlPoints", "alignment_control_points"]
+           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks",
+           "flag_flat_maximum", "centroid_window_sigma", "ControlPoints", "alignment_control_points"]
 
 
 @dataclass
