@@ -77,6 +77,7 @@ __all__ = [
     "STARS_NAME",
     "CONFIG_NAME",
     "generate_dataset",
+    "true_frame_wcs",
     "series_from_real_frame",
     "render_moffat_stars",
     "paczynski_magnification",
@@ -222,6 +223,12 @@ class SyntheticConfig:
     psf_stamp_floor_e: float = 0.2   # a star's stamp ends where its PSF falls below this [e-/pix]
     psf_stamp_max_radius_pix: int = 128
     compress: str = "none"           # none | all | mixed
+    # --- frames as small cameras write them (QHY, ZWO): off by default ---
+    plain_fits_adu: bool = False     # one primary HDU in ADU (data / gain); no BPM, ERR, SATURATE:
+                                     # hot pixels, the bad column, cosmic rays and saturation unflagged
+    no_wcs_fraction: float = 0.0     # this fraction of the frames (drawn at random) carry no WCS
+    flip_every: int = 0              # every k-th frame (k-1, 2k-1, ...) turned by 180 degrees
+                                     # (a German equatorial mount's meridian flip); 0: none
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ValueError:
@@ -277,6 +284,10 @@ class SyntheticConfig:
             raise ValueError("SyntheticConfig: exptime_s, pixel_scale_arcsec and saturation_e must be > 0")
         if not 0 <= self.cloud_fraction <= 1:
             raise bad("cloud_fraction", "in [0, 1]")
+        if not 0 <= self.no_wcs_fraction <= 1:
+            raise bad("no_wcs_fraction", "in [0, 1]")
+        if self.flip_every < 0:
+            raise bad("flip_every", "0 (no flips) or k >= 1")
         try:
             dt.date.fromisoformat(self.first_night)
         except (TypeError, ValueError):
@@ -588,6 +599,15 @@ def _frame_wcs(cfg: SyntheticConfig, offset_xy, rotation_deg: float, scale: floa
     return w
 
 
+def true_frame_wcs(truth: Table, image: str) -> WCS:
+    """The true WCS of frame `image` of a generated dataset, from its truth table
+    (``synthetic_truth.ecsv``: the generator's parameters and the frame's pointing)."""
+    cfg = SyntheticConfig(**truth.meta["generator_parameters"])
+    row = truth[list(map(str, truth["image"])).index(str(image))]
+    return _frame_wcs(cfg, (float(row["offset_x_pix"]), float(row["offset_y_pix"])),
+                      float(row["rotation_deg"]), float(row["scale_factor"]))
+
+
 def _draw_luminosity_function(rng, n: int, cfg: SyntheticConfig) -> np.ndarray:
     s = cfg.luminosity_slope
     lo, hi = 10.0 ** (s * cfg.mag_bright), 10.0 ** (s * cfg.mag_faint)
@@ -619,6 +639,8 @@ class _Frame:
     wcs_true: WCS
     wcs_header: WCS
     l1fwhm_arcsec: float
+    has_wcs: bool = True     # the header carries the WCS
+    flipped: bool = False    # turned by 180 degrees (rotation_deg includes it)
 
     @property
     def mjd_start(self) -> float:
@@ -684,7 +706,8 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
 
     # --- stars: uniform on the tangent plane over the frame plus a margin, so
     # that jitter and rotation bring new stars in at the edges
-    margin = cfg.jitter_pix + math.radians(cfg.rotation_deg) * max(nx, ny) / 2 + 40.0
+    # (any rotation stays within the frame's circumscribed circle: the second term's cap)
+    margin = cfg.jitter_pix + min(math.radians(cfg.rotation_deg) * max(nx, ny) / 2, 0.21 * max(nx, ny)) + 40.0
     area_ratio = (nx + 2 * margin) * (ny + 2 * margin) / (nx * ny)
     n_drawn = int(rng_sky.poisson(cfg.n_stars * area_ratio)) if cfg.n_stars else 0
     px = rng_sky.uniform(-margin, nx - 1 + margin, n_drawn)
@@ -740,7 +763,6 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
     else:
         compressed = np.zeros(n, bool)
     tgt_ra, tgt_dec = (float(v) for v in nominal.wcs_pix2world([[tx, ty]], 0)[0])
-
     # options beyond the defaults draw from their own stream: the defaults' datasets stay as they were
     rng_extra = np.random.default_rng(np.random.SeedSequence([cfg.seed, 13]))
     pointing_dir, coord_dir = rng_extra.uniform(0, 2 * np.pi, 2)
@@ -748,6 +770,11 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
                 cfg.wcs_pointing_offset_arcsec * math.sin(pointing_dir))
     coord_offset = (cfg.target_coord_offset_arcsec * math.cos(coord_dir),
                     cfg.target_coord_offset_arcsec * math.sin(coord_dir))
+    flipped = (np.arange(n) % cfg.flip_every == cfg.flip_every - 1) if cfg.flip_every else np.zeros(n, bool)
+    no_wcs = np.zeros(n, bool)
+    if cfg.no_wcs_fraction > 0:
+        no_wcs[rng_extra.permutation(n)[: int(round(cfg.no_wcs_fraction * n))]] = True
+    rot = rot + np.where(flipped, 180.0, 0.0)
     frames: list[_Frame] = []
     frame_numbers: dict[str, int] = {}
     for i in range(n):
@@ -775,7 +802,8 @@ def _make_plan(cfg: SyntheticConfig) -> _Plan:
             cloud_mag=float(cloud[i]), transmission=float(transmission), sky_e_per_pix=float(sky_e),
             sky_gradient_xy=(g * math.cos(grad_dir[i]), g * math.sin(grad_dir[i])),
             offset_xy=(float(offsets[i, 0]), float(offsets[i, 1])), rotation_deg=float(rot[i]),
-            scale=float(scale[i]), wcs_true=true, wcs_header=header_wcs, l1fwhm_arcsec=float(l1fwhm[i])))
+            scale=float(scale[i]), wcs_true=true, wcs_header=header_wcs, l1fwhm_arcsec=float(l1fwhm[i]),
+            has_wcs=not bool(no_wcs[i]), flipped=bool(flipped[i])))
 
     # --- stars that saturate in every frame: brighter than the faintest
     # magnitude that saturates the worst frame (broadest PSF, least light), by 0.5-2 mag
@@ -1091,6 +1119,14 @@ def _sci_header(cfg: SyntheticConfig, plan: _Plan, frame: _Frame) -> fits.Header
     ]
     for key, value, comment in cards:
         h[key] = (value, comment)
+    if cfg.plain_fits_adu:
+        # as a small camera's capture software writes it: ADU, no pipeline keywords
+        for key in ("RLEVEL", "L1FWHM", "WCSERR", "SATURATE"):
+            del h[key]
+        h["BUNIT"] = ("ADU", "Units of the data")
+        h["GAIN"] = (cfg.gain_e_per_adu, "[e-/ADU] detector gain")
+    if not frame.has_wcs:
+        return h
     w = frame.wcs_header.wcs
     for key, value, comment in [
         ("CTYPE1", "RA---TAN", "Type of WCS Projection"),
@@ -1124,6 +1160,12 @@ def _write_frame(path: Path, header: fits.Header, sci, bpm, err, compressed: boo
                 fits.ImageHDU(bpm, name="BPM"), fits.ImageHDU(err, name="ERR")]
     hdus[3].header["BUNIT"] = ("electrons", "Units of the data")
     fits.HDUList(hdus).writeto(path)
+
+
+def _write_plain_frame(path: Path, header: fits.Header, sci_e: np.ndarray, gain_e_per_adu: float) -> None:
+    """One primary HDU in ADU, float32 (no mask, no error plane)."""
+    adu = sci_e / np.float32(gain_e_per_adu)
+    fits.PrimaryHDU(adu.astype(np.float32, copy=False), header=header).writeto(path)
 
 
 def _write_reduction_config(path: Path, name: str, ra_deg: float, dec_deg: float,
@@ -1185,17 +1227,23 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
         t0 = time.perf_counter()
         out = _render_frame(cfg, plan, frame, np.random.default_rng(frame_seeds[frame.index]))
         render_s += time.perf_counter() - t0
-        path = red_dir / frame.name
-        dither = 1 + (cfg.seed * 7919 + 2 * frame.index) % 9999
-        _write_frame(path, _sci_header(cfg, plan, frame), out["sci"], out["bpm"], out["err"],
-                     frame.compressed, dither)
+        if cfg.plain_fits_adu:
+            path = red_dir / frame.name.replace(".fits.fz", ".fits")
+            _write_plain_frame(path, _sci_header(cfg, plan, frame), out["sci"], cfg.gain_e_per_adu)
+        else:
+            path = red_dir / frame.name
+            dither = 1 + (cfg.seed * 7919 + 2 * frame.index) % 9999
+            _write_frame(path, _sci_header(cfg, plan, frame), out["sci"], out["bpm"], out["err"],
+                         frame.compressed, dither)
         paths.append(path)
-        # header WCS error at the target, in arcsec
+        # header WCS error at the target, in arcsec (NaN: no WCS in the header)
         hx, hy = frame.wcs_header.wcs_world2pix([[plan.target_ra, plan.target_dec]], 0)[0]
         wcs_err = math.hypot(hx - out["target_x"], hy - out["target_y"]) * cfg.pixel_scale_arcsec
+        if not frame.has_wcs:
+            wcs_err = float("nan")
         mjd_mid = frame.mjd_start + cfg.exptime_s / 2 / 86400.0
         rows.append({
-            "image": frame.name, "mjd_start": frame.mjd_start, "mjd_mid": mjd_mid,
+            "image": path.name, "mjd_start": frame.mjd_start, "mjd_mid": mjd_mid,
             "exptime_s": cfg.exptime_s, "seeing_arcsec": frame.seeing_arcsec,
             "fwhm_pix": frame.seeing_arcsec / cfg.pixel_scale_arcsec, "moffat_beta": frame.beta,
             "ellipticity": frame.ellipticity, "psf_angle_deg": frame.psf_angle_deg,
@@ -1207,7 +1255,8 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
             "target_magnification": float(paczynski_magnification(
                 mjd_mid, plan.event["t0_mjd"], plan.event["tE_days"], plan.event["u0"])),
             "header_wcs_error_arcsec": wcs_err, "n_cosmic_rays": out["n_cosmic_rays"],
-            "n_saturated_pix": out["n_saturated_pix"],
+            "n_saturated_pix": out["n_saturated_pix"], "has_header_wcs": frame.has_wcs,
+            "flipped": frame.flipped,
         })
         if plan.target_column is not None:
             rows[-1]["target_column_offset_pix"] = out["target_x"] - plan.target_column
@@ -1236,7 +1285,9 @@ def generate_dataset(red_dir, config: SyntheticConfig | None = None, *, overwrit
             "offset_x_pix": "pixel position of the field centre (tangent point) minus the detector centre",
             "rotation_deg": "rotation of the pixel grid: CD = CD_nominal @ R(rotation_deg)",
             "target_flux_e_per_s": "true total target flux above the atmosphere: Fs*A + Fb",
-            "header_wcs_error_arcsec": "distance between the header-WCS and the true target position",
+            "header_wcs_error_arcsec": "distance between the header-WCS and the true target position "
+                                       "(NaN: the frame has no WCS)",
+            "flipped": "turned by 180 degrees (meridian flip): rotation_deg includes the 180",
             **({"target_column_offset_pix": "target x minus the x of the bad column it drifts across "
                                             "(meta target_column_x)"} if plan.target_column is not None else {}),
         },

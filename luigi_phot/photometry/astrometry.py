@@ -13,8 +13,8 @@ astrometric catalogue before the target is placed.
   pointing), then fit a TAN WCS to the matched pairs with outlier rejection; its rms and
   number of matched stars say how good it is.
 - :func:`solve_by_pattern`: a frame with no WCS at all, given the target's coordinates and
-  the pixel scale: star patterns matched with astroalign (any rotation; both parities tried),
-  then refined as above.
+  the pixel scale: star patterns matched as frames are aligned (alignment.match_star_lists:
+  any rotation, either parity, a few per cent of scale), then refined as above.
 - :func:`header_wcs_scatter`: how much the frames' header WCSs disagree with each other
   (the positional uncertainty of an unrefined header).
 
@@ -385,38 +385,33 @@ def solve_by_pattern(det_xy: np.ndarray, stars: ReferenceStars, ra_deg: float, d
                      scale_arcsec: float, shape, fwhm_pix: float, n_control: int = 60) -> AstrometricSolution | None:
     """A WCS for a frame that has none: the catalogue around (ra, dec) is projected at the
     given pixel scale with (ra, dec) at the frame centre, and its star pattern matched to the
-    detections with astroalign (rotation, shift, scale; both parities tried, astroalign
-    itself does not flip). The target should be within about a third of the frame of its
-    centre. None when no pattern matches."""
-    import astroalign
+    detections by :func:`~.alignment.match_star_lists` (rotation, either parity, shift,
+    scale within 0.8-1.25), the way frames are aligned to the reference. The target should
+    be within about a third of the frame of its centre. None when no pattern matches."""
+    from .alignment import match_star_lists
 
     det_xy = np.asarray(det_xy, float)
     ny, nx = shape
     half = 0.5 * math.hypot(nx, ny)
-    for parity in (-1, 1):
-        guess = _tangent_wcs(ra_deg, dec_deg, scale_arcsec, shape, parity)
-        px, py = guess.all_world2pix(stars.ra_deg, stars.dec_deg, 0)
-        near = np.flatnonzero(np.hypot(px - (nx - 1) / 2, py - (ny - 1) / 2) <= half)
-        if near.size < 8 or len(det_xy) < 8:
-            return None
-        near = near[np.argsort(np.where(np.isfinite(stars.mag[near]), stars.mag[near], 99.0), kind="stable")]
-        # as many detections as catalogue stars fall on an area of the frame's size
-        n_cat = min(near.size, 3 * n_control)
-        n_det = min(len(det_xy), max(int(n_cat * nx * ny / (math.pi * half * half)), n_control))
-        src = np.column_stack([px[near[:n_cat]], py[near[:n_cat]]])
-        try:
-            transform, _ = astroalign.find_transform(src, det_xy[:n_det], max_control_points=n_control)
-        except Exception:   # astroalign raises MaxIterError / ValueError when nothing matches
-            continue
-        if not 0.8 <= transform.scale <= 1.25:
-            continue
-        m = np.vstack([transform.params[:2], [0, 0, 1]])
-        start = compose_wcs(guess, np.linalg.inv(m), shape)
-        solution = refine_wcs(start, det_xy, stars, shape, fwhm_pix, search_radius_arcsec=3 * fwhm_pix * scale_arcsec)
-        if solution is not None and solution.n_matched >= 8:
-            solution.correction_arcsec = float("nan")
-            return solution
-    return None
+    guess = _tangent_wcs(ra_deg, dec_deg, scale_arcsec, shape, -1)
+    px, py = guess.all_world2pix(stars.ra_deg, stars.dec_deg, 0)
+    near = np.flatnonzero(np.hypot(px - (nx - 1) / 2, py - (ny - 1) / 2) <= half)
+    if near.size < 8 or len(det_xy) < 8:
+        return None
+    near = near[np.argsort(np.where(np.isfinite(stars.mag[near]), stars.mag[near], 99.0), kind="stable")]
+    # as many detections as catalogue stars fall on an area of the frame's size
+    n_cat = min(near.size, 3 * n_control)
+    n_det = min(len(det_xy), max(int(n_cat * nx * ny / (math.pi * half * half)), n_control))
+    src = np.column_stack([px[near[:n_cat]], py[near[:n_cat]]])
+    m, n_in = match_star_lists(src, det_xy[:n_det], scale_range=(0.8, 1.25), frame_shape=shape)
+    if m is None or n_in < 6:
+        return None
+    start = compose_wcs(guess, np.linalg.inv(np.vstack([m, [0, 0, 1]])), shape)
+    solution = refine_wcs(start, det_xy, stars, shape, fwhm_pix, search_radius_arcsec=3 * fwhm_pix * scale_arcsec)
+    if solution is None or solution.n_matched < 8:
+        return None
+    solution.correction_arcsec = float("nan")
+    return solution
 
 
 def header_wcs_scatter(frames: list[tuple[WCS, np.ndarray]], reference: tuple[WCS, np.ndarray],

@@ -1,8 +1,11 @@
 """The reference frame and the dataset's star catalogue.
 
 - :func:`choose_reference` picks the reference frame: the configured one, or
-  the frame with the best ratio of seeing to sky noise among those with a
-  usable WCS that covers the target (measured on a crop around the target).
+  the frame with the best ratio of seeing to sky noise among those with
+  seeing no worse than the median (measured on a crop around the target, on
+  star-shaped peaks only), frames with a usable WCS that covers the target and
+  frames without one, which borrow it from the best frame with one through
+  their star pattern (:func:`borrow_wcs`).
 - :func:`build_catalogue` detects stars on the reference (matched filter),
   fits the reference PSF, measures every star's reference flux by
   simultaneous PSF photometry, refines the reference WCS against an astrometric
@@ -17,27 +20,31 @@ facts and WCS, and a STARS table. Star ids are row numbers (0-based).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .astrometry import AstrometryError, AstrometryRequest, reference_astrometry
+from .alignment import AlignmentError, FitStars, align
+from .astrometry import AstrometryError, AstrometryRequest, compose_wcs, reference_astrometry
 from ..names import name_cards, name_from_header, shown_ascii
 from .background import sky_mesh
-from .detection import (find_peaks, not_cosmic, peak_sharpness, quick_fwhm, star_sharpness_limit,
-                        windowed_centroids)
+from .detection import (alignment_control_points, centroid_window_sigma, find_peaks, flag_flat_maximum, not_cosmic,
+                        peak_sharpness, quick_fwhm, star_peaks, star_sharpness_limit, windowed_centroids)
 from .aperture import repair_pixels
-from .frames import PIXEL_BAD, PIXEL_COSMIC, Frame, FrameError, FrameInfo, mask_defective_lines, read_frame_info
+from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError, FrameInfo, load_frame,
+                     mask_defective_lines, read_frame_info)
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
-__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "build_catalogue",
+__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "borrow_wcs", "build_catalogue",
            "psf_star_candidates"]
 
 CATALOGUE_FORMAT = 1
@@ -84,15 +91,18 @@ class Catalogue:
             return WCS(self.wcs_header, naxis=2)
 
     def alignment_stars(self, n: int = 500) -> np.ndarray:
-        """Indices of n of the brightest unsaturated detected stars: among the brightest
-        2n, the isolated ones first (a neighbour pulls a centroid when the seeing is
-        poor), each group brightest first."""
+        """Indices of n of the brightest detected stars, brightest first: among the
+        brightest 2n, the isolated ones (a neighbour pulls a centroid when the seeing is
+        poor), then the others. Saturated stars are among them (`saturated_ref`): the
+        brightest stars of a frame are often saturated on a sharper reference, and the
+        star pattern is matched between the brightest of both lists; they do not fit the
+        transform (:class:`~.alignment.FitStars`)."""
         s = self.stars
-        ok = np.flatnonzero(np.asarray(s["detected"]) & ~np.asarray(s["saturated_ref"])
-                            & np.isfinite(s["flux_ref"]))
+        ok = np.flatnonzero(np.asarray(s["detected"]) & np.isfinite(s["flux_ref"]))
         ok = ok[np.argsort(-np.asarray(s["flux_ref"])[ok], kind="stable")][: 2 * n]
         iso = np.asarray(s["isolated"])[ok]
-        return np.concatenate([ok[iso], ok[~iso]])[:n]
+        chosen = np.concatenate([ok[iso], ok[~iso]])[:n]
+        return chosen[np.argsort(-np.asarray(s["flux_ref"])[chosen], kind="stable")]
 
     def save(self, path: Path) -> None:
         hdr = fits.Header()
@@ -150,15 +160,35 @@ class ReferenceChoice:
     rejected: dict[str, str]          # frame name -> why it cannot be the reference
     filter_name: str
 
+    def load(self, camera) -> Frame:
+        """The reference frame with the WCS the choice found for it (its own, or one
+        borrowed from another frame when it has none: see :func:`borrow_wcs`)."""
+        frame = load_frame(self.path, camera)
+        if frame.info.wcs is None:
+            frame.info.wcs = self.info.wcs
+        return frame
+
 
 def _target_pixel(info: FrameInfo, ra: float, dec: float):
     x, y = info.wcs.all_world2pix([[ra, dec]], 0)[0]
     return float(x), float(y)
 
 
-def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
-    """Sky noise, FWHM, star count and the number of bad or saturated pixels near the
-    target (within 3 FWHM of (x, y)), measured on a crop around (x, y), reading only that crop."""
+class _Look(NamedTuple):
+    """What the quick look at a candidate reference saw (electrons, pixels)."""
+
+    sky_e: float
+    sky_sigma_e: float
+    fwhm_pix: float          # median over its star-like peaks (NaN when fewer than 3)
+    n_stars: int             # star-like peaks above 10 sigma
+    bad_near_target: int     # masked or saturated pixels within 3 FWHM of the target
+
+
+def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512) -> _Look:
+    """Sky, sky noise, FWHM, star count and the number of bad or saturated pixels near the
+    target (within 3 FWHM of (x, y)), measured on a crop around (x, y), reading only that
+    crop. Hot pixels, a bad column, cosmic rays and saturated stars do not count as stars
+    (by their shape: frames in ADU often have no mask), so the FWHM is the stars'."""
     ny, nx = info.shape
     x0, x1 = int(max(0, x - half)), int(min(nx, x + half))
     y0, y1 = int(max(0, y - half)), int(min(ny, y + half))
@@ -176,17 +206,42 @@ def _quick_look(info: FrameInfo, x: float, y: float, half: int = 512):
         mask_defective_lines(crop, flags)   # a hot column would pass for a line of sharp stars
     if info.saturation_e is not None:
         flags[crop >= info.saturation_e * 0.999] |= 2
+    flag_flat_maximum(crop, flags, saturated_bit=2)
     mesh = sky_mesh(crop, flags, box=min(128, min(crop.shape) // 2))
-    peaks = find_peaks(crop, flags, mesh, nsigma=10.0, max_peaks=400)
-    if len(peaks) == 0:
-        return float(np.median(mesh.sigma)), float("nan"), 0, 0
-    sharp = peak_sharpness(crop, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp)))
-    fwhm = quick_fwhm(crop, peaks, float(np.median(mesh.level)))
+    sky, sky_sigma = float(np.median(mesh.level)), float(np.median(mesh.sigma))
+    stars, fwhm = star_peaks(crop, flags, mesh, nsigma=10.0, max_stars=1500)
     reach = 3.0 * (fwhm if np.isfinite(fwhm) else 3.0)
     yy, xx = np.ogrid[y0 - y: y1 - y, x0 - x: x1 - x]
     bad_near_target = int(np.count_nonzero(flags[(xx * xx + yy * yy) <= reach * reach]))
-    return float(np.median(mesh.sigma)), fwhm, len(peaks), bad_near_target
+    return _Look(sky, sky_sigma, fwhm, len(stars), bad_near_target)
+
+
+def _pick_reference(looks: list) -> tuple[tuple, str]:
+    """The reference among (path, info, _Look) candidates, and why, in words.
+
+    Transparent frames only (at least half the most stars seen); among them, those with
+    seeing no worse than the median candidate's (a blurred reference costs every frame
+    catalogue completeness in a crowded field); among those the smallest FWHM x sky
+    noise (the faint stars' signal to noise), preferring a frame clean around the target
+    while it scores within 1.5x of the best."""
+    most = max(lk[2].n_stars for lk in looks)
+    clear = [lk for lk in looks if lk[2].n_stars >= 0.5 * most]
+    median_fwhm = float(np.median([lk[2].fwhm_pix for lk in looks]))
+    sharp = [lk for lk in clear if lk[2].fwhm_pix <= median_fwhm] or clear
+
+    def score(lk):
+        return lk[2].fwhm_pix * lk[2].sky_sigma_e
+
+    # a bad column or saturated pixels beside the target on the reference would bias
+    # its catalogue position, which every frame's forced aperture then inherits
+    best_score = min(score(lk) for lk in sharp)
+    clean = [lk for lk in sharp if lk[2].bad_near_target == 0 and score(lk) <= 1.5 * best_score]
+    best = min(clean or sharp, key=score)
+    scale = best[1].pixel_scale_arcsec or 1.0
+    why = (f"the smallest FWHM x sky noise of the {len(sharp)} with at least half the most stars seen ({most})"
+           f" and seeing no worse than the median ({median_fwhm * scale:.2f}\") of {len(looks)} candidates"
+           + ("; clean around the target" if clean and len(clean) < len(sharp) else ""))
+    return best, why
 
 
 def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
@@ -195,12 +250,17 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
     """Pick the reference frame.
 
     The dataset's filter is the most common one among readable frames (or
-    `filter_name`). Candidates need a usable WCS that puts the target at least
-    50 pixels inside the frame. Among up to `max_candidates` of them (evenly spread
-    over the dataset), the one with the smallest FWHM x sky noise wins, provided it
-    shows at least half as many stars as the best (clouds show fewer). With `allow_no_wcs`
-    (an astrometric catalogue can solve the reference), frames with no WCS but a pixel
-    scale are candidates when no frame has a WCS, the target taken near their centre."""
+    `filter_name`). Candidates are frames whose usable WCS puts the target at least 50
+    pixels inside the frame and, when there are such frames, frames without a WCS too:
+    a frame without one that wins borrows its WCS from the best frame with one through
+    their star pattern (:func:`borrow_wcs`; a frame that cannot borrow one is passed
+    over). Among up to `max_candidates` of them (evenly spread over the dataset), those
+    showing at least half as many stars as the best (clouds show fewer) and seeing no
+    worse than their median compete: the smallest FWHM x sky noise wins (see
+    :func:`_pick_reference`). The reason names its FWHM, sky and why.
+    With `allow_no_wcs` (an astrometric catalogue can solve the reference), frames with
+    no WCS but a pixel scale are candidates when no frame has a WCS, the target taken
+    near their centre."""
     infos: dict[Path, FrameInfo] = {}
     rejected: dict[str, str] = {}
     for p in frame_paths:
@@ -215,28 +275,60 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
         names = [i.filter_name for i in infos.values()]
         values, counts = np.unique(names, return_counts=True)
         filter_name = str(values[np.argmax(counts)])
-
+    usable, no_wcs = _candidates(infos, filter_name, ra, dec, rejected)
     if configured is not None:
-        match = [p for p in frame_paths if p.name == configured]
-        if not match:
-            raise CatalogueError(f"photometry.reference_image {configured!r} is not a frame of this dataset")
-        p = match[0]
-        if p not in infos:
-            raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
-        info = infos[p]
-        if info.wcs is None and not (allow_no_wcs and info.pixel_scale_arcsec):
-            raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS")
-        return ReferenceChoice(p, info, "configured (photometry.reference_image)", rejected, filter_name)
+        return _configured_reference(configured, frame_paths, infos, usable, rejected, filter_name, camera,
+                                     ra, dec, allow_no_wcs)
+    if usable:
+        candidates = usable + no_wcs      # a frame without a WCS can borrow one
+    elif allow_no_wcs:
+        candidates = [c for c in no_wcs if c[1].pixel_scale_arcsec]
+    else:
+        candidates = []
+    if not candidates:
+        raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
+                             f"on the frame ({len(infos)} readable frames)")
+    if len(candidates) > max_candidates:
+        pick = np.linspace(0, len(candidates) - 1, max_candidates).round().astype(int)
+        candidates = [candidates[i] for i in np.unique(pick)]
+    looks = []
+    for p, info, x, y in candidates:
+        try:
+            look = _quick_look(info, x, y)
+        except Exception as exc:  # unreadable pixels: not a candidate
+            rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
+            continue
+        looks.append((p, info, look))
+    looks = [lk for lk in looks if np.isfinite(lk[2].fwhm_pix) and lk[2].n_stars >= 5]
+    while looks:
+        (p, info, look), why = _pick_reference(looks)
+        scale = info.pixel_scale_arcsec or 1.0
+        reason = (f"automatic: FWHM {look.fwhm_pix * scale:.2f}\", sky {look.sky_e:.0f} e- (noise "
+                  f"{look.sky_sigma_e:.1f} e-), {look.n_stars} stars near the target: {why}")
+        donors = [lk[1] for lk in sorted(looks, key=lambda lk: lk[2].fwhm_pix * lk[2].sky_sigma_e)
+                  if lk[1].wcs is not None]
+        if info.wcs is not None or not donors:
+            return ReferenceChoice(p, info, reason, rejected, filter_name)
+        try:
+            info, note = _with_borrowed_wcs(info, donors[0], camera, ra, dec)
+        except CatalogueError as exc:
+            rejected[p.name] = f"no WCS, and none could be borrowed: {exc}"
+            looks = [lk for lk in looks if lk[0] != p]
+            continue
+        return ReferenceChoice(p, info, f"{reason}; {note}", rejected, filter_name)
+    raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
 
-    usable, without_wcs = [], []
+
+def _candidates(infos: dict, filter_name: str, ra: float, dec: float, rejected: dict) -> tuple[list, list]:
+    """The frames of the dataset's filter as (path, info, target x, target y): those whose
+    WCS puts the target at least 50 px inside, and those without a WCS (the frame's
+    centre standing for the target's place)."""
+    usable, no_wcs = [], []
     for p, info in infos.items():
         if info.filter_name != filter_name:
             continue
         if info.wcs is None:
-            if allow_no_wcs and info.pixel_scale_arcsec:
-                without_wcs.append((p, info, (info.shape[1] - 1) / 2, (info.shape[0] - 1) / 2))
-            else:
-                rejected.setdefault(p.name, "no usable WCS")
+            no_wcs.append((p, info, (info.shape[1] - 1) / 2, (info.shape[0] - 1) / 2))
             continue
         try:
             x, y = _target_pixel(info, ra, dec)
@@ -248,36 +340,76 @@ def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
             rejected.setdefault(p.name, "target not on the frame (by its WCS)")
             continue
         usable.append((p, info, x, y))
-    usable = usable or without_wcs
-    if not usable:
-        raise CatalogueError("no frame can be the reference: none has a usable WCS that puts the target "
-                             f"on the frame ({len(infos)} readable frames)")
-    if len(usable) > max_candidates:
-        pick = np.linspace(0, len(usable) - 1, max_candidates).round().astype(int)
-        usable = [usable[i] for i in np.unique(pick)]
-    looks = []
-    for p, info, x, y in usable:
+    return usable, no_wcs
+
+
+def _configured_reference(configured, frame_paths, infos, usable, rejected, filter_name, camera, ra, dec,
+                          allow_no_wcs) -> ReferenceChoice:
+    """The reference named in the configuration (or kept from the previous catalogue); one
+    without a WCS borrows one from a frame that has one, or is solved by the astrometry
+    when `allow_no_wcs`."""
+    match = [p for p in frame_paths if p.name == configured]
+    if not match:
+        raise CatalogueError(f"photometry.reference_image {configured!r} is not a frame of this dataset")
+    p = match[0]
+    if p not in infos:
+        raise CatalogueError(f"photometry.reference_image {configured}: {rejected.get(p.name)}")
+    info = infos[p]
+    reason = "configured (photometry.reference_image)"
+    if info.wcs is not None:
+        return ReferenceChoice(p, info, reason, rejected, filter_name)
+    failures = []
+    for donor in [c[1] for c in usable][:3]:
         try:
-            sky_sigma, fwhm, n_stars, bad_near = _quick_look(info, x, y)
-        except Exception as exc:  # unreadable pixels: not a candidate
-            rejected.setdefault(p.name, f"pixels unreadable ({type(exc).__name__})")
-            continue
-        looks.append((p, info, sky_sigma, fwhm, n_stars, bad_near))
-    looks = [lk for lk in looks if np.isfinite(lk[3]) and lk[4] >= 5]
-    if not looks:
-        raise CatalogueError("no frame can be the reference: no stars found near the target on any frame")
-    most = max(lk[4] for lk in looks)
-    good = [lk for lk in looks if lk[4] >= 0.5 * most]
-    # a bad column or saturated pixels beside the target on the reference would bias
-    # its catalogue position, which every frame's forced aperture then inherits: a frame
-    # clean there is preferred unless it is much worse (score over 1.5x the best)
-    best_score = min(lk[3] * lk[2] for lk in good)
-    good = [lk for lk in good if lk[5] == 0 and lk[3] * lk[2] <= 1.5 * best_score] or good
-    best = min(good, key=lambda lk: lk[3] * lk[2])
-    p, info, sky_sigma, fwhm, n_stars, bad_near = best
-    reason = (f"automatic: FWHM {fwhm * (info.pixel_scale_arcsec or 1):.2f}\" and sky noise {sky_sigma:.1f} e- "
-              f"best of {len(looks)} candidates ({n_stars} stars near the target)")
-    return ReferenceChoice(p, info, reason, rejected, filter_name)
+            borrowed, note = _with_borrowed_wcs(info, donor, camera, ra, dec)
+            return ReferenceChoice(p, borrowed, f"{reason}; {note}", rejected, filter_name)
+        except CatalogueError as exc:
+            failures.append(str(exc))
+    if allow_no_wcs and info.pixel_scale_arcsec:
+        return ReferenceChoice(p, info, reason, rejected, filter_name)
+    raise CatalogueError(f"photometry.reference_image {configured} has no usable WCS"
+                         + (f" and none could be borrowed ({'; '.join(failures)})" if failures else ""))
+
+
+def _with_borrowed_wcs(info: FrameInfo, donor: FrameInfo, camera, ra: float, dec: float) -> tuple[FrameInfo, str]:
+    """A copy of `info` with the WCS borrowed from `donor` (:func:`borrow_wcs`), and the
+    note saying so; CatalogueError when none can be had or it leaves the target off the
+    frame."""
+    wcs, note = borrow_wcs(info, donor, camera)
+    out = dataclasses.replace(info, wcs=wcs)
+    x, y = _target_pixel(out, ra, dec)
+    ny, nx = info.shape
+    if not (50 <= x < nx - 50 and 50 <= y < ny - 50):
+        raise CatalogueError(f"the WCS borrowed from {donor.name} puts the target off the frame")
+    return out, note
+
+
+def borrow_wcs(info: FrameInfo, donor: FrameInfo, camera) -> tuple[WCS, str]:
+    """A WCS for the frame `info`, which has none, from the frame `donor`, which has one:
+    the two frames' stars aligned by their pattern (any rotation, a meridian flip, any
+    offset: :func:`~.alignment.align`) and the donor's WCS composed with that
+    transformation (a TAN WCS; the donor's distortion terms, if any, are dropped). Returns
+    (the WCS, a note for the log); CatalogueError when the frames do not align."""
+    points = []
+    for frame_info in (info, donor):
+        try:
+            frame = load_frame(frame_info.path, camera)
+        except FrameError as exc:
+            raise CatalogueError(str(exc)) from None
+        flag_flat_maximum(frame.data_e, frame.pixel_flags, saturated_bit=PIXEL_SATURATED)
+        mesh = sky_mesh(frame.data_e, frame.pixel_flags, box=128)
+        points.append(alignment_control_points(frame.data_e, frame.pixel_flags, mesh, float(np.median(mesh.sigma))))
+        del frame
+    scale = (info.pixel_scale_arcsec / donor.pixel_scale_arcsec
+             if info.pixel_scale_arcsec and donor.pixel_scale_arcsec else None)
+    try:
+        aln = align(points[0].xy, points[1].xy, frame_shape=donor.shape, expected_scale=scale,
+                    fit_stars=FitStars(~points[0].saturated, ~points[1].saturated, points[1].precise))
+    except AlignmentError as exc:
+        raise CatalogueError(f"it does not align with {donor.name}: {exc}") from None
+    wcs = compose_wcs(donor.wcs, np.vstack([aln.matrix, [0.0, 0.0, 1.0]]), info.shape)
+    return wcs, (f"{info.name} has no WCS: borrowed from {donor.name} through their star pattern "
+                 f"({aln.n_matched} stars, rms {aln.rms_pix:.2f} px)")
 
 
 # --------------------------------------------------------------------------
@@ -324,6 +456,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     notes: list[str] = []
     info = frame.info
     flags = frame.pixel_flags
+    flag_flat_maximum(frame.data_e, flags, saturated_bit=PIXEL_SATURATED)  # saturation the header did not say
     # bad pixels (a hot column) would pull the windowed centroids of the stars beside
     # them, and every frame inherits the catalogue positions: bridged from their sides
     # here; the PSF and flux fits leave them out anyway (pixel_ok)
@@ -345,7 +478,8 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     fwhm0 = quick_fwhm(data, bright, sky_level)
     if not np.isfinite(fwhm0) or len(bright) < 5:
         raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")
-    bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y), fwhm0 / 2.355)
+    bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y),
+                                   centroid_window_sigma(fwhm0, 1.0))
     tree = cKDTree(np.column_stack([bx, by]))
     nn_d, _ = tree.query(np.column_stack([bx, by]), k=2)
     iso = np.flatnonzero(nn_d[:, 1] > 3.0 * fwhm0)[:60]
@@ -368,7 +502,8 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
-    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y), psf.fwhm_pix / 2.355)
+    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                 centroid_window_sigma(psf.fwhm_pix, 1.0))
     # two peaks that converged onto one star: keep the higher
     t = cKDTree(np.column_stack([x, y]))
     drop = np.zeros(x.size, dtype=bool)
@@ -401,7 +536,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
                            smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
         if len(extra):
             ex, ey, _ = windowed_centroids(residual, extra.x, extra.y, mesh.level_at(extra.x, extra.y),
-                                           psf.fwhm_pix / 2.355)
+                                           centroid_window_sigma(psf.fwhm_pix, 1.0))
             d_near, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([ex, ey]))
             # close to a known star, or small against the light modelled there, a residual
             # peak is more likely that star's PSF misfit than a companion

@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
 from .background import SkyMesh
 
 __all__ = ["Peaks", "find_peaks", "windowed_centroids", "peak_sharpness", "not_cosmic", "find_cosmic_rays",
-           "star_sharpness_limit", "quick_fwhm"]
+           "star_sharpness_limit", "quick_fwhm", "PeakShapes", "peak_shapes", "star_like", "seeing_fwhm", "star_peaks",
+           "flag_flat_maximum", "centroid_window_sigma", "ControlPoints", "alignment_control_points"]
 
 
 @dataclass
@@ -258,3 +260,267 @@ def quick_fwhm(data: np.ndarray, peaks: Peaks, sky: float, n: int = 40) -> float
     fwhm = 2.0 * np.sqrt(area / np.pi)
     # pixelisation: a star whose half-maximum area is one pixel has FWHM ~ 1.1 px
     return float(np.median(fwhm))
+
+
+# --------------------------------------------------------------------------
+# Which peaks are stars: the shape of each peak at half its height
+# --------------------------------------------------------------------------
+
+#: the eight half-directions along which a peak's profile is followed (dx, dy)
+_DIRECTIONS = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)])
+#: a star's profile is followed this far (pixels along an axis) from its peak
+_MAX_REACH = 24
+
+
+@dataclass
+class PeakShapes:
+    """Shape of each peak at half its height above the sky.
+
+    width_pix: (N, 4) widths at half maximum along x, y and both diagonals [pix];
+    fwhm_pix: their geometric mean, corrected for the pixel's own width (a star's FWHM);
+    axis_ratio: narrowest / widest of the four (a line - a bad column, a bleed trail, a
+    cosmic-ray track - is near 1 / its length; a star near 1 - ellipticity);
+    flat_top: the peak pixel shares its value with a neighbour (a saturated core or its
+    bleed trail, whatever the header says about saturation);
+    wing_ratio: mean of the four edge neighbours above the sky over the peak's height
+    (a single hot pixel or one-pixel hit: 0 within the noise; a star, even one of FWHM
+    0.8 px centred on its pixel: 0.08 or more);
+    single_pixel: wing_ratio too small for a star, beyond the noise (see peak_shapes)."""
+
+    width_pix: np.ndarray
+    fwhm_pix: np.ndarray
+    axis_ratio: np.ndarray
+    flat_top: np.ndarray
+    wing_ratio: np.ndarray
+    single_pixel: np.ndarray
+
+
+#: wing_ratio below which a peak is a single pixel (a star of FWHM 0.8 px centred on its
+#: pixel, integrated over pixels, has 0.08; a hot pixel 0), plus 2.5 sigma of its noise
+SINGLE_PIXEL_WING_RATIO = 0.05
+
+
+def peak_shapes(data: np.ndarray, peaks: Peaks, sky, sky_sigma=0.0) -> PeakShapes:
+    """Widths at half maximum of each peak along four axes, from the profile through its
+    peak pixel (followed outwards to where it first drops below half the height,
+    interpolated linearly there). The height is the peak pixel's, raised to the profile's
+    summit by a parabola through the logarithms of the pixel and its neighbours (exact
+    for a Gaussian core), so a star centred between pixels is not measured wider.
+
+    A peak is a single pixel when its wing_ratio is below SINGLE_PIXEL_WING_RATIO plus
+    2.5 times the ratio's noise (`sky_sigma`, the pixel noise [data units], scalar or
+    per peak): however undersampled, a star spills light onto its neighbours."""
+    ny, nx = data.shape
+    n = len(peaks)
+    if n == 0:
+        z = np.zeros((0, 4))
+        return PeakShapes(z, np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0), np.zeros(0, dtype=bool))
+    x = np.asarray(peaks.x, dtype=np.int64)
+    y = np.asarray(peaks.y, dtype=np.int64)
+    sky = np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))
+    k = np.arange(0, _MAX_REACH + 1)
+    px = np.clip(x[:, None, None] + _DIRECTIONS[None, :, 0, None] * k[None, None, :], 0, nx - 1)
+    py = np.clip(y[:, None, None] + _DIRECTIONS[None, :, 1, None] * k[None, None, :], 0, ny - 1)
+    prof = data[py, px].astype(np.float64) - sky[:, None, None]          # (N, 8, K+1)
+    prof = np.nan_to_num(prof, nan=0.0)
+    h0 = prof[:, 0, 0]
+    flat_top = np.any(prof[:, :, 1] >= h0[:, None] - 1e-6 * np.abs(h0[:, None]), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ln0 = np.log(np.maximum(h0, 1e-30))
+        lift = np.zeros(n)
+        for a, b in ((0, 1), (2, 3)):
+            lp = np.log(np.maximum(prof[:, a, 1], 1e-30))
+            lm = np.log(np.maximum(prof[:, b, 1], 1e-30))
+            curv = 2 * ln0 - lp - lm
+            summit = (lp - lm) / (2 * np.where(curv > 0, curv, 1.0))    # offset of the summit [pix]
+            # a summit more than half a pixel away is no summit of this pixel's (a flat ridge)
+            usable = (curv > 0) & (np.abs(summit) <= 0.5) & (np.minimum(prof[:, a, 1], prof[:, b, 1]) > 0.05 * h0)
+            lift += np.where(usable, 0.5 * curv * summit ** 2, 0.0)
+        height = h0 * np.exp(np.minimum(lift, 0.5))
+    half = 0.5 * height
+    below = prof < half[:, None, None]
+    below[:, :, -1] = True
+    first = np.argmax(below, axis=2)                                      # (N, 8), >= 1 when h0 > 0
+    first = np.maximum(first, 1)
+    rows = np.arange(n)[:, None]
+    dirs = np.arange(8)[None, :]
+    v_in = prof[rows, dirs, first - 1]
+    v_out = prof[rows, dirs, first]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip(np.where(v_in > v_out, (v_in - half[:, None]) / (v_in - v_out), 0.5), 0.0, 1.0)
+    reach = (first - 1 + frac) * np.hypot(_DIRECTIONS[:, 0], _DIRECTIONS[:, 1])[None, :]
+    width = reach[:, 0::2] + reach[:, 1::2]                               # x, y, diagonal, antidiagonal
+    width = np.maximum(width, 0.5)
+    mean = np.exp(np.mean(np.log(width), axis=1))
+    # a pixel's width adds about 1/12 px^2 to each axis' variance (Gaussian: 8 ln 2 / 12 px^2 to FWHM^2)
+    fwhm = np.sqrt(np.maximum(mean ** 2 - 8 * np.log(2) / 12, 0.25 * mean ** 2))
+    ratio = width.min(axis=1) / width.max(axis=1)
+    # a profile still above half height at the end of its reach is no star's (a ridge of
+    # bright wings or of a trail, or a bump on it)
+    bad = ~(h0 > 0) | np.any(first >= _MAX_REACH, axis=1)
+    fwhm[bad] = np.nan
+    ratio[bad] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wing = np.where(h0 > 0, prof[:, 0:4, 1].mean(axis=1) / h0, 0.0)
+        # the mean of four pixels has half a pixel's noise
+        noise = np.broadcast_to(np.asarray(sky_sigma, dtype=np.float64), (n,)) / (2.0 * np.where(h0 > 0, h0, 1.0))
+    single = wing < SINGLE_PIXEL_WING_RATIO + 2.5 * noise
+    return PeakShapes(width, fwhm, ratio, flat_top, wing, single)
+
+
+def star_like(shapes: PeakShapes, min_axis_ratio: float = 0.5, min_stars: int = 8) -> np.ndarray:
+    """Peaks whose shape is a star's: not flat-topped (saturated), not a line (a bad
+    column, a bleed trail, a cosmic-ray track: axis ratio below `min_axis_ratio`), not a
+    single pixel (a hot pixel, a one-pixel hit: no light on its neighbours, see
+    :func:`peak_shapes`). When fewer than `min_stars` peaks pass the last test (stars far
+    below a pixel across), single pixels are kept."""
+    ok = ~shapes.flat_top & (shapes.axis_ratio >= min_axis_ratio) & np.isfinite(shapes.fwhm_pix)
+    spread = ok & ~shapes.single_pixel
+    return spread if np.count_nonzero(spread) >= min_stars else ok
+
+
+def seeing_fwhm(shapes: PeakShapes, stars: np.ndarray, n: int = 60) -> float:
+    """The frame's FWHM [pix]: the median over the `n` brightest peaks marked in `stars`
+    (NaN when fewer than 3). Peaks must be sorted brightest first."""
+    rows = np.flatnonzero(stars)[:n]
+    if rows.size < 3:
+        return float("nan")
+    fwhm = shapes.fwhm_pix[rows]
+    centre = float(np.median(fwhm))
+    for _ in range(3):  # the mode: a few blends or defects must not move it
+        near = fwhm[(fwhm > centre / 1.4) & (fwhm < centre * 1.4)]
+        if near.size < 3:
+            break
+        centre = float(np.median(near))
+    return centre
+
+
+def star_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma: float,
+               max_stars: int, with_saturated: bool = False) -> tuple[Peaks, float]:
+    """The brightest `max_stars` star-like peaks above `nsigma` (brightest first), and the
+    frame's FWHM [pix] from them (:func:`seeing_fwhm`; NaN when fewer than 3).
+    `with_saturated`: the round saturated stars too (flagged, or flat-topped), their
+    `saturated` set; they never count in the FWHM.
+
+    Unflagged defects are looked past however many there are: a hot column alone gives
+    a local maximum every few rows, all brighter than most stars."""
+    peaks = find_peaks(data, pixel_flags, mesh, nsigma=nsigma)
+    if not with_saturated:
+        peaks = peaks.take(np.flatnonzero(~peaks.saturated))
+    chunk = 2 * max_stars
+    parts: list[PeakShapes] = []
+    for start in range(0, max(len(peaks), 1), chunk):
+        part = peaks.take(np.arange(start, min(start + chunk, len(peaks))))
+        parts.append(peak_shapes(data, part, mesh.level_at(part.x, part.y), mesh.sigma_at(part.x, part.y)))
+        n_ok = sum(int(np.count_nonzero(~q.flat_top & (q.axis_ratio >= 0.5) & ~q.single_pixel)) for q in parts)
+        if n_ok >= max_stars:
+            break
+    shapes = PeakShapes(*(np.concatenate([getattr(q, f.name) for q in parts]) for f in fields(PeakShapes)))
+    peaks = peaks.take(np.arange(len(shapes.fwhm_pix)))
+    saturated = peaks.saturated | shapes.flat_top
+    stars = star_like(shapes) & ~saturated
+    fwhm = seeing_fwhm(shapes, stars)
+    if with_saturated:
+        # a saturated star's plateau is round; a bleed trail or a masked-column edge is not
+        stars |= saturated & (shapes.axis_ratio >= 0.5)
+    keep = np.flatnonzero(stars)[:max_stars]
+    peaks = Peaks(peaks.x[keep], peaks.y[keep], peaks.height[keep], saturated[keep])
+    if np.isfinite(fwhm) and fwhm < UNDERSAMPLED_FWHM_PIX:
+        fwhm = _pixel_integrated_fwhm(data, pixel_flags, mesh, peaks.take(np.flatnonzero(~peaks.saturated)), fwhm)
+    return peaks, fwhm
+
+
+#: below this FWHM [pix] the widths at half maximum of pixel values are biased by the
+#: pixel grid (10-50% wide at 1 px, by the star's phase on its pixel: benchmarks in
+#: README section 8): the seeing is then a PSF fit integrated over the pixels
+UNDERSAMPLED_FWHM_PIX = 2.5
+#: narrowest Gaussian window [sigma, pix] for a centroid: a narrower one locks the
+#: centroid of an undersampled star onto its pixel's centre (0.4 px off at FWHM 1 px,
+#: 0.05 px with this floor)
+MIN_CENTROID_WINDOW_PIX = 1.0
+
+
+def centroid_window_sigma(fwhm_pix: float, fraction: float = 0.8) -> float:
+    """Sigma [pix] of the Gaussian window for :func:`windowed_centroids` of stars of FWHM
+    `fwhm_pix`: `fraction` x the star's own sigma (narrower than the star keeps its
+    neighbours' wings out), at least MIN_CENTROID_WINDOW_PIX."""
+    width = fwhm_pix if np.isfinite(fwhm_pix) else 2.0
+    return max(fraction * width / 2.355, MIN_CENTROID_WINDOW_PIX)
+
+
+def _pixel_integrated_fwhm(data, pixel_flags, mesh: SkyMesh, peaks: Peaks, fwhm_pix: float, n: int = 30) -> float:
+    """The FWHM [pix] of a Moffat profile integrated over the pixels, fitted to the `n`
+    brightest of `peaks` (star-like, brightest first) at their windowed centroids;
+    `fwhm_pix` when the fit cannot be made."""
+    from .psf import fit_positions, fit_psf
+
+    use = peaks.take(np.arange(min(n, len(peaks))))
+    if len(use) < 5:
+        return fwhm_pix
+    sky_var = float(np.median(mesh.sigma)) ** 2
+    ok = pixel_flags == 0
+    x, y, _ = windowed_centroids(data, use.x, use.y, mesh.level_at(use.x, use.y), centroid_window_sigma(fwhm_pix))
+    fit = fit_psf(data, x, y, sky_var, max(fwhm_pix, 1.0), pixel_ok=ok, size_field=False)
+    if fit.n_stars < 5 or not np.isfinite(fit.psf.fwhm_pix):
+        return fwhm_pix
+    # the centroids' errors widen the fitted profile (10-15% at FWHM 0.8 px): again at
+    # positions fitted with that profile
+    x, y = fit_positions(data, x, y, fit.psf, sky_var, pixel_ok=ok)
+    again = fit_psf(data, x, y, sky_var, fit.psf.fwhm_pix, pixel_ok=ok, size_field=False)
+    best = again if again.n_stars >= 5 and np.isfinite(again.psf.fwhm_pix) else fit
+    return float(best.psf.fwhm_pix)
+
+
+def flag_flat_maximum(data: np.ndarray, pixel_flags: np.ndarray, saturated_bit: int = 2,
+                      min_pixels: int = 4) -> int:
+    """Flag as saturated the pixels at the frame's largest value when at least
+    `min_pixels` share it exactly (a full well clipped, or the digitiser's top), whatever
+    the header says about saturation: frames in ADU without SATURATE or a mask would
+    otherwise offer their saturated stars as PSF and alignment stars. Returns how many."""
+    top = np.nanmax(data)
+    if not np.isfinite(top):
+        return 0
+    at = data == top
+    n = int(np.count_nonzero(at))
+    if n < min_pixels:
+        return 0
+    pixel_flags[at] |= np.uint8(saturated_bit)
+    return n
+
+
+class ControlPoints(NamedTuple):
+    """The frame's stars to align on."""
+
+    xy: np.ndarray         # (M, 2) positions [pix], brightest first
+    saturated: np.ndarray  # (M,) saturated stars: in the star pattern, not in the fit
+    precise: np.ndarray    # (M,) unsaturated and above PRECISE_CONTROL_SIGMA: the fit's stars
+    fwhm_pix: float        # the frame's FWHM from its star-like peaks (NaN when too few)
+
+
+#: control points above this many sky sigma are precise enough to fit the transform on
+PRECISE_CONTROL_SIGMA = 60.0
+
+
+def alignment_control_points(data: np.ndarray, pflags: np.ndarray, mesh, sky_sigma: float,
+                             max_points: int = 400) -> ControlPoints:
+    """The frame's stars to align on (brightest first) and its FWHM [pix].
+
+    Hot pixels, a bad column and cosmic rays are left out by their shape
+    (:func:`~.detection.star_like`), whether or not the frame flags them: in a frame in
+    ADU without a mask they are the brightest "stars". Saturated stars are kept, marked:
+    the brightest stars of a frame are often saturated on a sharper reference (or the
+    other way round), and the star pattern is matched between the brightest of both
+    lists. At least 150 stars where the frame has them (down to 25 sigma, then to the
+    detection limit), so that a frame sharing a quarter of its field with the reference
+    still shares dozens; the transform is fitted on the unsaturated ones above
+    PRECISE_CONTROL_SIGMA when enough are matched (:class:`~.alignment.FitStars`)."""
+    peaks, fwhm = star_peaks(data, pflags, mesh, nsigma=8.0, max_stars=1500, with_saturated=True)
+    for level in (PRECISE_CONTROL_SIGMA, 25.0, 0.0):
+        strong = np.flatnonzero(peaks.height > level * sky_sigma)
+        if strong.size >= 150 or level == 0.0:
+            peaks = peaks.take(strong[:max_points])
+            break
+    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
+                                   centroid_window_sigma(fwhm))
+    precise = ~peaks.saturated & (peaks.height > PRECISE_CONTROL_SIGMA * sky_sigma)
+    return ControlPoints(np.column_stack([px, py]), peaks.saturated.copy(), precise, fwhm)

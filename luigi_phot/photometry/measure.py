@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import flags as F
-from .alignment import Alignment, AlignmentError, affine_from_wcs, align
+from .alignment import Alignment, AlignmentError, FitStars, affine_from_wcs, align
 from .aperture import (ApertureGeometry, annulus_sky, aperture_sums, ccd_variance, masked_overlaps, noise_area,
                        noise_model, pixel_flag_summary, repair_pixels, sky_estimate_factor)
 from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
-from .detection import (find_cosmic_rays, find_peaks, not_cosmic, peak_sharpness, quick_fwhm,
-                        star_sharpness_limit, windowed_centroids)
+from .detection import (ControlPoints, alignment_control_points, find_cosmic_rays, flag_flat_maximum,
+                        star_sharpness_limit)
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
-__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame"]
+__all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "align_to_catalogue"]
 
 #: Fractional uncertainty of the modelled light of a neighbour in an aperture (the PSF
 #: model's error at that distance), from frame to frame. Measured on held-out frames whose
@@ -422,6 +422,27 @@ def _blended_or_absent(stars, flux, flux_err, model: NeighbourModel | None, fwhm
     return blended | absent
 
 
+def align_to_catalogue(info, cat: Catalogue, points: ControlPoints, settings: MeasureSettings) -> Alignment:
+    """The frame's transformation from the catalogue's reference pixels, from its control
+    `points`: the header WCS of both frames is a first guess when usable; without one (or
+    when it leads nowhere) the star pattern alone."""
+    ny, nx = info.shape
+    rows = cat.alignment_stars(800)
+    ref_xy = np.column_stack([cat.stars["x_ref"][rows], cat.stars["y_ref"][rows]])
+    guess = None
+    expected_scale = None
+    if info.wcs is not None:
+        guess = affine_from_wcs(cat.wcs, info.wcs, cat.shape)
+    if info.pixel_scale_arcsec:
+        expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
+    if info.name == cat.reference_image:
+        guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    return align(ref_xy, points.xy, guess=guess, search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
+                 min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
+                 expected_scale=expected_scale, frame_shape=(ny, nx),
+                 fit_stars=FitStars(~np.asarray(cat.stars["saturated_ref"])[rows], ~points.saturated, points.precise))
+
+
 def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
     """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
     when the frame cannot be used. `progress(fraction, message)` is called between steps."""
@@ -438,50 +459,25 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         raise FrameRejected(f"filter {info.filter_name!r} is not the dataset's {cat.filter_name!r}")
 
     # --- sky and bright stars
+    flag_flat_maximum(data, pflags, saturated_bit=PIXEL_SATURATED)
     mesh = sky_mesh(data, pflags, box=128)
     pixel_sigma = pixel_noise(data, pflags)
     sky_level = float(np.median(mesh.level))
     sky_sigma = float(np.median(mesh.sigma))
     if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
         raise FrameRejected("no usable sky (constant or empty image)")
-    peaks = find_peaks(data, pflags, mesh, nsigma=8.0, max_peaks=1500)
-    sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(not_cosmic(sharp) & ~peaks.saturated))
-    # align on well-measured stars: their centroids, not photon noise, set the residuals
-    for level in (60.0, 25.0):
-        strong = np.flatnonzero(peaks.height > level * sky_sigma)
-        if strong.size >= 30:
-            peaks = peaks.take(strong[:400])
-            break
-    fwhm_guess = quick_fwhm(data, peaks, sky_level)
-    if not np.isfinite(fwhm_guess):
-        fwhm_guess = cat.psf.fwhm_pix
-    # a window narrower than the star keeps neighbours' wings out of the centroid
-    px, py, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                   0.8 * max(fwhm_guess, 1.0) / 2.355)
+    points = alignment_control_points(data, pflags, mesh, sky_sigma)
+    fwhm_guess = points.fwhm_pix if np.isfinite(points.fwhm_pix) else cat.psf.fwhm_pix
     clock.lap("detect")
-    report(0.2, f"{len(peaks)} stars detected")
+    report(0.2, f"{len(points.xy)} stars detected")
 
     # --- alignment to the catalogue
-    ref_rows = cat.alignment_stars(800)
-    ref_xy = np.column_stack([stars["x_ref"][ref_rows], stars["y_ref"][ref_rows]])
-    guess = None
-    expected_scale = None
-    if info.wcs is not None:
-        guess = affine_from_wcs(cat.wcs, info.wcs, cat.shape)
-        if info.pixel_scale_arcsec:
-            expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
-    elif info.pixel_scale_arcsec:
-        expected_scale = cat.pixel_scale_arcsec / info.pixel_scale_arcsec
-    if info.name == cat.reference_image:
-        guess = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     try:
-        aln = align(ref_xy, np.column_stack([px, py]), guess=guess,
-                    search_radius_pix=max(300.0, 0.1 * max(nx, ny)),
-                    min_matched=settings.min_matched_stars, max_rms_pix=settings.max_alignment_rms_pix,
-                    expected_scale=expected_scale)
+        aln = align_to_catalogue(info, cat, points, settings)
     except AlignmentError as exc:
         raise FrameRejected(str(exc)) from None
+    if aln.note:
+        notes.append(aln.note)
     x, y = aln.apply(stars["x_ref"], stars["y_ref"])
     pixel_scale = cat.pixel_scale_arcsec / aln.scale
     clock.lap("align")

@@ -295,7 +295,7 @@ def software_versions() -> dict[str, str]:
     import platform
 
     versions = {"Python": platform.python_version()}
-    for name in ("luigi_phot", "numpy", "scipy", "astropy", "photutils", "astroalign", "matplotlib", "luigi"):
+    for name in ("luigi_phot", "numpy", "scipy", "astropy", "photutils", "matplotlib", "luigi"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

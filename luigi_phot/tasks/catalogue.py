@@ -93,7 +93,7 @@ class BuildCatalogue(DatasetStage):
     @warnings_to_log
     def run(self):
         from ..photometry.catalogue import CatalogueError, build_catalogue, choose_reference
-        from ..photometry.frames import FrameError, list_frames, load_frame
+        from ..photometry.frames import FrameError, list_frames
 
         self.check_lock()
         if self._redraw_finder_only():
@@ -126,13 +126,14 @@ class BuildCatalogue(DatasetStage):
                 token = safe_token(choice.filter_name, "FILTER", shown(name), rewrite=True)
             except UnsafeName as exc:
                 raise StageError(f"{self.red}: {exc}") from None
-            reason = reason_prefix or choice.reason
+            reason = choice.reason if reason_prefix is None else choice.reason.replace(
+                "configured (photometry.reference_image)", reason_prefix)   # (and how its WCS was had)
             self.note(f"reference frame {shown(name)} ({reason}); dataset filter {choice.filter_name}"
                       + (f" (written {token} in file names)" if token != choice.filter_name else ""))
             self.report_status(f"building the catalogue on {shown(name)}")
             ident = frame_identity(self.red, name)
             try:
-                frame = load_frame(choice.path, cfg.camera)
+                frame = choice.load(cfg.camera)      # with a WCS borrowed from another frame if need be
                 cat = build_catalogue(frame, cfg.target.ra_deg, cfg.target.dec_deg, cfg.photometry,
                                       key=cfg.catalogue_key(), gaia_cache=self._gaia_cache(),
                                       header_scatter=lambda: self._header_scatter(frames, choice))
