@@ -231,7 +231,7 @@ def case_lightcurve(n_frames: int = 500) -> dict:
     from luigi_phot.photometry.catalogue import Catalogue
     from luigi_phot.photometry.lightcurve import write_measurement
     from luigi_phot.tasks.base import load_config
-    from luigi_phot.tasks.measure import measurement_key
+    from luigi_phot.dataset import measurement_key
 
     src = dataset("measure_4k", CONFIG_4K, max_catalogue_stars=20000)
     _catalogue(src)

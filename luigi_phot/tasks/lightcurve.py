@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,32 +19,16 @@ import luigi
 
 import numpy as np
 
-from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities, is_inside,
-                       measurement_dir, read_json, write_json_atomic)
+from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_header, catalogue_path, duplicate_exposures, ecsv_meta,
+                       frame_identities, is_inside, measurement_dir, measurement_key, read_json, retry_markers,
+                       retry_path, write_json_atomic)
 from ..names import UnsafeName, safe_token, shown
 from .base import DatasetStage, StageError, warnings_to_log
 from .catalogue import BuildCatalogue, reference_name
 from .lock import LockDataset
-from .measure import MeasureImage, measurement_key, retry_markers, retry_path
+from .measure import MeasureImage
 
-__all__ = ["BuildLightcurve", "ecsv_meta_value"]
-
-
-def ecsv_meta_value(path, key: str) -> str | None:
-    """Read one scalar meta value (written as '# - {key: value}') from an ECSV header
-    without parsing the table."""
-    pattern = re.compile(rf"[{{\s]{re.escape(key)}:\s*'?([^,'}}\s]+)")
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    break
-                m = pattern.search(line)
-                if m:
-                    return m.group(1)
-    except OSError:
-        return None
-    return None
+__all__ = ["BuildLightcurve"]
 
 
 def _duplicates(records, reference_image: str) -> dict[str, str]:
@@ -75,7 +58,7 @@ class _LightcurveTarget(luigi.LocalTarget):
         self.finder_path = finder_path   # the catalogue stage's finder chart, part of every finished run
 
     def exists(self) -> bool:
-        return (ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
+        return (ecsv_meta(self.path).get("input_key") == self.key and not self.retries_due()
                 and (self.finder_path is None or self.finder_path.is_file()))
 
 
@@ -102,8 +85,6 @@ class BuildLightcurve(DatasetStage):
 
     def _catalogue_filter(self) -> tuple[str, str]:
         """The dataset's filter (from the catalogue) and the frame it comes from."""
-        from .catalogue import catalogue_header
-
         hdr = catalogue_header(catalogue_path(self.red))
         if hdr is None:
             return "unknown", "the catalogue"
