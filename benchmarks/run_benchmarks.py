@@ -75,7 +75,7 @@ def dataset(name: str, cfg, max_catalogue_stars: int | None = None) -> Path:
 
 def _catalogue(red: Path) -> None:
     """Build the dataset's catalogue with the BuildCatalogue task itself (once)."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.catalogue import BuildCatalogue
 
     task = BuildCatalogue(red_dir=str(red), run_id="benchmark-catalogue")
@@ -123,7 +123,7 @@ def child_floor(red: str, image: str) -> None:
 def child_measure(red: str, image: str) -> None:
     """In a fresh process: warm up as a Luigi worker would, then time the whole
     MeasureImage task on one frame; print JSON with its time and peak memory."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.measure import MeasureImage
     from luigi_phot.tasks.reduce import _preload_science
 
@@ -150,7 +150,7 @@ def child_measure(red: str, image: str) -> None:
 
 
 def child_lightcurve(red: str) -> None:
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.lightcurve import BuildLightcurve
     from luigi_phot.tasks.measure import MeasureImage
     from luigi_phot.dataset import frame_identities

@@ -17,7 +17,7 @@ import luigi
 from ..config import ConfigError, ReductionConfig, load_reduction_config
 from ..dataset import UnsafePath, WriteError, config_path, dataset_logger
 from ..names import UnsafeName
-from ..lock import LockHeldError, read_lock
+from ..dataset_lock import LockHeldError, read_lock
 
 __all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
            "register_run_owner", "install_console_filter", "warnings_to_log"]

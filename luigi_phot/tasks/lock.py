@@ -6,7 +6,7 @@ import datetime as dt
 
 import luigi
 
-from .. import lock
+from .. import dataset_lock
 from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint, frame_identities, read_json,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
@@ -26,7 +26,7 @@ class LockTarget(luigi.Target):
         self.run_id = run_id
 
     def exists(self) -> bool:
-        holder = lock.read_lock(self.red_dir)
+        holder = dataset_lock.read_lock(self.red_dir)
         return holder is not None and holder.run_id == self.run_id
 
 
@@ -39,16 +39,16 @@ class LockDataset(DatasetStage):
 
     def run(self):
         try:
-            holder = lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
+            holder = dataset_lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
                                   warn=lambda m: self.note(m, 30))
         except OSError as exc:  # a read-only red_dir, a full disk
-            raise WriteError(self.red / lock.LOCK_NAME, exc) from exc
+            raise WriteError(self.red / dataset_lock.LOCK_NAME, exc) from exc
         removed = remove_stale_temporaries(self.red)
         self.note(f"lock taken by pid {holder.pid} on {holder.host}"
                   + (f"; removed {removed} temporary files left by an interrupted run" if removed else ""))
 
     def on_failure(self, exception):
-        if isinstance(exception, lock.LockHeldError):
+        if isinstance(exception, dataset_lock.LockHeldError):
             self.note(f"{LOCK_HELD_NOTE}: {exception}", 30)
         return super().on_failure(exception)
 
@@ -95,7 +95,7 @@ class ReleaseLock(DatasetStage):
             "upload": upload.get("status"),
         }
         write_json_atomic(self.red / RECORD_NAME, record, inside=self.red)
-        lock.release(self.red, self.run_id)
+        dataset_lock.release(self.red, self.run_id)
         self.note(f"finished: {record['n_measured']} frames measured, {record['n_rejected']} rejected; lock released")
 
 

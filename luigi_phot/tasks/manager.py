@@ -3,7 +3,7 @@
     luigi --module luigi_phot ReductionManager --config reduction_manager_config.yaml
 
 The selection, lock pre-check and run log are plain code in
-:mod:`luigi_phot.manager`; this task wires them to Luigi:
+:mod:`luigi_phot.selection` and :mod:`luigi_phot.run_log`; this task wires them to Luigi:
 
 - it sets the scheduler's limit of the resource ``luigi_phot_dataset`` to
   ``max_parallel`` (luigid: the ``update_resource`` call; a local scheduler is
@@ -39,12 +39,12 @@ import luigi.interface
 import luigi.scheduler
 import luigi.worker
 
-from .. import lock
+from .. import dataset_lock
 from ..config import ConfigError, ManagerConfig, load_manager_config
 from ..console import console_logger, nested_build
 from ..dataset import read_json, write_json_atomic
-from ..manager import (MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, Dataset, ManagerLog, Outcome, count_line,
-                       lock_skip_reason, select_datasets)
+from ..run_log import MANAGER_LOG_NAME, OUTCOMES, RUNS_DIR, ManagerLog, Outcome, count_line
+from ..selection import Dataset, lock_skip_reason, select_datasets
 from .base import Reporting, StageError, install_console_filter, user_errors
 from .reduce import DATASET_RESOURCE, ReduceDataset, _preload_science, _release_inherited_fork_lock, \
     dataset_is_current
@@ -136,7 +136,7 @@ class ReductionManager(Reporting, luigi.Task):
     def run(self):
         install_console_filter()
         cfg = load_manager_config(self.config)
-        run_id = lock.new_run_id()
+        run_id = dataset_lock.new_run_id()
         try:
             log = ManagerLog(cfg.log_dir, run_id, echo=console_logger())
         except OSError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import luigi
 
-from .. import lock
+from .. import dataset_lock
 from ..config import ConfigError
 from ..console import nested_build
 from ..dataset import (LOG_NAME, RECORD_NAME, WriteError, dataset_logger, fingerprint, frame_identities, read_json,
@@ -48,7 +48,7 @@ def dataset_is_current(red_dir) -> bool:
     except (ConfigError, OSError):
         return False
     rec = read_json(red / RECORD_NAME)
-    if rec is None or rec.get("retry") or lock.read_lock(red) is not None:
+    if rec is None or rec.get("retry") or dataset_lock.read_lock(red) is not None:
         return False
     recorded = rec.get("frames")
     if not isinstance(recorded, dict) or set(recorded) != {p.name for p in list_frames(red)}:
@@ -114,10 +114,10 @@ class ReduceDataset(Reporting, luigi.Task):
         except ConfigError as exc:
             log.error(f"configuration error: {exc}")
             raise
-        run_id = lock.new_run_id()
-        holder = lock.read_lock(red)
-        if holder is not None and lock.holder_state(holder) != "dead":
-            message = lock.LockHeldError(lock._held_message(red, holder, lock.holder_state(holder)))
+        run_id = dataset_lock.new_run_id()
+        holder = dataset_lock.read_lock(red)
+        if holder is not None and dataset_lock.holder_state(holder) != "dead":
+            message = dataset_lock.LockHeldError(dataset_lock.held_message(red, holder, dataset_lock.holder_state(holder)))
             if self.if_locked == "skip":
                 return self._skipped(log, str(message))
             raise message
@@ -140,7 +140,7 @@ class ReduceDataset(Reporting, luigi.Task):
                                      detailed_summary=True, no_lock=True)
         finally:
             try:
-                if lock.release(red, run_id):
+                if dataset_lock.release(red, run_id):
                     log.warning(f"[{run_id}] run ended unfinished: lock released")
             except OSError as exc:  # e.g. red_dir became read-only: the next run takes it over
                 log.warning(f"[{run_id}] run ended unfinished; the lock could not be removed "
