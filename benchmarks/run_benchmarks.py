@@ -125,10 +125,10 @@ def child_measure(red: str, image: str) -> None:
     MeasureImage task on one frame; print JSON with its time and peak memory."""
     from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.tasks.reduce import _preload_science
+    from luigi_phot.tasks.reduce import preload_science
 
     red = Path(red)
-    _preload_science()
+    preload_science()
     rss_before = _peak_rss_mb()
     run_id = f"benchmark-{os.getpid()}"
     lock.acquire(red, run_id)

@@ -114,7 +114,11 @@ class BuildLightcurve(DatasetStage):
     def run(self):
         self.check_lock()
         names = [f.name for f in frame_identities(self.red)]
-        measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
+        measures = [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
+        to_measure = sum(not m.complete() for m in measures)
+        if to_measure:  # run() starts again after the yield, when there is none left
+            self.record("measuring", frames=len(measures), to_measure=to_measure)
+        measures = yield measures
         self.check_lock()
         self._build([Path(m.path) for m in measures])
 

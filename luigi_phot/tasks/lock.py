@@ -11,11 +11,7 @@ from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
 
-__all__ = ["LockDataset", "ReleaseLock", "LockTarget", "LOCK_HELD_NOTE"]
-
-#: LockDataset logs this (then the holder) when another reduction holds the lock, so that
-#: ReduceDataset(if_locked='skip') can tell a lost race for the lock from a failure.
-LOCK_HELD_NOTE = "lock held by another reduction"
+__all__ = ["LockDataset", "ReleaseLock", "LockTarget"]
 
 
 class LockTarget(luigi.Target):
@@ -32,7 +28,9 @@ class LockTarget(luigi.Target):
 
 class LockDataset(DatasetStage):
     """Take red_dir/dataset.lock for this run (atomically; a stale lock of a dead
-    process on this host is taken over with a warning)."""
+    process on this host is taken over with a warning). When another reduction holds
+    it, its status record says 'lock_held' (ReduceDataset(if_locked='skip') then
+    reports the dataset as skipped, not failed)."""
 
     def output(self):
         return LockTarget(self.red, self.run_id)
@@ -47,10 +45,8 @@ class LockDataset(DatasetStage):
         self.note(f"lock taken by pid {holder.pid} on {holder.host}"
                   + (f"; removed {removed} temporary files left by an interrupted run" if removed else ""))
 
-    def on_failure(self, exception):
-        if isinstance(exception, dataset_lock.LockHeldError):
-            self.note(f"{LOCK_HELD_NOTE}: {exception}", 30)
-        return super().on_failure(exception)
+    def failure_status(self, exception) -> str:
+        return "lock_held" if isinstance(exception, dataset_lock.LockHeldError) else "failed"
 
 
 class ReleaseLock(DatasetStage):
