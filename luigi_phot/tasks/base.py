@@ -8,7 +8,6 @@ import functools
 import logging
 import os
 import re
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..dataset_lock import LockHeldError, read_lock
 from ..names import UnsafeName
 from ..run_status import write_record
 
-__all__ = ["Reporting", "ProgressWatcher", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config",
+__all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config",
            "register_run", "run_owner_pid", "run_records_folder", "install_console_filter", "warnings_to_log"]
 
 
@@ -139,40 +138,6 @@ class Reporting:
         """Progress percentage for the visualiser (a no-op outside a Luigi worker)."""
         if callable(self.set_progress_percentage):
             self.set_progress_percentage(percent)
-
-
-class ProgressWatcher(threading.Thread):
-    """While a supervising task waits for what it runs (``with ProgressWatcher(...)``),
-    shows on it, every `interval_s` and once at the end, the (percent, message) that
-    `progress()` reads from status records. Progress is a courtesy: a failure to read
-    or to report it never disturbs the run."""
-
-    def __init__(self, task: Reporting, progress, interval_s: float = 2.0):
-        super().__init__(daemon=True, name=f"progress of {getattr(task, 'task_family', 'a task')}")
-        self.task, self.progress, self.interval_s = task, progress, interval_s
-        self.stopped = threading.Event()
-
-    def show(self) -> None:
-        try:
-            percent, message = self.progress()
-            self.task.report_progress(percent)
-            self.task.report_status(message)
-        except Exception:
-            pass
-
-    def run(self):
-        while not self.stopped.wait(self.interval_s):
-            self.show()
-
-    def __enter__(self) -> "ProgressWatcher":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.stopped.set()
-        self.join()
-        self.show()
-        return False
 
 
 class DatasetStage(Reporting, luigi.Task):

@@ -23,9 +23,8 @@ from pathlib import Path
 from ..dataset import read_json
 from ..run_log import OUTCOMES, Outcome
 from ..selection import Dataset, lock_skip_reason
-from .base import ProgressWatcher
 from .reduce import DATASET_RESOURCE, ReduceDataset, dataset_is_current, preload_science
-from .scheduling import run_beneath
+from .scheduling import ProgressWatcher, run_beneath
 
 __all__ = ["reduce_datasets"]
 

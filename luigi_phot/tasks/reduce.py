@@ -39,9 +39,9 @@ from ..dataset import (RECORD_NAME, WriteError, dataset_logger, fingerprint, fra
                        resolve_red_dir, write_json_atomic)
 from ..photometry.frames import list_frames
 from ..run_status import failure_summary, lost_lock_race, new_records_folder, read_records, run_progress
-from .base import ProgressWatcher, Reporting, StageError, install_console_filter, load_config, register_run
+from .base import Reporting, StageError, install_console_filter, load_config, register_run
 from .lock import ReleaseLock
-from .scheduling import run_beneath
+from .scheduling import ProgressWatcher, run_beneath
 
 __all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE", "preload_science"]
 

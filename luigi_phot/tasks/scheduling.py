@@ -32,7 +32,11 @@ Two behaviours Luigi has no public API for are relied on here, and only here;
    the child that lock is held by a thread that does not exist there, and a
    Worker made in the child (its keep-alive thread, its own forks) would wait
    for it forever. :func:`_release_inherited_fork_lock` gives the child a fresh
-   lock.
+   lock. The lock exists so that no process is forked while another thread is
+   inside a network call (a child would inherit the resolver's lock held):
+   :class:`ProgressWatcher`, a thread that reports to the scheduler while the
+   worker beneath forks, holds it around its calls, as Luigi's own keep-alive
+   thread does.
 2. luigid records the dependencies a worker sends with ``add_task`` for a task
    that another worker is running, without changing its status; it also takes
    the resources and the retry policy sent with them, so the supervisor's own
@@ -58,7 +62,7 @@ import luigi.worker
 
 from .base import StageError
 
-__all__ = ["command_scheduler", "run_beneath"]
+__all__ = ["command_scheduler", "run_beneath", "ProgressWatcher"]
 
 
 def command_scheduler(resource_limits: dict[str, int] | None = None):
@@ -109,6 +113,41 @@ def run_beneath(supervisor: luigi.Task | None, roots: list[luigi.Task], *, worke
         if supervisor is not None and isinstance(scheduler, luigi.rpc.RemoteScheduler):
             _show_beneath(scheduler, worker_id, supervisor, roots)
         return all(scheduled) and worker.run()
+
+
+class ProgressWatcher(threading.Thread):
+    """While a supervising task waits for what it runs (``with ProgressWatcher(...)``),
+    shows on it, every `interval_s` and once at the end, the (percent, message) that
+    `progress()` reads from status records. Progress is a courtesy: a failure to read
+    or to report it never disturbs the run."""
+
+    def __init__(self, task, progress, interval_s: float = 2.0):
+        super().__init__(daemon=True, name=f"progress of {getattr(task, 'task_family', 'a task')}")
+        self.task, self.progress, self.interval_s = task, progress, interval_s
+        self.stopped = threading.Event()
+
+    def show(self) -> None:
+        try:
+            percent, message = self.progress()
+            with luigi.worker.fork_lock:   # module docstring, point 1
+                self.task.report_progress(percent)
+                self.task.report_status(message)
+        except Exception:
+            pass
+
+    def run(self):
+        while not self.stopped.wait(self.interval_s):
+            self.show()
+
+    def __enter__(self) -> "ProgressWatcher":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stopped.set()
+        self.join()
+        self.show()
+        return False
 
 
 def _user() -> str:
