@@ -75,7 +75,7 @@ def dataset(name: str, cfg, max_catalogue_stars: int | None = None) -> Path:
 
 def _catalogue(red: Path) -> None:
     """Build the dataset's catalogue with the BuildCatalogue task itself (once)."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.catalogue import BuildCatalogue
 
     task = BuildCatalogue(red_dir=str(red), run_id="benchmark-catalogue")
@@ -123,12 +123,12 @@ def child_floor(red: str, image: str) -> None:
 def child_measure(red: str, image: str) -> None:
     """In a fresh process: warm up as a Luigi worker would, then time the whole
     MeasureImage task on one frame; print JSON with its time and peak memory."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.tasks.reduce import _preload_science
+    from luigi_phot.tasks.reduce import preload_science
 
     red = Path(red)
-    _preload_science()
+    preload_science()
     rss_before = _peak_rss_mb()
     run_id = f"benchmark-{os.getpid()}"
     lock.acquire(red, run_id)
@@ -150,7 +150,7 @@ def child_measure(red: str, image: str) -> None:
 
 
 def child_lightcurve(red: str) -> None:
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.lightcurve import BuildLightcurve
     from luigi_phot.tasks.measure import MeasureImage
     from luigi_phot.dataset import frame_identities
@@ -231,7 +231,7 @@ def case_lightcurve(n_frames: int = 500) -> dict:
     from luigi_phot.photometry.catalogue import Catalogue
     from luigi_phot.photometry.lightcurve import write_measurement
     from luigi_phot.tasks.base import load_config
-    from luigi_phot.tasks.measure import measurement_key
+    from luigi_phot.dataset import measurement_key
 
     src = dataset("measure_4k", CONFIG_4K, max_catalogue_stars=20000)
     _catalogue(src)

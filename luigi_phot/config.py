@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from .names import UnsafeName, safe_token
+from .photometry.frames import CameraDefaults
 
 __all__ = [
     "ConfigError",
@@ -110,17 +111,36 @@ def _exists(path: Path, kind: str) -> bool:
 # Sexagesimal coordinates
 # --------------------------------------------------------------------------
 
-_SEXA = re.compile(
+#: The shapes of a coordinate written as text: three fields separated by colons or
+#: spaces, or marked by unit letters ('17:30:25.5', '-25 30 30.5', '17h30m25.5s',
+#: '25°30'30.5"'). astropy's Angle converts them; given other shapes it guesses, and
+#: some guesses are silently wrong for a configuration ('17 30 25.5s' is 25.5 seconds
+#: to it, '12.5' is 12.5 hours), so the text must have one of these shapes, and Angle
+#: is given its three fields with colons.
+_SEXAGESIMAL = re.compile(
     r"^\s*([+-])?\s*(\d{1,3})[:\s hHdD°]+(\d{1,2})[:\s mM']+(\d{1,2}(?:\.\d*)?)\s*[sS\"]?\s*$"
 )
 
 
-def _split_sexagesimal(text: str):
-    m = _SEXA.match(text)
-    if not m:
-        return None
-    sign = -1.0 if m.group(1) == "-" else 1.0
-    return sign, int(m.group(2)), int(m.group(3)), float(m.group(4))
+def _sexagesimal_angle(text: str, unit: str, what: str, shape: str, ranges: str):
+    """The astropy Angle of a sexagesimal coordinate (`unit` 'hourangle' or 'deg');
+    ValueError saying what is wrong (`what` RA or Dec; its `shape`; its field `ranges`)."""
+    import warnings
+
+    from astropy.coordinates import Angle
+
+    m = _SEXAGESIMAL.match(text)
+    if m is None:
+        raise ValueError(f"is not a valid sexagesimal {what} (expected {shape})")
+    sign, first, minutes, seconds = m.groups()
+    if what == "RA" and sign == "-":
+        raise ValueError(f"is not a valid sexagesimal {what} ({ranges})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # 60 seconds or 24 hours: astropy warns and carries over
+            return Angle(f"{sign or ''}{first}:{minutes}:{seconds}", unit=unit)
+    except (ValueError, ArithmeticError, Warning):   # astropy's IllegalMinuteError and its kin
+        raise ValueError(f"is not a valid sexagesimal {what} ({ranges})") from None
 
 
 def parse_ra(value: Any) -> float:
@@ -135,13 +155,9 @@ def parse_ra(value: Any) -> float:
         if deg is None or not 0.0 <= deg < 360.0:
             raise ValueError("is out of range (decimal degrees must be in [0, 360))")
         return deg
-    parts = _split_sexagesimal(str(value))
-    if parts is None:
-        raise ValueError("is not a valid sexagesimal RA (expected 'HH:MM:SS.s')")
-    sign, h, m, s = parts
-    if sign < 0 or h >= 24 or m >= 60 or s >= 60:
-        raise ValueError("is not a valid sexagesimal RA (hours 0-23, minutes and seconds 0-59)")
-    return 15.0 * (h + m / 60.0 + s / 3600.0)
+    angle = _sexagesimal_angle(str(value), "hourangle", "RA", "'HH:MM:SS.s'",
+                               "hours 0-23, minutes and seconds 0-59")
+    return 15.0 * float(angle.hour)   # bit for bit the degrees earlier versions computed
 
 
 def parse_dec(value: Any) -> float:
@@ -153,14 +169,11 @@ def parse_dec(value: Any) -> float:
         if deg is None or not -90.0 <= deg <= 90.0:
             raise ValueError("is out of range (decimal degrees must be in [-90, 90])")
         return deg
-    parts = _split_sexagesimal(str(value))
-    if parts is None:
-        raise ValueError("is not a valid sexagesimal Dec (expected '+DD:MM:SS.s')")
-    sign, d, m, s = parts
-    deg = d + m / 60.0 + s / 3600.0
-    if m >= 60 or s >= 60 or deg > 90.0:
-        raise ValueError("is not a valid sexagesimal Dec (degrees -90 to +90, minutes and seconds 0-59)")
-    return sign * deg
+    ranges = "degrees -90 to +90, minutes and seconds 0-59"
+    deg = float(_sexagesimal_angle(str(value), "deg", "Dec", "'+DD:MM:SS.s'", ranges).degree)
+    if abs(deg) > 90.0:
+        raise ValueError(f"is not a valid sexagesimal Dec ({ranges})")
+    return deg
 
 
 # --------------------------------------------------------------------------
@@ -445,20 +458,9 @@ class PhotometryConfig:
         return (2.0 * self.aperture_arcsec, 3.0 * self.aperture_arcsec)
 
 
-@dataclass(frozen=True)
-class CameraConfig:
-    """Detector values used when a frame's header lacks them (header values win)."""
-
-    gain_e_per_adu: float | None = None
-    read_noise_e: float | None = None
-    saturation_adu: float | None = None
-    #: 'auto' (BUNIT / LCO conventions), 'adu' or 'electrons'.
-    units: str = "auto"
-    pixel_scale_arcsec: float | None = None
-    #: Filter name for frames that carry none in their header.
-    filter_name: str | None = None
-    #: Observatory for frames without site keywords: (latitude deg, longitude deg east, height m).
-    site: tuple[float, float, float] | None = None
+#: The camera section: the photometry's own type (photometry/frames.py), so that the
+#: science imports nothing of the configuration.
+CameraConfig = CameraDefaults
 
 
 @dataclass(frozen=True)
@@ -572,13 +574,20 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     """Parse and validate a dataset's ``reduction_config.yaml``.
 
     Relative paths inside it (``tom.config_file``, ``photometry.catalogue_file``)
-    are taken relative to the file's own directory.
+    are taken relative to the file's own directory. With ``check_tom_file`` the TOM
+    account file it names is read too (an upload must fail before any work starts).
     """
     path = Path(path)
-    base = path.parent
     top = _Section(path, _read_yaml(path, "reduction configuration"))
+    target = _target_section(top.section("target", required=True))
+    phot = _photometry_section(top.section("photometry", required=True), path.parent)
+    camera = _camera_section(top.section("camera"))
+    tom = _tom_section(top.section("tom", required=True), path.parent, target.name, check_tom_file)
+    top.finish()
+    return ReductionConfig(path=path, target=target, photometry=phot, camera=camera, tom=tom)
 
-    t = top.section("target", required=True)
+
+def _target_section(t: _Section) -> TargetConfig:
     name = _file_name_part(t, "name", "target.name", required=True)
     ra_raw = t.raw("RA", required=True)
     dec_raw = t.raw("Dec", required=True)
@@ -591,9 +600,10 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
     except ValueError as exc:
         raise t.error(f"target.Dec {_show(dec_raw)} {exc}") from None
     t.finish()
-    target = TargetConfig(name=name, ra_deg=ra, dec_deg=dec)
+    return TargetConfig(name=name, ra_deg=ra, dec_deg=dec)
 
-    p = top.section("photometry", required=True)
+
+def _photometry_section(p: _Section, base: Path) -> PhotometryConfig:
     aperture = p.number("aperture_arcsec", required=True, minimum=0.0, exclusive_minimum=True, maximum=120.0)
     annulus = p.raw("annulus_arcsec")
     if annulus is not None:
@@ -630,8 +640,10 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         min_matched_stars=p.number("min_matched_stars", 8, minimum=3, integer=True),
     )
     p.finish()
+    return phot
 
-    c = top.section("camera")
+
+def _camera_section(c: _Section) -> CameraConfig:
     site = None
     if c.raw("site") is not None:  # latitude (deg), longitude (deg east), height (m)
         s = c.section("site")
@@ -649,11 +661,13 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
         site=site,
     )
     c.finish()
+    return camera
 
-    tm = top.section("tom", required=True)
+
+def _tom_section(tm: _Section, base: Path, target_name: str, check_tom_file: bool) -> TomSettings:
     upload = tm.boolean("upload", required=True)
     tom_file = tm.path_value("config_file", base)
-    label = _file_name_part(tm, "data_label", "tom.data_label") or name
+    label = _file_name_part(tm, "data_label", "tom.data_label") or target_name
     create = tm.boolean("create_target", False)
     flagged = tm.boolean("include_flagged", False)
     tm.finish()
@@ -663,10 +677,8 @@ def load_reduction_config(path: str | os.PathLike, check_tom_file: bool = True) 
             raise tm.error("tom.config_file is required when tom.upload is true")
         if check_tom_file:
             tom_url = load_tom_config(tom_file).url  # fail before any work starts
-    tom = TomSettings(upload=upload, config_file=tom_file, data_label=label, create_target=create,
-                      include_flagged=flagged, url=tom_url)
-    top.finish()
-    return ReductionConfig(path=path, target=target, photometry=phot, camera=camera, tom=tom)
+    return TomSettings(upload=upload, config_file=tom_file, data_label=label, create_target=create,
+                       include_flagged=flagged, url=tom_url)
 
 
 # --------------------------------------------------------------------------

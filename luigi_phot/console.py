@@ -7,14 +7,13 @@ Luigi's own console logging prints every scheduling step at DEBUG and INFO
 - warnings and errors (a failed stage in one line, see ``tasks.base``);
 - luigi_phot's own console lines (the manager's selection and counts), logged to
   :data:`CONSOLE_LOGGER`;
-- Luigi's execution summary of the command itself (the summaries of the builds
-  that ReduceDataset and ReductionManager run inside their ``run()`` are left out:
-  their failures reach the outer summary and the log as one line each).
+- Luigi's execution summary of the command itself (the workers that ReduceDataset
+  and ReductionManager run beneath themselves print none: their failures reach
+  the command's summary and the log as one line each).
 
 Luigi's log level brings the detail back: ``--log-level INFO`` (or ``DEBUG``) on
 the command line, or ``log_level`` in the ``[core]`` section of the Luigi
-configuration, prints every record from that level, nested summaries included,
-as Luigi does by default. (From Python, ``luigi.build(..., log_level=...)`` does not
+configuration, prints every record from that level, as Luigi does by default. (From Python, ``luigi.build(..., log_level=...)`` does not
 reach the handler, which reads the command line and the configuration: set
 ``[core] log_level`` or configure logging yourself.)
 
@@ -28,12 +27,10 @@ section (TOML configurations) is left alone.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
-__all__ = ["LOGGING_CONF", "CONSOLE_LOGGER", "ConsoleHandler", "console_logger", "nested_build",
-           "set_luigi_defaults"]
+__all__ = ["LOGGING_CONF", "CONSOLE_LOGGER", "ConsoleHandler", "console_logger", "set_luigi_defaults"]
 
 #: The logging configuration Luigi reads through ``[core] logging_conf_file``.
 LOGGING_CONF = Path(__file__).with_name("console_logging.ini")
@@ -41,22 +38,10 @@ LOGGING_CONF = Path(__file__).with_name("console_logging.ini")
 #: so any logging configuration that shows Luigi's console shows them too).
 CONSOLE_LOGGER = "luigi-interface.luigi_phot"
 _SUMMARY_START = "\n===== Luigi Execution Summary ====="
-_NESTED = {"depth": 0}
 
 
 def console_logger() -> logging.Logger:
     return logging.getLogger(CONSOLE_LOGGER)
-
-
-@contextlib.contextmanager
-def nested_build():
-    """Around a ``luigi.build`` inside a task's ``run()``: its execution summary is
-    detail, printed only at log level INFO or below."""
-    _NESTED["depth"] += 1
-    try:
-        yield
-    finally:
-        _NESTED["depth"] -= 1
 
 
 def _configured_level() -> int:
@@ -82,7 +67,7 @@ class _Quiet(logging.Filter):
         if record.name == CONSOLE_LOGGER:
             return True
         message = record.msg if isinstance(record.msg, str) else ""
-        return message.startswith(_SUMMARY_START) and _NESTED["depth"] == 0
+        return message.startswith(_SUMMARY_START)
 
 
 class ConsoleHandler(logging.StreamHandler):

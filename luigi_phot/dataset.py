@@ -30,6 +30,7 @@ rerun reads no frame.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -51,7 +52,8 @@ __all__ = ["PRODUCTS_DIR", "RECORD_NAME", "UPLOAD_RECORD_NAME", "LOG_NAME", "SCH
            "WriteError", "UnsafePath", "FrameIdentity", "frame_identities", "frame_identity", "duplicate_exposures",
            "fingerprint", "read_json", "check_inside", "is_inside", "atomic_path", "atomic_paths", "write_json_atomic",
            "remove_stale_temporaries", "dataset_logger", "catalogue_path", "measurement_dir", "measurement_path",
-           "resolve_red_dir"]
+           "resolve_red_dir", "catalogue_header", "measurement_key", "environmental_cause", "RETRY_SUFFIX", "retry_path",
+           "retry_markers", "ecsv_meta"]
 
 PRODUCTS_DIR = "photometry"
 RECORD_NAME = "reduction_record.json"
@@ -508,3 +510,107 @@ def dataset_logger(red_dir: Path) -> logging.Logger:
 
 def config_path(red_dir: Path) -> Path:
     return red_dir / REDUCTION_CONFIG_NAME
+
+
+# --------------------------------------------------------------------------
+# Which measurements are current, and which frames are tried again
+# --------------------------------------------------------------------------
+
+#: errno values that blame a frame's environment, not its content: permission denied,
+#: a failing disk, a stale or timed-out network file system.
+_FRAME_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
+#: Beside a measurement file `<x>.phot.fits`, `<x>.retry.json`: the frame was rejected for an
+#: environmental cause by the run named inside (with the frame's name and content digest).
+RETRY_SUFFIX = ".retry.json"
+_PHOT_SUFFIX = ".phot.fits"
+_KEYS: dict[tuple, str] = {}
+
+
+def catalogue_header(path: Path):
+    """The primary header of a catalogue file (an astropy Header), or None when it cannot be read."""
+    from astropy.io import fits
+
+    try:
+        return fits.getheader(path, 0)
+    except (OSError, ValueError):
+        return None
+
+
+def measurement_key(red_dir: Path, cfg: ReductionConfig) -> str:
+    """Key of the per-frame results (the directory ``photometry/frames/<key>``): the
+    measurement settings and the catalogue they were measured against (its CATID), so
+    that a new catalogue or other apertures make every frame be measured again."""
+    cpath = catalogue_path(red_dir)
+    try:
+        mtime = cpath.stat().st_mtime_ns
+    except FileNotFoundError:
+        mtime = None
+    cache_key = (str(cpath), mtime, cfg.measurement_key())
+    if cache_key not in _KEYS:
+        hdr = catalogue_header(cpath) if mtime is not None else None
+        cat_id = hdr.get("CATID", "none") if hdr is not None else "none"
+        _KEYS[cache_key] = hashlib.sha256(f"{cfg.measurement_key()}:{cat_id}".encode()).hexdigest()[:12]
+    return _KEYS[cache_key]
+
+
+def environmental_cause(exc: BaseException, frame_path: Path) -> bool:
+    """True when a frame could not be used because of its environment (it cannot be
+    read: permission denied, an I/O error) rather than its content: an OSError with
+    such an errno anywhere in the exception's chain (causes and contexts, which
+    ``raise ... from None`` keeps), or a frame that exists but cannot be read now.
+    Such a rejection holds for the current run only (see :func:`retry_markers`).
+    A symbolic link that leads nowhere (a loop, a missing target) is the frame's own
+    state: its rejection is remembered until the link changes (its identity then does)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FRAME_ENVIRONMENT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return os.path.exists(frame_path) and not os.access(frame_path, os.R_OK)
+
+
+def retry_path(measurement: Path) -> Path:
+    """The retry marker beside a measurement file."""
+    return measurement.with_name(measurement.name[: -len(_PHOT_SUFFIX)] + RETRY_SUFFIX)
+
+
+def retry_markers(red_dir: Path, key: str) -> dict[str, dict]:
+    """{frame: marker} for the current frames of red_dir that a run rejected for an
+    environmental cause (under measurement key `key`), with the content they have now;
+    a marker holds 'frame', 'digest', 'run_id' and 'reason'. Such a frame is measured
+    again by the next run, and the dataset is not current until it has been."""
+    found = {}
+    for marker in measurement_dir(red_dir, key).glob(f"*{RETRY_SUFFIX}"):
+        data = read_json(marker)
+        if data is None or marker.name.startswith(".") or not isinstance(data.get("frame"), str):
+            continue
+        frame = data["frame"]
+        if "/" in frame or not os.path.lexists(red_dir / frame):
+            continue
+        if frame_identity(red_dir, frame).digest == data.get("digest"):
+            found[frame] = data
+    return found
+
+
+def ecsv_meta(path: Path) -> dict:
+    """The table meta of an ECSV file (its YAML header, read by astropy's own ECSV
+    header reader), without reading the table; {} when the file is absent or not ECSV."""
+    from astropy.table.meta import get_header_from_yaml
+
+    lines = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                lines.append(line[2:].rstrip("\n") if line.startswith("# ") else line[1:].rstrip("\n"))
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not lines or not lines[0].startswith("%ECSV"):
+        return {}
+    try:
+        meta = get_header_from_yaml(lines[1:]).get("meta")
+    except Exception:  # a damaged header: the file is made again
+        return {}
+    return dict(meta) if meta else {}

@@ -42,6 +42,8 @@ __all__ = [
     "TomTargetNotFound",
     "TomRejected",
     "PublishResult",
+    "UploadPlan",
+    "plan_upload",
     "publish_photometry",
     "count_photometry",
     "find_target",
@@ -443,6 +445,32 @@ class _Client:
         except (KeyError, TypeError, ValueError):
             raise self.error(TomError, f"TOM at {self.tom.url} gave no count in the answer to the "
                                        f"{what}") from None
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What publishing a dataset's light curve needs to do, given its last upload."""
+
+    #: False when the same content is already the dataset's product, under the same
+    #: name, for the same target, on the same TOM: nothing is sent again.
+    send: bool
+    #: The dataset's previous product on this TOM (deleted before the upload), when known.
+    replace_product_id: int | None
+
+
+def plan_upload(previous: dict, url: str, target_name: str, product_name: str,
+                csv_sha256: str | None) -> UploadPlan:
+    """Decide an upload from the dataset's last upload record `previous` ({} when
+    none; its keys url, target, product_name, status, sha256 and product_id) and the
+    current CSV's sha256 (None when it cannot be read). The same content sent to
+    another TOM, target or product name is a new upload; a product id is only
+    meaningful on the TOM that gave it."""
+    destination = {"url": url, "target": target_name, "product_name": product_name}
+    same_place = all(previous.get(k) == v for k, v in destination.items())
+    unchanged = (same_place and previous.get("status") in ("uploaded", "unchanged") and csv_sha256 is not None
+                 and previous.get("sha256") == csv_sha256)
+    replace = previous.get("product_id") if previous.get("url") == url else None
+    return UploadPlan(send=not unchanged, replace_product_id=replace)
 
 
 def publish_photometry(tom: TomConfig, target_name: str, csv_path: str | Path, product_name: str,

@@ -88,8 +88,9 @@ state_path = $DIR/state.pickle
 remove_delay = 600
 # A worker silent this long (s) is gone; its running task is marked FAILED.
 worker_disconnect_delay = 60
-# A failed task becomes PENDING again after this long (s). luigi_phot's workers never
-# keep alive, so nothing reruns by itself: run the manager again to retry.
+# A failed task becomes PENDING again after this long (s). Nothing of luigi_phot reruns
+# by itself: the manager's worker waits for free units, but each of its ReduceDataset
+# tasks is tried once (disabled when it fails); run the manager again to retry.
 retry_delay = 600
 # Never disable a task for repeated failures (a disabled dataset would be refused
 # for disable_persist seconds even after its problem was fixed).

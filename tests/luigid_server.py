@@ -20,6 +20,7 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -80,7 +81,7 @@ class LocalLuigid:
 
     def history(self, sql: str, *params) -> list[tuple]:
         """Rows of a query on the task history database (tables tasks, task_events, task_parameters)."""
-        with sqlite3.connect(f"file:{self.history_db}?mode=ro", uri=True, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{self.history_db}?mode=ro", uri=True, timeout=30)) as db:
             return db.execute(sql, params).fetchall()
 
     def start(self) -> None:

@@ -301,7 +301,7 @@ def test_an_io_error_reading_a_frame_is_environmental_but_bad_content_is_not(dat
     from astropy.io import fits as fits_module
 
     from luigi_phot.photometry.frames import FrameError, load_frame
-    from luigi_phot.tasks.measure import environmental_cause
+    from luigi_phot.dataset import environmental_cause
 
     path = dataset / good_frames(dataset)[0]
     (dataset / "bad_notfits.fits").write_text("SIMPLE? no: this is a text file named .fits\n" * 40)

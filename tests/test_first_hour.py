@@ -15,7 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from luigi_phot.config import load_manager_config
-from luigi_phot.manager import select_datasets
+from luigi_phot.selection import select_datasets
 from luigi_phot.photometry.lightcurve import write_measurement
 from luigi_phot.photometry.plots import binned_median
 from luigi_phot.report import describe_outputs

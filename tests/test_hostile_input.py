@@ -743,12 +743,12 @@ def test_frames_with_one_time_are_one_exposure_only_when_byte_identical():
 def test_the_manager_reads_the_header_of_a_frame_replaced_with_its_old_times(tmp_path, monkeypatch):
     """The manager's date cache keys on (device, inode, size, mtime, ctime): a frame
     copied over with `cp -p` (same size and mtime, other header time) is read again."""
-    from luigi_phot import manager
+    from luigi_phot import selection
 
     red = tmp_path / "red"
     red.mkdir()
     frame = _real_frame_with(red)
-    dates = manager.FrameDates(tmp_path / "frame_dates.json")
+    dates = selection.FrameDates(tmp_path / "frame_dates.json")
     assert [round(m, 3) for m in dates.mjds(red)] == [round(58225.149560185 + 45 / 86400, 3)]
     dates.save()
     st = frame.stat()
@@ -756,5 +756,5 @@ def test_the_manager_reads_the_header_of_a_frame_replaced_with_its_old_times(tmp
     _real_frame_with(red, DATE_OBS="2019-04-17T03:35:22", MJD_OBS=58590.149560185)
     os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert frame.stat().st_size == st.st_size
-    later = manager.FrameDates(tmp_path / "frame_dates.json")
+    later = selection.FrameDates(tmp_path / "frame_dates.json")
     assert [round(m) for m in later.mjds(red)] == [58590] and later.headers_read == 1

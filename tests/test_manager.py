@@ -28,9 +28,10 @@ import luigi
 import pytest
 from astropy.table import Table
 
-from luigi_phot import lock
+from luigi_phot import dataset_lock as lock
 from luigi_phot.dataset import LOG_NAME, RECORD_NAME, read_json
-from luigi_phot.manager import MANAGER_LOG_NAME, RUNS_DIR, mjd_to_date
+from luigi_phot.run_log import MANAGER_LOG_NAME, RUNS_DIR
+from luigi_phot.selection import mjd_to_date
 from luigi_phot.report import INDEX_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from luigi_phot.tasks import BuildLightcurve, MeasureImage, ReduceDataset, ReductionManager
@@ -538,7 +539,7 @@ def test_a_lock_lost_after_the_quick_check_is_a_skip_not_a_failure(tree_template
     try:
         lock.acquire(red, "winner-run", pid=sleeper.pid)
         held = (red / lock.LOCK_NAME).read_bytes()
-        monkeypatch.setattr(reduce_module, "lock", _BlindOnce())
+        monkeypatch.setattr(reduce_module, "dataset_lock", _BlindOnce())
         outcome = tmp_path / "outcome.json"
         result = luigi.build([ReduceDataset(red_dir=str(red), if_locked="skip", dataset_workers=1,
                                             outcome_file=str(outcome))],

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from luigi_phot import lock
+from luigi_phot import dataset_lock as lock
 from luigi_phot.dataset import LOG_NAME, RECORD_NAME
-from luigi_phot.manager import MANAGER_LOG_NAME
+from luigi_phot.run_log import MANAGER_LOG_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from tests.conftest import LUIGI, copy_dataset
 from tests.fault_tools import (Luigid, LuigiRun, assert_no_traceback, console, log_lines, log_runs,

@@ -17,11 +17,12 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from luigi_phot import lock, manager
+from luigi_phot import dataset_lock as lock, selection
 from luigi_phot.config import ConfigError, load_manager_config
 from luigi_phot.dataset import RECORD_NAME
-from luigi_phot.manager import (FrameDates, ManagerLog, Outcome, count_line, discover_datasets, lock_skip_reason,
-                                mjd_to_date, read_dataset_list, select_datasets)
+from luigi_phot.run_log import ManagerLog, Outcome, count_line
+from luigi_phot.selection import (FrameDates, discover_datasets, lock_skip_reason, mjd_to_date, read_dataset_list,
+                                  select_datasets)
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 
 #: Tiny frames: only headers and dates matter here.
@@ -282,13 +283,13 @@ def test_unreadable_dataset_list_is_a_one_line_configuration_error(tmp_path):
 @pytest.fixture
 def count_header_reads(monkeypatch):
     opened = []
-    real = manager.read_frame_info
+    real = selection.read_frame_info
 
     def counting(path, camera=None):
         opened.append(Path(path).name)
         return real(path, camera)
 
-    monkeypatch.setattr(manager, "read_frame_info", counting)
+    monkeypatch.setattr(selection, "read_frame_info", counting)
     return opened
 
 
@@ -403,7 +404,7 @@ def test_manager_log_appends_lines_carrying_the_run_id(tmp_path):
 
 
 def test_count_line_and_outcome_lines():
-    ds = manager.Dataset(Path("/data/T/sinistro/ip"), "T/sinistro/ip")
+    ds = selection.Dataset(Path("/data/T/sinistro/ip"), "T/sinistro/ip")
     outcomes = [Outcome(ds, "reduced", run_id="r1", started_unix=10.0, finished_unix=22.5),
                 Outcome(ds, "up_to_date"), Outcome(ds, "skipped", "locked: being reduced by run r0"),
                 Outcome(ds, "failed", "no frames", run_id="r2")]

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Alignment", "AlignmentError", "FitStars", "align", "affine_from_wcs", "fit_affine", "match_star_lists"]
+__all__ = ["Alignment", "AlignmentError", "FitStars", "align", "affine_from_wcs", "fit_affine", "match_star_lists",
+           "header_wcs_error"]
 
 
 #: the largest distance [pix] at which the refinement pairs stars (its first round)
@@ -491,3 +492,30 @@ def align(ref_xy: np.ndarray, frame_xy: np.ndarray, guess: np.ndarray | None = N
     else:
         raise AlignmentError("alignment failed (" + "; ".join(failures) + ")")
     return Alignment(matrix=m, rms_pix=rms, n_matched=n, method=method, note=note)
+
+
+def header_wcs_error(info, cat, m, tolerance_arcsec: float = 5.0) -> str | None:
+    """A warning when a frame's header WCS puts the target more than `tolerance_arcsec`
+    away from where the aligned catalogue stars put it (None when it agrees, or the
+    frame has no WCS). `info` is the frame's FrameInfo, `cat` the Catalogue and `m` the
+    frame's measurement (its columns x, y and header ALN_METH)."""
+    if info.wcs is None:
+        return None
+    t = cat.target_index
+    x, y = float(m.columns["x"][t]), float(m.columns["y"][t])
+    method = m.header.get("ALN_METH", ("?",))[0]
+    what = "ignored: aligned on the star pattern" if method == "pattern" else "corrected by the alignment"
+    try:
+        ra, dec = float(cat.stars["ra"][t]), float(cat.stars["dec"][t])
+        wx, wy = info.wcs.all_world2pix([[ra, dec]], 0)[0]
+        if not (math.isfinite(wx) and math.isfinite(wy)):
+            raise ValueError
+    except Exception:
+        return f"header WCS cannot place the target ({what})"
+    scale = info.pixel_scale_arcsec or cat.pixel_scale_arcsec
+    off = math.hypot(wx - x, wy - y) * scale
+    if off <= tolerance_arcsec:
+        return None
+    size = f"{off / 3600:.2f} deg" if off >= 3600 else f"{off / 60:.1f} arcmin" if off >= 60 else f"{off:.1f} arcsec"
+    return (f"header WCS is off by {size} at the target (puts it at pixel {wx:.0f}, {wy:.0f}; "
+            f"the stars put it at {x:.0f}, {y:.0f}): {what}")

@@ -28,10 +28,10 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..config import CameraConfig
 from ..names import shown
 
 __all__ = [
+    "CameraDefaults",
     "FrameError",
     "FrameInfo",
     "Frame",
@@ -57,6 +57,23 @@ PIXEL_COSMIC = np.uint8(4)     # cosmic-ray hit (BPM bit 8, or found by our dete
 #: Documented defaults when neither the header nor the configuration gives a value.
 DEFAULT_GAIN_E_PER_ADU = 1.0
 DEFAULT_READ_NOISE_E = 5.0
+
+
+@dataclass(frozen=True)
+class CameraDefaults:
+    """Detector values used when a frame's header lacks them (header values win).
+    The ``camera`` section of reduction_config.yaml is parsed into this (config.py)."""
+
+    gain_e_per_adu: float | None = None
+    read_noise_e: float | None = None
+    saturation_adu: float | None = None
+    #: 'auto' (BUNIT / LCO conventions), 'adu' or 'electrons'.
+    units: str = "auto"
+    pixel_scale_arcsec: float | None = None
+    #: Filter name for frames that carry none in their header.
+    filter_name: str | None = None
+    #: Observatory for frames without site keywords: (latitude deg, longitude deg east, height m).
+    site: tuple[float, float, float] | None = None
 
 #: Largest image accepted (pixels): larger than any single detector read out today, and a
 #: corrupt NAXISn must not make the reader allocate tens of gigabytes.
@@ -377,7 +394,7 @@ def _exposure_time(path: Path, header) -> float:
     return exptime
 
 
-def _filter_of(header, camera: CameraConfig) -> str | None:
+def _filter_of(header, camera: CameraDefaults) -> str | None:
     value = header.get("FILTER")
     if isinstance(value, str) and value.strip().lower() not in _NO_FILTER:
         return value.strip()
@@ -393,7 +410,7 @@ def _filter_of(header, camera: CameraConfig) -> str | None:
     return camera.filter_name
 
 
-def _site_of(header, camera: CameraConfig):
+def _site_of(header, camera: CameraDefaults):
     pairs = [("LATITUDE", "LONGITUD", "HEIGHT"), ("SITELAT", "SITELONG", "SITEELEV"),
              ("SITELAT", "SITELONG", "SITEALT"), ("LAT-OBS", "LONG-OBS", "ALT-OBS"),
              ("OBSLAT", "OBSLONG", "OBSALT"),
@@ -468,18 +485,18 @@ def _unexpected(path: Path, what: str, exc: Exception) -> FrameError:
     return FrameError(path, f"{what} unreadable (corrupt file: {_short(f'{type(exc).__name__}: {exc}', 100)})")
 
 
-def read_frame_info(path: str | os.PathLike, camera: CameraConfig | None = None, hdul=None) -> FrameInfo:
+def read_frame_info(path: str | os.PathLike, camera: CameraDefaults | None = None, hdul=None) -> FrameInfo:
     """Header facts of a frame (no pixels read). Raises FrameError when unusable."""
     path = Path(path)
     try:
-        return _read_frame_info(path, camera or CameraConfig(), hdul)
+        return _read_frame_info(path, camera or CameraDefaults(), hdul)
     except (FrameError, MemoryError):
         raise
     except Exception as exc:
         raise _unexpected(path, "header", exc) from None
 
 
-def _read_frame_info(path: Path, camera: CameraConfig, hdul) -> FrameInfo:
+def _read_frame_info(path: Path, camera: CameraDefaults, hdul) -> FrameInfo:
     own = hdul is None
     if own:
         hdul = _open(path)
@@ -707,20 +724,20 @@ def mask_defective_lines(data: np.ndarray, flags: np.ndarray) -> str | None:
             "neighbouring lines)")
 
 
-def load_frame(path: str | os.PathLike, camera: CameraConfig | None = None) -> Frame:
+def load_frame(path: str | os.PathLike, camera: CameraDefaults | None = None) -> Frame:
     """Read a frame: SCI (or first image) in electrons as float32, the pixel-flag plane
     from BPM, non-finite values and saturation, and ERR in electrons when present and
     the same shape. Raises FrameError when the frame cannot be used."""
     path = Path(path)
     try:
-        return _load_frame(path, camera or CameraConfig())
+        return _load_frame(path, camera or CameraDefaults())
     except (FrameError, MemoryError):
         raise
     except Exception as exc:
         raise _unexpected(path, "frame", exc) from None
 
 
-def _load_frame(path: Path, camera: CameraConfig) -> Frame:
+def _load_frame(path: Path, camera: CameraDefaults) -> Frame:
     hdul = _open(path)
     try:
         info = read_frame_info(path, camera, hdul=hdul)

@@ -1,8 +1,8 @@
 """The Luigi tasks: thin shells that wire the science modules to files in red_dir.
 
-ReduceDataset -> (LockDataset -> BuildCatalogue -> MeasureImage per frame ->
-BuildLightcurve -> UploadToTOM -> ReleaseLock); ReductionManager runs many
-ReduceDataset at once.
+ReduceDataset runs beneath itself ReleaseLock <- UploadToTOM <- BuildLightcurve <-
+MeasureImage per frame <- BuildCatalogue <- LockDataset; ReductionManager runs many
+ReduceDataset beneath itself, max_parallel at once (scheduling.py, batch.py).
 """
 
 from .catalogue import BuildCatalogue

@@ -1,5 +1,5 @@
 """What every dataset stage shares: its parameters, configuration, log, lock check,
-and one-line failure messages for the errors users cause."""
+status record, and one-line failure messages for the errors users cause."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import luigi
 
 from ..config import ConfigError, ReductionConfig, load_reduction_config
 from ..dataset import UnsafePath, WriteError, config_path, dataset_logger
+from ..dataset_lock import LockHeldError, read_lock
 from ..names import UnsafeName
-from ..lock import LockHeldError, read_lock
+from ..run_status import write_record
 
-__all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config", "run_owner_pid",
-           "register_run_owner", "install_console_filter", "warnings_to_log"]
+__all__ = ["Reporting", "DatasetStage", "StageError", "USER_ERRORS", "one_line_error", "load_config",
+           "register_run", "run_owner_pid", "run_records_folder", "install_console_filter", "warnings_to_log"]
 
 
 class StageError(RuntimeError):
@@ -105,17 +106,24 @@ def load_config(red_dir: Path) -> ReductionConfig:
     return cfg
 
 
-# The process that runs ReduceDataset.run() owns the lock of its run; stages forked
-# from it inherit this table and record that pid in the lock file.
-_RUN_OWNERS: dict[str, int] = {}
+# The process that runs ReduceDataset.run() owns the lock of its run and the folder of its
+# status records; its stages run in that process or in processes forked from it, which
+# inherit this table: they record that pid in the lock file and write their records there.
+_RUNS: dict[str, tuple[int, Path | None]] = {}
 
 
-def register_run_owner(run_id: str) -> None:
-    _RUN_OWNERS[run_id] = os.getpid()
+def register_run(run_id: str, records_folder: Path | None = None) -> None:
+    """Make this process the owner of run `run_id`, whose stages write their status
+    records into `records_folder` (none when None)."""
+    _RUNS[run_id] = (os.getpid(), records_folder)
 
 
 def run_owner_pid(run_id: str) -> int:
-    return _RUN_OWNERS.get(run_id, os.getpid())
+    return _RUNS.get(run_id, (os.getpid(), None))[0]
+
+
+def run_records_folder(run_id: str) -> Path | None:
+    return _RUNS.get(run_id, (None, None))[1]
 
 
 class Reporting:
@@ -133,7 +141,8 @@ class Reporting:
 
 
 class DatasetStage(Reporting, luigi.Task):
-    """A stage of one dataset's reduction, run under that run's lock."""
+    """A stage of one dataset's reduction, run under that run's lock. When it ends it
+    writes its status record (run_status.py), which ReduceDataset reads."""
 
     red_dir = luigi.Parameter(description="dataset directory")
     run_id = luigi.Parameter(description="the reduction run this stage belongs to")
@@ -160,14 +169,31 @@ class DatasetStage(Reporting, luigi.Task):
             who = holder.describe() if holder else "nobody"
             raise StageError(f"{self.red}: run {self.run_id} does not hold the dataset lock (held by {who})")
 
+    def record(self, status: str, reason: str = "", **extra) -> None:
+        """Write this stage's status record of this run, if the run keeps records (never raises)."""
+        folder = run_records_folder(self.run_id)
+        if folder is not None:
+            write_record(folder, self.task_id, self.run_id, self.task_family, status, reason,
+                         frame=getattr(self, "image", None), **extra)
+
+    def on_success(self):
+        self.record("done")
+        return super().on_success()
+
+    def failure_status(self, exception) -> str:
+        """The status its record gives a failure ('failed'; LockDataset says 'lock_held')."""
+        return "failed"
+
     def on_failure(self, exception):
-        """One line for errors users cause (shown in the visualiser and the log)."""
+        """One line for errors users cause (shown in the visualiser and the log), and
+        the stage's status record."""
         one_line = one_line_error(exception)
         message = one_line or f"{type(exception).__name__}: {exception}"
         try:
             self.note(f"FAILED: {message}", logging.ERROR)
         except Exception:
             pass
+        self.record(self.failure_status(exception), " ".join(message.split())[:500])
         return message if one_line is not None else super().on_failure(exception)
 
     def timed(self):

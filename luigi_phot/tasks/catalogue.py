@@ -13,19 +13,12 @@ import luigi
 import numpy as np
 from astropy.io import fits
 
-from ..dataset import atomic_path, catalogue_path, frame_identity, measurement_path
+from ..dataset import atomic_path, catalogue_header, catalogue_path, frame_identity, measurement_path
 from ..names import UnsafeName, name_from_header, safe_token, shown
 from .base import DatasetStage, StageError, warnings_to_log
 from .lock import LockDataset
 
-__all__ = ["BuildCatalogue", "catalogue_header"]
-
-
-def catalogue_header(path) -> fits.Header | None:
-    try:
-        return fits.getheader(path, 0)
-    except (OSError, ValueError):
-        return None
+__all__ = ["BuildCatalogue"]
 
 
 def reference_name(header: fits.Header | None) -> str | None:

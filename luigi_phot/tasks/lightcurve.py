@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,32 +19,16 @@ import luigi
 
 import numpy as np
 
-from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_path, duplicate_exposures, frame_identities, is_inside,
-                       measurement_dir, read_json, write_json_atomic)
+from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_header, catalogue_path, duplicate_exposures, ecsv_meta,
+                       frame_identities, is_inside, measurement_dir, measurement_key, read_json, retry_markers,
+                       retry_path, write_json_atomic)
 from ..names import UnsafeName, safe_token, shown
 from .base import DatasetStage, StageError, one_line_error, warnings_to_log
 from .catalogue import BuildCatalogue, reference_name
 from .lock import LockDataset
-from .measure import MeasureImage, measurement_key, retry_markers, retry_path
+from .measure import MeasureImage
 
-__all__ = ["BuildLightcurve", "ecsv_meta_value"]
-
-
-def ecsv_meta_value(path, key: str) -> str | None:
-    """Read one scalar meta value (written as '# - {key: value}') from an ECSV header
-    without parsing the table."""
-    pattern = re.compile(rf"[{{\s]{re.escape(key)}:\s*'?([^,'}}\s]+)")
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    break
-                m = pattern.search(line)
-                if m:
-                    return m.group(1)
-    except OSError:
-        return None
-    return None
+__all__ = ["BuildLightcurve"]
 
 
 def _duplicates(records, reference_image: str) -> dict[str, str]:
@@ -76,7 +59,7 @@ class _LightcurveTarget(luigi.LocalTarget):
         self.also_required = tuple(also_required)
 
     def exists(self) -> bool:
-        return (ecsv_meta_value(self.path, "input_key") == self.key and not self.retries_due()
+        return (ecsv_meta(self.path).get("input_key") == self.key and not self.retries_due()
                 and all(p.is_file() for p in self.also_required))
 
 
@@ -103,8 +86,6 @@ class BuildLightcurve(DatasetStage):
 
     def _catalogue_filter(self) -> tuple[str, str]:
         """The dataset's filter (from the catalogue) and the frame it comes from."""
-        from .catalogue import catalogue_header
-
         hdr = catalogue_header(catalogue_path(self.red))
         if hdr is None:
             return "unknown", "the catalogue"
@@ -134,7 +115,11 @@ class BuildLightcurve(DatasetStage):
     def run(self):
         self.check_lock()
         names = [f.name for f in frame_identities(self.red)]
-        measures = yield [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
+        measures = [MeasureImage(red_dir=self.red_dir, run_id=self.run_id, image=n) for n in names]
+        to_measure = sum(not m.complete() for m in measures)
+        if to_measure:  # run() starts again after the yield, when there is none left
+            self.record("measuring", frames=len(measures), to_measure=to_measure)
+        measures = yield measures
         self.check_lock()
         self._build([Path(m.path) for m in measures])
         self._write_report()

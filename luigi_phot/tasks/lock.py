@@ -6,16 +6,12 @@ import datetime as dt
 
 import luigi
 
-from .. import lock
+from .. import dataset_lock
 from ..dataset import (RECORD_NAME, UPLOAD_RECORD_NAME, WriteError, fingerprint, frame_identities, read_json,
                        remove_stale_temporaries, write_json_atomic)
 from .base import DatasetStage, run_owner_pid
 
-__all__ = ["LockDataset", "ReleaseLock", "LockTarget", "LOCK_HELD_NOTE"]
-
-#: LockDataset logs this (then the holder) when another reduction holds the lock, so that
-#: ReduceDataset(if_locked='skip') can tell a lost race for the lock from a failure.
-LOCK_HELD_NOTE = "lock held by another reduction"
+__all__ = ["LockDataset", "ReleaseLock", "LockTarget"]
 
 
 class LockTarget(luigi.Target):
@@ -26,31 +22,31 @@ class LockTarget(luigi.Target):
         self.run_id = run_id
 
     def exists(self) -> bool:
-        holder = lock.read_lock(self.red_dir)
+        holder = dataset_lock.read_lock(self.red_dir)
         return holder is not None and holder.run_id == self.run_id
 
 
 class LockDataset(DatasetStage):
     """Take red_dir/dataset.lock for this run (atomically; a stale lock of a dead
-    process on this host is taken over with a warning)."""
+    process on this host is taken over with a warning). When another reduction holds
+    it, its status record says 'lock_held' (ReduceDataset(if_locked='skip') then
+    reports the dataset as skipped, not failed)."""
 
     def output(self):
         return LockTarget(self.red, self.run_id)
 
     def run(self):
         try:
-            holder = lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
+            holder = dataset_lock.acquire(self.red, self.run_id, pid=run_owner_pid(self.run_id),
                                   warn=lambda m: self.note(m, 30))
         except OSError as exc:  # a read-only red_dir, a full disk
-            raise WriteError(self.red / lock.LOCK_NAME, exc) from exc
+            raise WriteError(self.red / dataset_lock.LOCK_NAME, exc) from exc
         removed = remove_stale_temporaries(self.red)
         self.note(f"lock taken by pid {holder.pid} on {holder.host}"
                   + (f"; removed {removed} temporary files left by an interrupted run" if removed else ""))
 
-    def on_failure(self, exception):
-        if isinstance(exception, lock.LockHeldError):
-            self.note(f"{LOCK_HELD_NOTE}: {exception}", 30)
-        return super().on_failure(exception)
+    def failure_status(self, exception) -> str:
+        return "lock_held" if isinstance(exception, dataset_lock.LockHeldError) else "failed"
 
 
 class ReleaseLock(DatasetStage):
@@ -95,7 +91,7 @@ class ReleaseLock(DatasetStage):
             "upload": upload.get("status"),
         }
         write_json_atomic(self.red / RECORD_NAME, record, inside=self.red)
-        lock.release(self.red, self.run_id)
+        dataset_lock.release(self.red, self.run_id)
         self.note(f"finished: {record['n_measured']} frames measured, {record['n_rejected']} rejected; lock released")
 
 

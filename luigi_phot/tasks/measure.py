@@ -19,111 +19,20 @@ this frame with the reason; it never fails the dataset.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import math
 import os
 import traceback
 from pathlib import Path
 
 import luigi
 
-from ..dataset import (WriteError, atomic_path, catalogue_path, frame_identity, measurement_dir, measurement_path,
-                       read_json, write_json_atomic)
+from ..dataset import (WriteError, atomic_path, catalogue_path, environmental_cause, frame_identity,
+                       measurement_key, measurement_path, read_json, retry_path, write_json_atomic)
 from ..names import shown
 from .base import DatasetStage, warnings_to_log
-from .catalogue import BuildCatalogue, catalogue_header
+from .catalogue import BuildCatalogue
 from .lock import LockDataset
 
-__all__ = ["MeasureImage", "measurement_key", "environmental_cause", "retry_markers", "retry_path", "RETRY_SUFFIX"]
-
-#: errno values that blame the frame's environment, not its content: permission denied,
-#: a failing disk, a stale or timed-out network file system.
-_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
-#: Beside a measurement file `<x>.phot.fits`, `<x>.retry.json`: the frame was rejected for an
-#: environmental cause by the run named inside (with the frame's name and content digest).
-RETRY_SUFFIX = ".retry.json"
-_PHOT_SUFFIX = ".phot.fits"
-
-_KEYS: dict[tuple, str] = {}
-
-
-def measurement_key(red_dir: Path, cfg) -> str:
-    """Key of the per-frame results: the measurement settings and the catalogue build."""
-    cpath = catalogue_path(red_dir)
-    try:
-        mtime = cpath.stat().st_mtime_ns
-    except FileNotFoundError:
-        mtime = None
-    cache_key = (str(cpath), mtime, cfg.measurement_key())
-    if cache_key not in _KEYS:
-        hdr = catalogue_header(cpath) if mtime is not None else None
-        cat_id = hdr.get("CATID", "none") if hdr is not None else "none"
-        _KEYS[cache_key] = hashlib.sha256(f"{cfg.measurement_key()}:{cat_id}".encode()).hexdigest()[:12]
-    return _KEYS[cache_key]
-
-
-def header_wcs_error(info, cat, m, tolerance_arcsec: float = 5.0) -> str | None:
-    """A warning when the frame's header WCS puts the target more than `tolerance_arcsec`
-    away from where the aligned catalogue stars put it (None when it agrees, or has no WCS)."""
-    if info.wcs is None:
-        return None
-    t = cat.target_index
-    x, y = float(m.columns["x"][t]), float(m.columns["y"][t])
-    method = m.header.get("ALN_METH", ("?",))[0]
-    what = "ignored: aligned on the star pattern" if method == "pattern" else "corrected by the alignment"
-    try:
-        ra, dec = float(cat.stars["ra"][t]), float(cat.stars["dec"][t])
-        wx, wy = info.wcs.all_world2pix([[ra, dec]], 0)[0]
-        if not (math.isfinite(wx) and math.isfinite(wy)):
-            raise ValueError
-    except Exception:
-        return f"header WCS cannot place the target ({what})"
-    scale = info.pixel_scale_arcsec or cat.pixel_scale_arcsec
-    off = math.hypot(wx - x, wy - y) * scale
-    if off <= tolerance_arcsec:
-        return None
-    size = f"{off / 3600:.2f} deg" if off >= 3600 else f"{off / 60:.1f} arcmin" if off >= 60 else f"{off:.1f} arcsec"
-    return (f"header WCS is off by {size} at the target (puts it at pixel {wx:.0f}, {wy:.0f}; "
-            f"the stars put it at {x:.0f}, {y:.0f}): {what}")
-
-
-def environmental_cause(exc: BaseException, frame_path: Path) -> bool:
-    """True when a frame could not be used because of its environment (it cannot be
-    read: permission denied, an I/O error) rather than its content: an OSError with
-    such an errno anywhere in the exception's chain (causes and contexts, which
-    ``raise ... from None`` keeps), or a frame that exists but cannot be read now.
-    A symbolic link that leads nowhere (a loop, a missing target) is the frame's own
-    state: its rejection is remembered until the link changes (its identity then does)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return os.path.exists(frame_path) and not os.access(frame_path, os.R_OK)
-
-
-def retry_markers(red_dir: Path, key: str) -> dict[str, dict]:
-    """{frame: marker} for the current frames of red_dir that a run rejected for an
-    environmental cause (under measurement key `key`), with the content they have now;
-    a marker holds 'frame', 'digest', 'run_id' and 'reason'."""
-    found = {}
-    for marker in measurement_dir(red_dir, key).glob(f"*{RETRY_SUFFIX}"):
-        data = read_json(marker)
-        if data is None or marker.name.startswith(".") or not isinstance(data.get("frame"), str):
-            continue
-        frame = data["frame"]
-        if "/" in frame or not os.path.lexists(red_dir / frame):
-            continue
-        if frame_identity(red_dir, frame).digest == data.get("digest"):
-            found[frame] = data
-    return found
-
-
-def retry_path(measurement: Path) -> Path:
-    """The retry marker beside a measurement file."""
-    return measurement.with_name(measurement.name[: -len(_PHOT_SUFFIX)] + RETRY_SUFFIX)
+__all__ = ["MeasureImage"]
 
 
 class _MeasurementTarget(luigi.LocalTarget):
@@ -196,6 +105,8 @@ class MeasureImage(DatasetStage):
                 self._reject(out, ident.digest, rejection)
                 return
             retry_path(out).unlink(missing_ok=True)
+        from ..photometry.alignment import header_wcs_error
+
         notes = list(m.notes)
         wcs_note = header_wcs_error(info, cat, m)
         if wcs_note:

@@ -1,38 +1,49 @@
 """ReduceDataset: one dataset, from lock to release, as one scheduled unit.
 
-The run holds one unit of the scheduler resource ``luigi_phot_dataset`` for its
-whole duration (the manager sets its limit to max_parallel), and runs its
-stages - LockDataset, BuildCatalogue, MeasureImage (one per frame),
-BuildLightcurve, UploadToTOM, ReleaseLock - as their own Luigi tasks through
-the same scheduler, so the visualiser shows each one and its progress.
+The task holds one unit of the scheduler resource ``luigi_phot_dataset`` for the
+whole of its dataset's reduction (the manager sets the limit to max_parallel),
+and runs the dataset's stages beneath it (``scheduling.run_beneath``):
+LockDataset, BuildCatalogue, MeasureImage (one per frame), BuildLightcurve,
+UploadToTOM, ReleaseLock, as Luigi tasks of their own through the same
+scheduler. On luigid the visualiser shows them as the task's dependencies, and
+the task's progress, read from the stages' status records (``run_status.py``),
+as a percentage.
+
+When the stages have run, the records say how it went: ReleaseLock's record of
+the run (``reduction_record.json`` naming it) that the dataset was reduced;
+LockDataset's that another reduction took the lock first; the failed stages'
+one-line reasons. The lock is released whatever happened.
 
 With ``if_locked='skip'`` (as the ReductionManager runs it) a dataset that another
 reduction holds - found at the start, or lost to it in the race for the lock - is
 skipped. A dataset that another run finished after this task was scheduled is left
 alone. ``outcome_file`` receives how the run ended: reduced, up_to_date, skipped or
-failed, the reason, and the start and end times of run().
+failed, the reason, and the start and end times of run(). A task with an outcome
+file (a manager's: each manager run has its own) is never retried by the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
 import luigi
 
-from .. import lock
+from .. import dataset_lock
 from ..config import ConfigError
-from ..console import nested_build
-from ..dataset import (LOG_NAME, RECORD_NAME, WriteError, dataset_logger, fingerprint, frame_identities, read_json,
+from ..dataset import (RECORD_NAME, WriteError, dataset_logger, fingerprint, frame_identities, read_json,
                        resolve_red_dir, write_json_atomic)
 from ..photometry.frames import list_frames
-from .base import Reporting, StageError, install_console_filter, load_config, register_run_owner
-from .lock import LOCK_HELD_NOTE, ReleaseLock
+from ..run_status import failure_summary, lost_lock_race, new_records_folder, read_records, run_progress
+from .base import Reporting, StageError, install_console_filter, load_config, register_run
+from .lock import ReleaseLock
+from .scheduling import ProgressWatcher, run_beneath
 
-__all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE"]
+__all__ = ["ReduceDataset", "dataset_is_current", "DATASET_RESOURCE", "preload_science"]
 
 DATASET_RESOURCE = "luigi_phot_dataset"
 
@@ -48,7 +59,7 @@ def dataset_is_current(red_dir) -> bool:
     except (ConfigError, OSError):
         return False
     rec = read_json(red / RECORD_NAME)
-    if rec is None or rec.get("retry") or lock.read_lock(red) is not None:
+    if rec is None or rec.get("retry") or dataset_lock.read_lock(red) is not None:
         return False
     recorded = rec.get("frames")
     if not isinstance(recorded, dict) or set(recorded) != {p.name for p in list_frames(red)}:
@@ -64,14 +75,22 @@ class ReduceDataset(Reporting, luigi.Task):
 
     red_dir = luigi.Parameter(description="dataset directory with frames and reduction_config.yaml")
     dataset_workers = luigi.IntParameter(default=0, significant=False,
-                                 description="workers for this dataset's stages (0: the command's --workers)")
+                                         description="workers for this dataset's stages (0: the command's --workers)")
     if_locked = luigi.ChoiceParameter(choices=["fail", "skip"], default="fail", significant=False,
                                       description="when another reduction holds the lock: fail, or skip quietly")
-    outcome_file = luigi.Parameter(default="", significant=False,
-                                   description="write how this run ended (reduced, up_to_date, skipped or failed, "
-                                               "with the reason and start and end times) to this JSON file")
+    outcome_file = luigi.Parameter(default="", description="write how this run ended (reduced, up_to_date, skipped or "
+                                                           "failed, with the reason and start and end times) to this "
+                                                           "JSON file (the manager's: one per dataset and run)")
 
     resources = {DATASET_RESOURCE: 1}
+
+    @property
+    def retry_count(self):
+        """A manager's reduction (one with an outcome file) is tried once: its failure
+        disables the task for the scheduler, so that the manager's worker, which waits
+        for units of the resource other runs hold, neither waits for a retry nor makes
+        one. A reduction run by hand keeps the scheduler's policy."""
+        return 1 if self.outcome_file else None
 
     def complete(self):
         return dataset_is_current(self.red_dir)
@@ -114,56 +133,64 @@ class ReduceDataset(Reporting, luigi.Task):
         except ConfigError as exc:
             log.error(f"configuration error: {exc}")
             raise
-        run_id = lock.new_run_id()
-        holder = lock.read_lock(red)
-        if holder is not None and lock.holder_state(holder) != "dead":
-            message = lock.LockHeldError(lock._held_message(red, holder, lock.holder_state(holder)))
+        run_id = dataset_lock.new_run_id()
+        holder = dataset_lock.read_lock(red)
+        if holder is not None and dataset_lock.holder_state(holder) != "dead":
+            message = dataset_lock.held_message(red, holder, dataset_lock.holder_state(holder))
             if self.if_locked == "skip":
-                return self._skipped(log, str(message))
-            raise message
+                return self._skipped(log, message)
+            raise dataset_lock.LockHeldError(message)
         # Read after the lock: a run that finished since this task was scheduled wrote its
         # record before it released the lock, so the check cannot miss it.
         if holder is None and dataset_is_current(red):
             log.info("nothing to do: already reduced from the current frames and configuration")
             self.report_status("up to date")
             return {"status": "up_to_date", "reason": "already reduced by another run"}
-        register_run_owner(run_id)
-        n_frames = len(list_frames(red))
-        log.info(f"========== run {run_id}: reducing {red} ({n_frames} frames, target {cfg.target.name}) ==========")
-        workers = self.dataset_workers or luigi.interface.core().workers
-        _release_inherited_fork_lock()
-        _preload_science()
-        result = None
+        log.info(f"========== run {run_id}: reducing {red} ({len(list_frames(red))} frames, "
+                 f"target {cfg.target.name}) ==========")
+        records = new_records_folder(run_id)
         try:
-            with nested_build():
-                result = luigi.build([ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers,
-                                     detailed_summary=True, no_lock=True)
+            register_run(run_id, records)
+            succeeded = self._run_stages(red, run_id, records, log)
+            return self._ending(red, run_id, read_records(records, run_id), log, succeeded)
+        finally:
+            shutil.rmtree(records, ignore_errors=True)
+
+    def _run_stages(self, red: Path, run_id: str, records: Path, log: logging.Logger) -> bool:
+        """Run the stages of run `run_id` beneath this task, showing its progress from the
+        stages' records in `records`; release the lock if the run did not. True when no
+        stage failed (see run_beneath)."""
+        workers = self.dataset_workers or luigi.interface.core().workers
+        preload_science()
+        try:
+            with ProgressWatcher(self, lambda: run_progress(read_records(records, run_id))):
+                return run_beneath(self, [ReleaseLock(red_dir=str(red), run_id=run_id)], workers=workers)
         finally:
             try:
-                if lock.release(red, run_id):
+                if dataset_lock.release(red, run_id):
                     log.warning(f"[{run_id}] run ended unfinished: lock released")
             except OSError as exc:  # e.g. red_dir became read-only: the next run takes it over
                 log.warning(f"[{run_id}] run ended unfinished; the lock could not be removed "
                             f"({exc.strerror}): the next run will take it over as stale")
-        ok = result is not None and result.status in (luigi.LuigiStatusCode.SUCCESS,
-                                                      luigi.LuigiStatusCode.SUCCESS_WITH_RETRY)
-        if not ok:
-            lost = _lost_lock_race(red, run_id)
-            if lost and self.if_locked == "skip":
-                # another reduction took the lock between the check above and LockDataset
-                return self._skipped(log, lost, run_id)
-            status = result.status.name if result is not None else "not run"
-            failed = _failure_summary(red, run_id)
-            if not failed and result is not None:
-                if result.status in (luigi.LuigiStatusCode.NOT_RUN, luigi.LuigiStatusCode.SCHEDULING_FAILED):
-                    failed = ("no stage failed, but some were never run (was the scheduler restarted or "
-                              "unreachable?); run again to finish the dataset")
-                else:  # e.g. a full disk: the stages' own one-line reasons are on the console
-                    failed = f"a stage failed, and {LOG_NAME} could not record why (see the messages above)"
-            log.error(f"[{run_id}] reduction failed ({status}){': ' + failed if failed else ''}")
-            raise StageError(f"{red}: reduction failed ({status}){': ' + failed if failed else ''}")
-        log.info(f"[{run_id}] reduction finished")
-        return {"status": "reduced", "reason": "", "run_id": run_id}
+
+    def _ending(self, red: Path, run_id: str, records: list, log: logging.Logger, succeeded: bool) -> dict:
+        """How run `run_id` ended, from its status `records` and ReleaseLock's record of the
+        run; raises StageError when it failed."""
+        if ReleaseLock(red_dir=str(red), run_id=run_id).complete():
+            log.info(f"[{run_id}] reduction finished")
+            return {"status": "reduced", "reason": "", "run_id": run_id}
+        lost = lost_lock_race(records)
+        if lost and self.if_locked == "skip":
+            # another reduction took the lock between the check above and LockDataset
+            return self._skipped(log, lost, run_id)
+        failed = failure_summary(records)
+        if not failed:
+            failed = ("no stage failed, but some were never run (was the scheduler restarted or unreachable?); "
+                      "run again to finish the dataset") if succeeded else \
+                "a stage failed, and no status record says why (see the messages above)"
+        log.error(f"[{run_id}] reduction failed: {failed}")
+        self.report_status(f"failed: {failed}"[:200])
+        raise StageError(f"{red}: reduction failed: {failed}")
 
     def _skipped(self, log, message: str, run_id: str | None = None) -> dict:
         log.info(f"{'[' + run_id + '] ' if run_id else ''}skipped: {message}")
@@ -171,7 +198,7 @@ class ReduceDataset(Reporting, luigi.Task):
         return {"status": "skipped", "reason": message, "run_id": run_id}
 
 
-def _preload_science() -> None:
+def preload_science() -> None:
     """Stages run in processes forked from this one: importing the science stack here,
     once, saves every MeasureImage the import time."""
     import numpy as np
@@ -182,45 +209,3 @@ def _preload_science() -> None:
 
     plots._pyplot()
     AperturePhotometry(np.zeros((8, 8)), CircularAperture([(4.0, 4.0)], r=2.0)).flux
-
-
-def _release_inherited_fork_lock() -> None:
-    """Luigi forks a task process while holding luigi.worker.fork_lock, so the child
-    starts with that lock taken by a thread that does not exist in it. The stages'
-    build forks again and would wait on it forever: give the child a fresh lock."""
-    import threading
-
-    import luigi.worker
-
-    if luigi.worker.fork_lock.locked():
-        luigi.worker.fork_lock = threading.Lock()
-
-
-def _run_lines(red, run_id: str) -> list[str]:
-    """What run `run_id` wrote to the dataset's log (its stages may run in other processes)."""
-    try:
-        with open(red / LOG_NAME, encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 200_000))
-            lines = fh.read().splitlines()
-    except OSError:
-        return []
-    marker = f"[{run_id}] "
-    return [ln.split(marker, 1)[1] for ln in lines if marker in ln]
-
-
-def _lost_lock_race(red, run_id: str) -> str:
-    """The reason LockDataset of run `run_id` gave when another reduction held the lock, or ''."""
-    prefix = f"LockDataset: {LOCK_HELD_NOTE}: "
-    return next((ln[len(prefix):] for ln in _run_lines(red, run_id) if ln.startswith(prefix)), "")
-
-
-def _failure_summary(red, run_id: str) -> str:
-    """The one-line reasons its stages logged when they failed (they may run in other
-    processes), one per stage: six frames that failed for the same full disk are one story."""
-    reasons = [ln for ln in _run_lines(red, run_id) if "FAILED: " in ln]
-    by_stage: dict[str, list[str]] = {}
-    for reason in dict.fromkeys(reasons):
-        by_stage.setdefault(reason.split(":", 1)[0], []).append(reason)
-    return "; ".join(f"{found[0]}" + (f" (and {len(found) - 1} more {stage} failures)" if len(found) > 1 else "")
-                     for stage, found in by_stage.items())[:1000]

@@ -78,28 +78,25 @@ class UploadToTOM(DatasetStage):
             self.note("upload skipped (tom.upload is false)")
             return
         from ..config import load_tom_config
-        from ..tom import TomError, publish_photometry
+        from ..tom import TomError, plan_upload, publish_photometry
 
         tom = load_tom_config(cfg.tom.config_file)
         filter_token = BuildLightcurve(red_dir=self.red_dir, run_id=self.run_id).filter_token()
-        # where the light curve goes: the same content sent elsewhere is a new upload
-        destination = {"url": tom.url, "target": cfg.target.name,
-                       "product_name": f"{cfg.tom.data_label}_{filter_token}"}
-        same_place = all(previous.get(k) == v for k, v in destination.items())
-        if (same_place and previous.get("status") in ("uploaded", "unchanged")
-                and previous.get("sha256") == record["sha256"]):
+        product_name = f"{cfg.tom.data_label}_{filter_token}"
+        destination = {"url": tom.url, "target": cfg.target.name, "product_name": product_name}
+        plan = plan_upload(previous, tom.url, cfg.target.name, product_name, record["sha256"])
+        if not plan.send:
             record.update(destination, status="unchanged", reason="identical light curve already on the TOM",
                           **{k: previous.get(k) for k in ("target_id", "product_id", "n_points")})
             write_json_atomic(self.red / UPLOAD_RECORD_NAME, record, inside=self.red)
             self.note("light curve unchanged since the last upload: not uploaded again")
             return
-        # A product id is only meaningful on the TOM that gave it.
-        previous_product_id = previous.get("product_id") if previous.get("url") == tom.url else None
+        previous_product_id = plan.replace_product_id
         self.report_status(f"uploading {csv.name} to {tom.url}")
         try:
             with self.timed() as t:
                 result = publish_photometry(
-                    tom, cfg.target.name, csv, destination["product_name"],
+                    tom, cfg.target.name, csv, product_name,
                     previous_product_id=previous_product_id, create_target=cfg.tom.create_target,
                     ra_deg=cfg.target.ra_deg, dec_deg=cfg.target.dec_deg, logger=self.log)
         except Exception as exc:

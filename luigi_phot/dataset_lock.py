@@ -30,6 +30,7 @@ __all__ = [
     "read_lock",
     "read_lock_file",
     "holder_state",
+    "held_message",
     "acquire",
     "release",
 ]
@@ -165,7 +166,7 @@ def _link_new(path: Path, content: str) -> bool:
             pass
 
 
-def _held_message(red_dir: Path, holder: LockHolder, state: str) -> str:
+def held_message(red_dir: Path, holder: LockHolder, state: str) -> str:
     lock = Path(red_dir) / LOCK_NAME
     if state == "alive":
         return f"{red_dir} is being reduced by {holder.describe()} ({lock} exists); not starting a second reduction"
@@ -197,7 +198,7 @@ def acquire(red_dir: Path, run_id: str, pid: int | None = None, warn=None) -> Lo
             return holder  # already ours
         state = holder_state(holder)
         if state != "dead":
-            raise LockHeldError(_held_message(red_dir, holder, state))
+            raise LockHeldError(held_message(red_dir, holder, state))
         _take_over(red_dir, holder, content)
         if warn is not None:
             warn(f"{lock}: took over a stale lock of {holder.describe()} (that process no longer exists)")
@@ -230,11 +231,11 @@ def _take_over_guarded(red_dir: Path, stale: LockHolder, content: str, guard: Pa
         current = read_lock(red_dir)
         if current is not None:
             if current.run_id != stale.run_id or current.pid != stale.pid:
-                raise LockHeldError(_held_message(red_dir, current, holder_state(current)))
+                raise LockHeldError(held_message(red_dir, current, holder_state(current)))
             lock.unlink()
         if not _link_new(lock, content):
             holder = read_lock(red_dir)
-            raise LockHeldError(_held_message(red_dir, holder, holder_state(holder)) if holder
+            raise LockHeldError(held_message(red_dir, holder, holder_state(holder)) if holder
                                 else f"{red_dir}: lost the race for the lock")
     finally:
         try:

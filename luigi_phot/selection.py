@@ -1,4 +1,4 @@
-"""The reduction manager's plain part (no Luigi): which datasets to reduce, and the run log.
+"""Which datasets a reduction manager run considers (plain code, no Luigi).
 
 A dataset is a directory ``data_reduction_dir/<target>/<instrument>/<filter>/``
 (for an instrument of ``instrument_list``) holding frames and a
@@ -22,42 +22,33 @@ every FITS file on every run, and a frame replaced by another is read again.
 
 Every path is resolved (symlinks included) and refused when it leads outside
 ``data_reduction_dir``. What cannot be used is reported as a one-line
-problem and skipped; it never stops the run.
+problem and skipped; it never stops the run. :func:`lock_skip_reason` says
+why a selected dataset must not be started now (its lock is held).
 
-:class:`ManagerLog` writes ``log_dir/arcon_pipeline.log``; :class:`Outcome`
-says what happened to each selected dataset.
+What a run did is written by :mod:`luigi_phot.run_log`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
-import json
-import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import lock
+from . import dataset_lock
 from .config import REDUCTION_CONFIG_NAME, CameraConfig, ConfigError, ManagerConfig, load_reduction_config
 from .dataset import RECORD_NAME, WriteError, frame_identities, read_json, write_json_atomic
 from .photometry.frames import FrameError, read_frame_info
 
-__all__ = ["MANAGER_LOG_NAME", "FRAME_DATES_NAME", "RUNS_DIR", "Dataset", "Selection", "Outcome",
-           "FrameDates", "discover_datasets", "read_dataset_list", "select_datasets", "lock_skip_reason",
-           "mjd_now", "mjd_to_date", "ManagerLog", "count_line", "OUTCOMES"]
+__all__ = ["FRAME_DATES_NAME", "Dataset", "Selection", "FrameDates", "discover_datasets", "read_dataset_list",
+           "select_datasets", "lock_skip_reason", "mjd_now", "mjd_to_date"]
 
-MANAGER_LOG_NAME = "arcon_pipeline.log"
 FRAME_DATES_NAME = "frame_dates.json"
-#: log_dir/manager_runs/<run_id>/: one JSON file per dataset reduction and the run's summary.json
-RUNS_DIR = "manager_runs"
 _MJD_UNIX_EPOCH = 40587.0
 _MJD_ZERO = dt.datetime(1858, 11, 17)
-
-#: What can happen to a selected dataset, in the order the summary lists them.
-OUTCOMES = ("reduced", "up_to_date", "skipped", "failed")
 
 
 def mjd_now() -> float:
@@ -90,31 +81,6 @@ class Selection:
     problems: list[str] = field(default_factory=list)
     headers_read: int = 0          # FITS headers opened to date frames
 
-
-@dataclass
-class Outcome:
-    """What happened to one selected dataset in one manager run."""
-
-    dataset: Dataset
-    status: str                    # one of OUTCOMES
-    reason: str = ""
-    run_id: str | None = None      # the reduction's run id (dataset lock, reduction_record.json)
-    started_unix: float | None = None
-    finished_unix: float | None = None
-
-    def line(self) -> str:
-        took = ""
-        if self.started_unix is not None and self.finished_unix is not None:
-            took = f" in {self.finished_unix - self.started_unix:.1f} s"
-        text = {"reduced": f"reduced{took}", "up_to_date": "up to date", "skipped": "skipped",
-                "failed": f"FAILED{took}"}[self.status]
-        return f"{self.dataset.name}: {text}" + (f": {self.reason}" if self.reason else "") + \
-            (f" (run {self.run_id})" if self.run_id and self.status in ("reduced", "failed") else "")
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data["dataset"] = {"red_dir": str(self.dataset.red_dir), "name": self.dataset.name}
-        return data
 
 
 # --------------------------------------------------------------------------
@@ -357,63 +323,13 @@ def lock_skip_reason(red_dir: Path) -> str | None:
     """Why a dataset must not be started now (its lock is held by a live reduction, or
     by one that cannot be checked from this host), or None. A lock left by a dead
     process on this host is stale: the reduction takes it over."""
-    holder = lock.read_lock(red_dir)
+    holder = dataset_lock.read_lock(red_dir)
     if holder is None:
         return None
-    state = lock.holder_state(holder)
+    state = dataset_lock.holder_state(holder)
     if state == "dead":
         return None
     if state == "alive":
         return f"locked: being reduced by {holder.describe()}"
     return (f"locked by {holder.describe()}, which cannot be checked from this host "
-            f"(remove {Path(red_dir) / lock.LOCK_NAME} by hand if that reduction is gone)")
-
-
-# --------------------------------------------------------------------------
-# The run log
-# --------------------------------------------------------------------------
-
-
-class ManagerLog:
-    """``log_dir/arcon_pipeline.log``: one line per event of a manager run, each carrying
-    the run id (several managers may append at once). Lines also go to `echo`, a
-    logger (the console) when given."""
-
-    def __init__(self, log_dir: Path, run_id: str, echo: logging.Logger | None = None):
-        log_dir = Path(log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.path = log_dir / MANAGER_LOG_NAME
-        self.run_id = run_id
-        self.echo = echo
-        self._logger = logging.getLogger(f"luigi_phot.manager.{run_id}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
-                                                     "%Y-%m-%d %H:%M:%S"))
-        self._logger.addHandler(self._handler)
-
-    def log(self, level: int, message: str) -> None:
-        self._logger.log(level, f"[{self.run_id}] {message}")
-        if self.echo is not None:
-            self.echo.log(level, message)
-
-    def info(self, message: str) -> None:
-        self.log(logging.INFO, message)
-
-    def warning(self, message: str) -> None:
-        self.log(logging.WARNING, message)
-
-    def error(self, message: str) -> None:
-        self.log(logging.ERROR, message)
-
-    def close(self) -> None:
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
-
-
-def count_line(outcomes: list[Outcome]) -> str:
-    """'8 datasets selected: 3 reduced, 4 up to date, 1 skipped, 0 failed'."""
-    n = {status: sum(o.status == status for o in outcomes) for status in OUTCOMES}
-    return (f"{len(outcomes)} datasets selected: {n['reduced']} reduced, {n['up_to_date']} up to date, "
-            f"{n['skipped']} skipped, {n['failed']} failed")
+            f"(remove {Path(red_dir) / dataset_lock.LOCK_NAME} by hand if that reduction is gone)")
