@@ -1,11 +1,14 @@
 """Measuring one frame against the dataset's catalogue: the per-image stage.
 
-Steps, in order (each a call into the modules of this package):
-sky mesh -> bright stars detected -> alignment to the catalogue ->
-PSF fitted on isolated stars at their aligned positions -> photometric scale
-against the reference fluxes -> cosmic rays found and bad pixels repaired ->
-aperture sums at every catalogue position -> neighbours' modelled light
-subtracted (optional) -> sky from clipped annuli -> errors and flags.
+The stage is an ordered list of small named steps over one state object
+(:data:`MEASURE_STEPS`, each timed, an unexpected error naming the step and the
+frame): detect (sky mesh, bright stars) -> align (to the catalogue) -> psf
+(fitted on isolated stars at their aligned positions; photometric scale against
+the reference fluxes) -> cosmics (hits found, bad pixels repaired) -> aperture
+(sums at every catalogue position) -> neighbours (modelled light subtracted;
+optional) -> sky (clipped annuli) -> fluxes (errors, light on masked pixels) ->
+variables (stars far from their reference brightness re-modelled) -> errors
+(flags). Its fixed numbers are in :class:`MeasureTuning`.
 
 The result is a table with one row per catalogue star and a header with the
 frame's facts; :class:`FrameRejected` says why a frame cannot be measured.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -86,17 +90,6 @@ class FrameMeasurement:
     header: dict[str, tuple]
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-class _Clock:
-    def __init__(self):
-        self.t = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name):
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.t, 4)
-        self.t = now
 
 
 def _psf_at_phases(psf: MoffatPSF):
@@ -443,200 +436,362 @@ def align_to_catalogue(info, cat: Catalogue, points: ControlPoints, settings: Me
                  fit_stars=FitStars(~np.asarray(cat.stars["saturated_ref"])[rows], ~points.saturated, points.precise))
 
 
-def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None) -> FrameMeasurement:
-    """Measure every catalogue star on `frame`. Raises FrameRejected with the reason
-    when the frame cannot be used. `progress(fraction, message)` is called between steps."""
-    clock = _Clock()
-    notes: list[str] = []
-    info = frame.info
-    data = frame.data_e
-    pflags = frame.pixel_flags
-    ny, nx = data.shape
-    stars = cat.stars
-    report = progress or (lambda f, m: None)
+@dataclass(frozen=True)
+class MeasureTuning:
+    """The per-frame stage's fixed numbers, in one place (units in the names)."""
 
-    if info.filter_name != cat.filter_name:
-        raise FrameRejected(f"filter {info.filter_name!r} is not the dataset's {cat.filter_name!r}")
+    sky_mesh_box_pix: int = 128              # box of the background mesh
+    psf_candidates: int = 400                # isolated catalogue stars considered for the PSF
+    psf_stars: int = 40                      # at most this many on the frame fit the PSF
+    psf_first_look_stars: int = 20           # the first fit, only to render the PSF stars' neighbours
+    psf_min_stars: int = 3                   # fewer rejects the frame
+    psf_margin_fwhm: float = 3.0             # PSF stars this many FWHM ...
+    psf_margin_pix: float = 5.0              # ... plus this many pixels inside the frame
+    core_mask_sky_sigma: float = 10.0        # star cores (model above this many sky sigma) left out of the sky
+    sky_clip_sigma_subtracted: float = 5.0   # annulus clipping with the stars' model removed (clipped mean)
+    sky_clip_sigma_plain: float = 3.0        # annulus clipping without it (clipped median)
+    poor_sky_min_fraction: float = 0.3       # fewer usable annulus pixels than this fraction: POOR_SKY
+    poor_sky_max_sigma_ratio: float = 3.0    # an annulus this much noisier than the frame's sky: POOR_SKY
 
-    # --- sky and bright stars
-    flag_flat_maximum(data, pflags, saturated_bit=PIXEL_SATURATED)
-    mesh = sky_mesh(data, pflags, box=128)
-    pixel_sigma = pixel_noise(data, pflags)
-    sky_level = float(np.median(mesh.level))
-    sky_sigma = float(np.median(mesh.sigma))
-    if not (np.isfinite(sky_level) and np.isfinite(sky_sigma) and sky_sigma > 0):
+
+TUNING = MeasureTuning()
+
+
+@dataclass
+class _FrameState:
+    """What the steps of :func:`measure_frame` know about one frame, filled in step by step
+    (electrons and pixels unless a name says otherwise)."""
+
+    frame: Frame
+    cat: Catalogue
+    settings: MeasureSettings
+    tuning: MeasureTuning = TUNING
+    notes: list[str] = field(default_factory=list)
+    # detect
+    pixel_sigma_e: float = np.nan
+    sky_level_e: float = np.nan
+    sky_sigma_e: float = np.nan
+    points: ControlPoints | None = None
+    fwhm_guess_pix: float = np.nan
+    # align
+    aln: Alignment | None = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    pixel_scale_arcsec: float = np.nan
+    # psf
+    fit: object = None
+    scale: float = np.nan
+    scale_err: float = np.nan
+    fwhm_centre_pix: float = np.nan
+    # cosmics
+    cosmic_pixels: np.ndarray | None = None
+    repair: np.ndarray | None = None
+    # aperture
+    geom: ApertureGeometry | None = None
+    err_plane: np.ndarray | None = None
+    pixel_var_err: float | None = None
+    total: np.ndarray | None = None
+    total_err: np.ndarray | None = None
+    area: np.ndarray | None = None
+    partial: np.ndarray | None = None
+    outside: np.ndarray | None = None
+    pix_summary: np.ndarray | None = None
+    # neighbours
+    model: NeighbourModel | None = None
+    neighbour: np.ndarray | None = None
+    neighbour_var: np.ndarray | None = None
+    cores: np.ndarray | None = None
+    # sky and fluxes
+    estimator: str = "median"
+    clip_sigma: float = np.nan
+    sky: np.ndarray | None = None
+    sky_sig: np.ndarray | None = None
+    n_sky: np.ndarray | None = None
+    ann_edge: np.ndarray | None = None
+    noise: object = None
+    pixel_var: float = np.nan
+    masked: MaskedLight | None = None
+    flux: np.ndarray | None = None
+    flux_err: np.ndarray | None = None
+    flags: np.ndarray | None = None
+
+    @property
+    def data(self) -> np.ndarray:
+        return self.frame.data_e
+
+    @property
+    def pflags(self) -> np.ndarray:
+        return self.frame.pixel_flags
+
+    @property
+    def psf(self) -> MoffatPSF:
+        return self.fit.psf
+
+
+def _detect(s: _FrameState) -> str:
+    """Sky mesh, pixel noise and the bright stars the alignment uses."""
+    flag_flat_maximum(s.data, s.pflags, saturated_bit=PIXEL_SATURATED)
+    mesh = sky_mesh(s.data, s.pflags, box=s.tuning.sky_mesh_box_pix)
+    s.pixel_sigma_e = pixel_noise(s.data, s.pflags)
+    s.sky_level_e = float(np.median(mesh.level))
+    s.sky_sigma_e = float(np.median(mesh.sigma))
+    if not (np.isfinite(s.sky_level_e) and np.isfinite(s.sky_sigma_e) and s.sky_sigma_e > 0):
         raise FrameRejected("no usable sky (constant or empty image)")
-    points = alignment_control_points(data, pflags, mesh, sky_sigma)
-    fwhm_guess = points.fwhm_pix if np.isfinite(points.fwhm_pix) else cat.psf.fwhm_pix
-    clock.lap("detect")
-    report(0.2, f"{len(points.xy)} stars detected")
+    s.points = alignment_control_points(s.data, s.pflags, mesh, s.sky_sigma_e)
+    s.fwhm_guess_pix = s.points.fwhm_pix if np.isfinite(s.points.fwhm_pix) else s.cat.psf.fwhm_pix
+    return f"{len(s.points.xy)} stars detected"
 
-    # --- alignment to the catalogue
+
+def _align(s: _FrameState) -> str:
+    """The catalogue's positions on this frame; the frame must cover the target."""
     try:
-        aln = align_to_catalogue(info, cat, points, settings)
+        s.aln = align_to_catalogue(s.frame.info, s.cat, s.points, s.settings)
     except AlignmentError as exc:
         raise FrameRejected(str(exc)) from None
-    if aln.note:
-        notes.append(aln.note)
-    x, y = aln.apply(stars["x_ref"], stars["y_ref"])
-    pixel_scale = cat.pixel_scale_arcsec / aln.scale
-    clock.lap("align")
-    report(0.35, f"aligned: {aln.n_matched} stars, rms {aln.rms_pix:.3f} px")
-
-    t_idx = cat.target_index
-    if not (0 <= x[t_idx] < nx and 0 <= y[t_idx] < ny):
+    if s.aln.note:
+        s.notes.append(s.aln.note)
+    s.x, s.y = s.aln.apply(s.cat.stars["x_ref"], s.cat.stars["y_ref"])
+    s.pixel_scale_arcsec = s.cat.pixel_scale_arcsec / s.aln.scale
+    t, (ny, nx) = s.cat.target_index, s.data.shape
+    if not (0 <= s.x[t] < nx and 0 <= s.y[t] < ny):
         raise FrameRejected(f"the field does not cover the target (it would be at pixel "
-                            f"{x[t_idx]:.0f}, {y[t_idx]:.0f} of {nx}x{ny})")
+                            f"{s.x[t]:.0f}, {s.y[t]:.0f} of {nx}x{ny})")
+    return f"aligned: {s.aln.n_matched} stars, rms {s.aln.rms_pix:.3f} px"
 
-    # --- PSF and photometric scale
-    psf_rows = psf_star_candidates(stars, cat.shape, margin=0, n=400)
-    margin = 3 * fwhm_guess + 5
-    on = (x[psf_rows] > margin) & (x[psf_rows] < nx - margin) & (y[psf_rows] > margin) & (y[psf_rows] < ny - margin)
-    psf_rows = psf_rows[on][:40]
-    if psf_rows.size < 3:
-        raise FrameRejected(f"too few stars for the PSF ({psf_rows.size})")
-    flux_ref = np.asarray(stars["flux_ref"], float)
-    first = psf_rows[:20]  # a first look, only to render the PSF stars' neighbours
-    fit = fit_psf(data, x[first], y[first], sky_sigma ** 2, fwhm_guess, pixel_ok=(pflags == 0), size_field=False)
+
+def _fit_psf(s: _FrameState) -> str:
+    """The PSF on isolated stars at their aligned positions, and the photometric scale
+    (frame flux / reference flux) from them."""
+    tn, (ny, nx) = s.tuning, s.data.shape
+    rows = psf_star_candidates(s.cat.stars, s.cat.shape, margin=0, n=tn.psf_candidates)
+    margin = tn.psf_margin_fwhm * s.fwhm_guess_pix + tn.psf_margin_pix
+    xr, yr = s.x[rows], s.y[rows]
+    rows = rows[(xr > margin) & (xr < nx - margin) & (yr > margin) & (yr < ny - margin)][:tn.psf_stars]
+    if rows.size < tn.psf_min_stars:
+        raise FrameRejected(f"too few stars for the PSF ({rows.size})")
+    flux_ref = np.asarray(s.cat.stars["flux_ref"], float)
+    first = rows[:tn.psf_first_look_stars]  # a first look, only to render the PSF stars' neighbours
+    pixel_ok = s.pflags == 0
+    fit = fit_psf(s.data, s.x[first], s.y[first], s.sky_sigma_e ** 2, s.fwhm_guess_pix, pixel_ok=pixel_ok,
+                  size_field=False)
     scale, _ = _photometric_scale(fit, flux_ref[first])
     # again with the PSF stars' neighbours removed from their stamps (their reference
     # fluxes at this scale): in poor seeing they would otherwise pull the wings
-    fit = fit_psf(data, x[psf_rows], y[psf_rows], sky_sigma ** 2, fit.psf.fwhm_pix, pixel_ok=(pflags == 0),
-                  others=(x, y, flux_ref * scale, fit.psf))
-    scale, scale_err = _photometric_scale(fit, flux_ref[psf_rows])
-    psf = fit.psf
-    clock.lap("psf")
-    size = fit.size
-    fwhm_centre = psf.fwhm_pix * (float(size.scale_at((nx - 1) / 2, (ny - 1) / 2)) if size is not None else 1.0)
-    report(0.5, f"PSF FWHM {fwhm_centre * pixel_scale:.2f}\"")
+    s.fit = fit_psf(s.data, s.x[rows], s.y[rows], s.sky_sigma_e ** 2, fit.psf.fwhm_pix, pixel_ok=pixel_ok,
+                    others=(s.x, s.y, flux_ref * scale, fit.psf))
+    s.scale, s.scale_err = _photometric_scale(s.fit, flux_ref[rows])
+    size = s.fit.size
+    s.fwhm_centre_pix = s.psf.fwhm_pix * (float(size.scale_at((nx - 1) / 2, (ny - 1) / 2)) if size is not None
+                                          else 1.0)
+    return f"PSF FWHM {s.fwhm_centre_pix * s.pixel_scale_arcsec:.2f}\""
 
-    # --- cosmic rays and bad pixels
-    limit = star_sharpness_limit(_psf_at_phases(psf))
-    hits = find_cosmic_rays(data, pflags, sky_level, sky_sigma, limit)
-    if hits.size:
-        pflags.ravel()[hits] |= PIXEL_COSMIC
-    repair = np.flatnonzero((pflags & (PIXEL_BAD | PIXEL_COSMIC)).ravel() != 0)
-    repair_pixels(data, repair, sky_level)
-    clock.lap("cosmics")
 
-    # --- apertures
-    if settings.aperture_fwhm_multiple:
-        r_ap = settings.aperture_fwhm_multiple * psf.fwhm_pix
-        grow = r_ap / (settings.aperture_arcsec / pixel_scale)
-        r_in, r_out = (a / pixel_scale * grow for a in settings.annulus_arcsec)
+def _cosmic_rays(s: _FrameState) -> None:
+    """Cosmic-ray hits flagged (sharper than the PSF allows); bad and hit pixels repaired."""
+    limit = star_sharpness_limit(_psf_at_phases(s.psf))
+    s.cosmic_pixels = find_cosmic_rays(s.data, s.pflags, s.sky_level_e, s.sky_sigma_e, limit)
+    if s.cosmic_pixels.size:
+        s.pflags.ravel()[s.cosmic_pixels] |= PIXEL_COSMIC
+    s.repair = np.flatnonzero((s.pflags & (PIXEL_BAD | PIXEL_COSMIC)).ravel() != 0)
+    repair_pixels(s.data, s.repair, s.sky_level_e)
+
+
+def _aperture_geometry(s: _FrameState) -> ApertureGeometry:
+    """Aperture and annulus radii [pix]: fixed in arcsec, or grown with the seeing."""
+    st, scale = s.settings, s.pixel_scale_arcsec
+    if st.aperture_fwhm_multiple:
+        r_ap = st.aperture_fwhm_multiple * s.psf.fwhm_pix
+        grow = r_ap / (st.aperture_arcsec / scale)
+        r_in, r_out = (a / scale * grow for a in st.annulus_arcsec)
     else:
-        r_ap = settings.aperture_arcsec / pixel_scale
-        r_in, r_out = (a / pixel_scale for a in settings.annulus_arcsec)
-    geom = ApertureGeometry(r_ap, r_in, r_out)
+        r_ap = st.aperture_arcsec / scale
+        r_in, r_out = (a / scale for a in st.annulus_arcsec)
+    return ApertureGeometry(r_ap, r_in, r_out)
 
-    # the ERR plane, when the frame reader found it adds to the CCD model (see frames)
-    err_plane = frame.err_e
-    pixel_var_err = None
-    if err_plane is not None:
-        sub = err_plane[::8, ::8][pflags[::8, ::8] == 0]
-        pixel_var_err = float(np.median(sub.astype(np.float64) ** 2))
-    if err_plane is not None:
-        repair_pixels(err_plane, repair, float(np.sqrt(pixel_var_err)))
-    total, total_err, area, partial, outside = aperture_sums(data, x, y, r_ap, error=err_plane)
-    clock.lap("aperture")
-    report(0.65, "aperture sums done")
 
-    # --- neighbours, sky, fluxes
-    pix_summary = pixel_flag_summary(pflags, x, y, r_ap)
-    neighbour = np.zeros(x.size)
-    neighbour_var = np.zeros(x.size)
-    model = None
-    if settings.subtract_neighbours:
-        model = NeighbourModel(x, y, flux_ref * scale, np.asarray(stars["flux_ref_err"], float) / np.abs(flux_ref),
-                               psf, fit.size, r_ap, r_out, sky_sigma, (ny, nx))
-        neighbour, neighbour_var = model.contamination()
-        # the sky is measured with every catalogue star's modelled light removed, away
-        # from where a star's core was: a few per cent model error there is more than the noise
-        cores = model.subtract_from(data, cores_above=10.0 * sky_sigma)
-        clock.lap("neighbours")
-        report(0.8, "neighbours subtracted")
-    # With the catalogue stars removed, what is left in an annulus is the sky, the faint
-    # stars below the detection limit and noise. The faint stars' light also sits in the
-    # aperture, so the sky to subtract is the mean of it all: clipped only at 5 sigma
-    # (clipping their peaks would remove more of their light in good seeing than in bad).
-    estimator, clip = ("mean", 5.0) if model is not None else ("median", 3.0)
-    sky_factor = sky_estimate_factor(estimator)
-    if model is None:
-        cores = None
-    sky, sky_sig, n_sky, ann_edge = annulus_sky(data, pflags, x, y, geom, nsigma=clip, estimator=estimator,
-                                                avoid=cores)
-    clock.lap("sky")
+def _aperture_sums(s: _FrameState) -> str:
+    """Aperture sums at every catalogue position (with the ERR plane's variance when the
+    frame has one: it adds to the CCD model, see frames)."""
+    s.geom = _aperture_geometry(s)
+    s.err_plane = s.frame.err_e
+    if s.err_plane is not None:
+        sub = s.err_plane[::8, ::8][s.pflags[::8, ::8] == 0]
+        s.pixel_var_err = float(np.median(sub.astype(np.float64) ** 2))
+        repair_pixels(s.err_plane, s.repair, float(np.sqrt(s.pixel_var_err)))
+    s.total, s.total_err, s.area, s.partial, s.outside = aperture_sums(s.data, s.x, s.y, s.geom.r_ap_pix,
+                                                                       error=s.err_plane)
+    s.pix_summary = pixel_flag_summary(s.pflags, s.x, s.y, s.geom.r_ap_pix)
+    s.neighbour, s.neighbour_var = np.zeros(s.x.size), np.zeros(s.x.size)
+    return "aperture sums done"
 
-    noise = noise_model(sky_level, pixel_sigma, info.read_noise_e, info.gain_known)
-    if noise.note and err_plane is None:
-        notes.append(noise.note)
-    pixel_var = pixel_var_err if err_plane is not None else noise.pixel_var
 
-    # light on masked pixels: from the model (or interpolated), its uncertainty in the error
-    masked = MaskedLight(pflags, PIXEL_BAD | PIXEL_COSMIC, x, y, r_ap, pix_summary, model, psf, fit.core_misfit,
-                         pixel_var)
+def _subtract_neighbours(s: _FrameState) -> str:
+    """Every catalogue star's modelled light: its contamination of each aperture, and
+    subtracted from the pixels before the sky is measured."""
+    stars = s.cat.stars
+    flux_ref = np.asarray(stars["flux_ref"], float)
+    s.model = NeighbourModel(s.x, s.y, flux_ref * s.scale, np.asarray(stars["flux_ref_err"], float) / np.abs(flux_ref),
+                             s.psf, s.fit.size, s.geom.r_ap_pix, s.geom.r_out_pix, s.sky_sigma_e, s.data.shape)
+    s.neighbour, s.neighbour_var = s.model.contamination()
+    # the sky is measured with every catalogue star's modelled light removed, away
+    # from where a star's core was: a few per cent model error there is more than the noise
+    s.cores = s.model.subtract_from(s.data, cores_above=s.tuning.core_mask_sky_sigma * s.sky_sigma_e)
+    return "neighbours subtracted"
 
-    noise_area_pix = noise_area(r_ap)
 
-    def fluxes():
-        f = total - neighbour - sky * area + masked.flux_correction(data, sky)
-        if err_plane is not None:
-            v = total_err ** 2 + area ** 2 * pixel_var * sky_factor / np.maximum(n_sky, 1)
-        else:
-            # Poisson noise of all the light collected, the neighbours' too; background over
-            # the aperture's squared pixel weights
-            v = ccd_variance(f + neighbour, area, pixel_var, n_sky, noise.source_factor, sky_factor, noise_area_pix)
-        return f, np.sqrt(v + masked.variance(f, data, sky) + neighbour_var)
+def _annulus_sky(s: _FrameState, rows=slice(None)) -> None:
+    """The sky of the stars `rows` from their annuli."""
+    s.sky[rows], s.sky_sig[rows], s.n_sky[rows], s.ann_edge[rows] = annulus_sky(
+        s.data, s.pflags, s.x[rows], s.y[rows], s.geom, nsigma=s.clip_sigma, estimator=s.estimator, avoid=s.cores)
 
-    flux, flux_err = fluxes()
-    if model is not None:
-        # stars far from their reference brightness (variables, the target during its
-        # event): model them at their measured brightness, then measure again
-        # (the fits leave masked pixels out: a star on a bad column is fitted like any other)
-        clean = (pix_summary & PIXEL_SATURATED) == 0
-        # the target first: until its light is modelled at its current brightness, its
-        # neighbours' measured fluxes are wrong and would be "corrected" wrongly; the stars
-        # whose masked pixels take their model's light with the others after it
-        refit = masked.refit_rows(neighbour)
-        for k, only in enumerate(((t_idx,), None, None)):
-            affected = model.update_variables(flux, flux_err, clean & ~outside, data, masked.pixel_ok, pixel_var,
-                                              always=(t_idx,), only=only, refit=refit if k == 1 else ())
-            if affected.size == 0:
-                if only is None:
-                    break
-                continue
-            neighbour, neighbour_var = model.contamination()
-            sky[affected], sky_sig[affected], n_sky[affected], ann_edge[affected] = \
-                annulus_sky(data, pflags, x[affected], y[affected], geom, nsigma=clip, estimator=estimator,
-                            avoid=cores)
-            flux, flux_err = fluxes()
-        clock.lap("variables")
 
-    # --- flags
-    flag = np.zeros(x.size, dtype=np.int32)
-    flag |= np.where(pix_summary & PIXEL_SATURATED, F.SATURATED, 0)
-    flag |= np.where(pix_summary & PIXEL_BAD, F.BAD_PIXELS, 0)
-    flag |= np.where(pix_summary & PIXEL_COSMIC, F.COSMIC_RAY, 0)
-    flag |= np.where(partial | ann_edge, F.NEAR_EDGE, 0)
-    nominal = np.pi * (r_out ** 2 - r_in ** 2)
-    poor = (n_sky < 0.3 * nominal) | ~np.isfinite(sky) | (sky_sig > 3.0 * sky_sigma)
+def _sky(s: _FrameState) -> None:
+    """Sky from the annuli. With the catalogue stars removed, what is left in an annulus is
+    the sky, the faint stars below the detection limit and noise. The faint stars' light
+    also sits in the aperture, so the sky to subtract is the mean of it all, clipped only
+    at 5 sigma (clipping their peaks would remove more of their light in good seeing than
+    in bad); without the model, a 3-sigma clipped median."""
+    if s.model is not None:
+        s.estimator, s.clip_sigma = "mean", s.tuning.sky_clip_sigma_subtracted
+    else:
+        s.estimator, s.clip_sigma = "median", s.tuning.sky_clip_sigma_plain
+    s.sky, s.sky_sig, s.n_sky, s.ann_edge = annulus_sky(s.data, s.pflags, s.x, s.y, s.geom, nsigma=s.clip_sigma,
+                                                        estimator=s.estimator, avoid=s.cores)
+
+
+def _fluxes(s: _FrameState) -> None:
+    """Fluxes and their errors from the sums, the sky, the neighbours' light and the light
+    on masked pixels (the CCD noise model, or the ERR plane)."""
+    f = s.total - s.neighbour - s.sky * s.area + s.masked.flux_correction(s.data, s.sky)
+    sky_factor = sky_estimate_factor(s.estimator)
+    if s.err_plane is not None:
+        v = s.total_err ** 2 + s.area ** 2 * s.pixel_var * sky_factor / np.maximum(s.n_sky, 1)
+    else:
+        # Poisson noise of all the light collected, the neighbours' too; background over
+        # the aperture's squared pixel weights
+        v = ccd_variance(f + s.neighbour, s.area, s.pixel_var, s.n_sky, s.noise.source_factor, sky_factor,
+                         noise_area(s.geom.r_ap_pix))
+    s.flux, s.flux_err = f, np.sqrt(v + s.masked.variance(f, s.data, s.sky) + s.neighbour_var)
+
+
+def _first_fluxes(s: _FrameState) -> None:
+    """The noise model, the light on masked pixels (from the model, or interpolated, its
+    uncertainty in the error), and the first fluxes."""
+    info = s.frame.info
+    s.noise = noise_model(s.sky_level_e, s.pixel_sigma_e, info.read_noise_e, info.gain_known)
+    if s.noise.note and s.err_plane is None:
+        s.notes.append(s.noise.note)
+    s.pixel_var = s.pixel_var_err if s.err_plane is not None else s.noise.pixel_var
+    s.masked = MaskedLight(s.pflags, PIXEL_BAD | PIXEL_COSMIC, s.x, s.y, s.geom.r_ap_pix, s.pix_summary, s.model,
+                           s.psf, s.fit.core_misfit, s.pixel_var)
+    _fluxes(s)
+
+
+def _remodel_variables(s: _FrameState) -> None:
+    """Stars far from their reference brightness (variables, the target during its event)
+    modelled at their measured brightness, then measured again. The target first: until
+    its light is modelled at its current brightness, its neighbours' measured fluxes are
+    wrong and would be "corrected" wrongly; the stars whose masked pixels take their
+    model's light with the others after it. (The fits leave masked pixels out: a star on a
+    bad column is fitted like any other.)"""
+    t = s.cat.target_index
+    clean = (s.pix_summary & PIXEL_SATURATED) == 0
+    refit = s.masked.refit_rows(s.neighbour)
+    for k, only in enumerate(((t,), None, None)):
+        affected = s.model.update_variables(s.flux, s.flux_err, clean & ~s.outside, s.data, s.masked.pixel_ok,
+                                            s.pixel_var, always=(t,), only=only, refit=refit if k == 1 else ())
+        if affected.size == 0:
+            if only is None:
+                break
+            continue
+        s.neighbour, s.neighbour_var = s.model.contamination()
+        _annulus_sky(s, affected)
+        _fluxes(s)
+
+
+def _flag(s: _FrameState) -> None:
+    """Per-star flags (flags.py); no flux for a star outside the frame."""
+    tn, geom, summary = s.tuning, s.geom, s.pix_summary
+    flag = np.zeros(s.x.size, dtype=np.int32)
+    flag |= np.where(summary & PIXEL_SATURATED, F.SATURATED, 0)
+    flag |= np.where(summary & PIXEL_BAD, F.BAD_PIXELS, 0)
+    flag |= np.where(summary & PIXEL_COSMIC, F.COSMIC_RAY, 0)
+    flag |= np.where(s.partial | s.ann_edge, F.NEAR_EDGE, 0)
+    nominal = np.pi * (geom.r_out_pix ** 2 - geom.r_in_pix ** 2)
+    poor = ((s.n_sky < tn.poor_sky_min_fraction * nominal) | ~np.isfinite(s.sky)
+            | (s.sky_sig > tn.poor_sky_max_sigma_ratio * s.sky_sigma_e))
     flag |= np.where(poor, F.POOR_SKY, 0)
-    flag |= np.where(outside, F.OUTSIDE_FRAME, 0)
-    own = np.maximum(flux, 0)
-    flag |= np.where(neighbour > np.maximum(own, 1e-9), F.CROWDED, 0)
-    flag |= np.where(masked.fraction > masked.large_fraction, F.LARGE_REPAIR, 0)
-    flag |= np.where(_blended_or_absent(stars, flux, flux_err, model, fwhm_centre), F.BLENDED_OR_ABSENT, 0)
-    flux = np.where(outside, np.nan, flux)
-    flux_err = np.where(outside, np.nan, flux_err)
-    clock.lap("errors")
+    flag |= np.where(s.outside, F.OUTSIDE_FRAME, 0)
+    flag |= np.where(s.neighbour > np.maximum(np.maximum(s.flux, 0), 1e-9), F.CROWDED, 0)
+    flag |= np.where(s.masked.fraction > s.masked.large_fraction, F.LARGE_REPAIR, 0)
+    flag |= np.where(_blended_or_absent(s.cat.stars, s.flux, s.flux_err, s.model, s.fwhm_centre_pix),
+                     F.BLENDED_OR_ABSENT, 0)
+    s.flags = flag
+    s.flux = np.where(s.outside, np.nan, s.flux)
+    s.flux_err = np.where(s.outside, np.nan, s.flux_err)
 
-    columns = {
-        "x": x.astype(np.float32), "y": y.astype(np.float32),
-        "flux": flux.astype(np.float32), "flux_err": flux_err.astype(np.float32),
-        "sky": sky.astype(np.float32), "sky_sigma": sky_sig.astype(np.float32),
-        "n_sky": n_sky.astype(np.int16), "neighbour_flux": neighbour.astype(np.float32),
-        "flags": flag.astype(np.int16), "repaired": masked.fraction.astype(np.float32),
+
+class _Step(NamedTuple):
+    name: str                              # also the key of the step's time in FrameMeasurement.timings
+    run: Callable[[_FrameState], str | None]  # returns a progress message, or None
+    progress: float | None = None          # the fraction of the stage done after it
+    when: Callable[[_FrameState], bool] | None = None
+
+
+#: The per-frame stage, in order.
+MEASURE_STEPS = (
+    _Step("detect", _detect, 0.2),
+    _Step("align", _align, 0.35),
+    _Step("psf", _fit_psf, 0.5),
+    _Step("cosmics", _cosmic_rays),
+    _Step("aperture", _aperture_sums, 0.65),
+    _Step("neighbours", _subtract_neighbours, 0.8, when=lambda s: s.settings.subtract_neighbours),
+    _Step("sky", _sky),
+    _Step("fluxes", _first_fluxes),
+    _Step("variables", _remodel_variables, when=lambda s: s.model is not None),
+    _Step("errors", _flag),
+)
+
+
+def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progress=None,
+                  tuning: MeasureTuning = TUNING) -> FrameMeasurement:
+    """Measure every catalogue star on `frame` through :data:`MEASURE_STEPS`. Raises
+    FrameRejected with the reason when the frame cannot be used; any other error carries a
+    note naming the step and the frame. `progress(fraction, message)` is called between
+    steps."""
+    if frame.info.filter_name != cat.filter_name:
+        raise FrameRejected(f"filter {frame.info.filter_name!r} is not the dataset's {cat.filter_name!r}")
+    state = _FrameState(frame, cat, settings, tuning)
+    timings: dict[str, float] = {}
+    for step in MEASURE_STEPS:
+        if step.when is not None and not step.when(state):
+            continue
+        t0 = time.perf_counter()
+        try:
+            message = step.run(state)
+        except FrameRejected:
+            raise
+        except Exception as exc:
+            exc.add_note(f"in step {step.name!r} of measuring {frame.info.name}")
+            raise
+        timings[step.name] = round(time.perf_counter() - t0, 4)
+        if message and progress is not None and step.progress is not None:
+            progress(step.progress, message)
+    return FrameMeasurement(columns=_columns(state), header=_header(state), timings=timings, notes=state.notes)
+
+
+def _columns(s: _FrameState) -> dict[str, np.ndarray]:
+    return {
+        "x": s.x.astype(np.float32), "y": s.y.astype(np.float32),
+        "flux": s.flux.astype(np.float32), "flux_err": s.flux_err.astype(np.float32),
+        "sky": s.sky.astype(np.float32), "sky_sigma": s.sky_sig.astype(np.float32),
+        "n_sky": s.n_sky.astype(np.int16), "neighbour_flux": s.neighbour.astype(np.float32),
+        "flags": s.flags.astype(np.int16), "repaired": s.masked.fraction.astype(np.float32),
     }
+
+
+def _header(s: _FrameState) -> dict[str, tuple]:
+    info, fit, scale = s.frame.info, s.fit, s.pixel_scale_arcsec
     header = {
         "IMAGE": (info.name, "frame measured"),
         "MJDSTART": (info.mjd_start, "exposure start MJD (UTC)"),
@@ -647,34 +802,33 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         "GAIN": (info.gain_e_per_adu, "gain used [e-/ADU]"),
         "RDNOISE": (info.read_noise_e, "read noise used [e-]"),
         "UNITS_IN": (info.units, "pixel units of the file"),
-        "PIXSCALE": (pixel_scale, "pixel scale [arcsec/pix]: reference / alignment"),
-        "SKY_E": (sky_level, "median sky [e-/pix]"),
-        "SKYSIG_E": (sky_sigma, "median background spread [e-/pix]"),
-        "PIXSIG_E": (pixel_sigma, "pixel noise from adjacent pixels [e-]"),
-        "PIXVAR": (pixel_var, "background pixel variance used in errors [e2]"),
-        "SRCVARF": (noise.source_factor, "source Poisson variance per electron"),
-        "ERRPLANE": (err_plane is not None, "errors from the ERR extension"),
-        "FWHMPIX": (fwhm_centre, "PSF FWHM at the frame centre [pix]"),
-        "FWHMAS": (fwhm_centre * pixel_scale, "PSF FWHM at the frame centre [arcsec]"),
-        "PSFVARY": (bool(size is not None and size.varies), "PSF size varies across the frame"),
+        "PIXSCALE": (scale, "pixel scale [arcsec/pix]: reference / alignment"),
+        "SKY_E": (s.sky_level_e, "median sky [e-/pix]"),
+        "SKYSIG_E": (s.sky_sigma_e, "median background spread [e-/pix]"),
+        "PIXSIG_E": (s.pixel_sigma_e, "pixel noise from adjacent pixels [e-]"),
+        "PIXVAR": (s.pixel_var, "background pixel variance used in errors [e2]"),
+        "SRCVARF": (s.noise.source_factor, "source Poisson variance per electron"),
+        "ERRPLANE": (s.err_plane is not None, "errors from the ERR extension"),
+        "FWHMPIX": (s.fwhm_centre_pix, "PSF FWHM at the frame centre [pix]"),
+        "FWHMAS": (s.fwhm_centre_pix * scale, "PSF FWHM at the frame centre [arcsec]"),
+        "PSFVARY": (bool(fit.size is not None and fit.size.varies), "PSF size varies across the frame"),
         "PSFCHI2": (fit.chi2_per_dof, "PSF fit chi2 per dof"),
         "PSFMISF": (fit.core_misfit, "PSF core misfit (relative rms model error)"),
         "PSFNSTAR": (fit.n_stars, "stars in the PSF fit"),
-        "PHSCALE": (scale, "frame/reference flux ratio from PSF stars"),
-        "PHSCALEE": (scale_err, "its uncertainty"),
-        "NCOSMIC": (int(hits.size), "pixels flagged as cosmic-ray hits (grown)"),
-        "NEIGHSUB": (bool(settings.subtract_neighbours), "neighbour light subtracted"),
-        "SKYEST": (estimator, "annulus sky: clipped mean or clipped median"),
+        "PHSCALE": (s.scale, "frame/reference flux ratio from PSF stars"),
+        "PHSCALEE": (s.scale_err, "its uncertainty"),
+        "NCOSMIC": (int(s.cosmic_pixels.size), "pixels flagged as cosmic-ray hits (grown)"),
+        "NEIGHSUB": (bool(s.settings.subtract_neighbours), "neighbour light subtracted"),
+        "SKYEST": (s.estimator, "annulus sky: clipped mean or clipped median"),
         "SITELAT": (info.site[0] if info.site else np.nan, "site latitude [deg]"),
         "SITELON": (info.site[1] if info.site else np.nan, "site longitude [deg E]"),
         "SITEALT": (info.site[2] if info.site else np.nan, "site height [m]"),
-        "CATID": (cat.catalogue_id, "catalogue measured against"),
+        "CATID": (s.cat.catalogue_id, "catalogue measured against"),
     }
-    for k, v in psf.to_header().items():
-        header[k] = v
-    if size is not None:
-        for k, c in enumerate(size.coeffs):
+    header.update(s.psf.to_header())
+    if fit.size is not None:
+        for k, c in enumerate(fit.size.coeffs):
             header[f"PSFSZ{k}"] = (c, "ln(FWHM/PSFFWHM) quadratic in u,v (see docs)")
-    header.update(aln.to_header())
-    header.update(geom.to_header())
-    return FrameMeasurement(columns=columns, header=header, timings=clock.laps, notes=notes)
+    header.update(s.aln.to_header())
+    header.update(s.geom.to_header())
+    return header
