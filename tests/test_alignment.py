@@ -65,6 +65,24 @@ def test_the_star_pattern_alone_finds_known_transformations(rotation_deg, scale,
     assert aln.scale == pytest.approx(scale, rel=1e-4)
 
 
+@pytest.mark.parametrize("rotation_deg, mirror", [(37.0, True), (-152.0, False)])
+def test_a_general_affine_transform_is_recovered(rotation_deg, mirror):
+    """Not only similarities: pixel scales that differ by 2% between the axes and a
+    small shear (a tilted detector, field distortion over the frame), with rotation,
+    flip and offset, are fitted to a small fraction of a pixel at every star."""
+    c, s = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+    lin = np.array([[c, -s], [s, c]]) @ np.array([[1.012, 0.006], [0.0, 0.991]])
+    lin = lin @ np.diag([1.0, -1.0 if mirror else 1.0])
+    centre = np.array([SHAPE[1] / 2, SHAPE[0] / 2])
+    m_true = np.column_stack([lin, centre + np.array([23.0, -61.0]) - lin @ centre])
+    ref, frame = _star_lists(m_true, seed=int(abs(rotation_deg)))
+    aln = align(ref, frame, frame_shape=SHAPE)
+    assert aln.method == "pattern"
+    assert np.allclose(aln.matrix[:, :2], lin, atol=2e-4)
+    assert _max_error(aln.matrix, m_true, ref) < 0.05
+    assert aln.n_matched >= 200
+
+
 def test_star_list_matching_is_deterministic_and_takes_two_lists():
     m_true = _similarity(180.0, 1.0, (20.0, -15.0))
     ref, frame = _star_lists(m_true, seed=3)

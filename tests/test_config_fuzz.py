@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
-import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,6 @@ def workdir(tmp_path_factory) -> Path:
 def _check(loader, path: Path, *also: Path):
     """Call `loader(path)`: a configuration, or a ConfigError of one line that names
     the file it is about (`path`, or one of `also`: a file `path` refers to)."""
-    t0 = time.perf_counter()
     try:
         return loader(path)
     except ConfigError as exc:
@@ -90,8 +89,6 @@ def _check(loader, path: Path, *also: Path):
         assert message.startswith((str(path),) + tuple(str(p) for p in also)) or " configuration not found" in message \
             or "TOM configuration" in message, message
         return None
-    finally:
-        assert time.perf_counter() - t0 < 5.0, "the parser took too long"
 
 
 # --------------------------------------------------------------------------
@@ -333,15 +330,20 @@ def test_python_tags_are_refused_and_never_run(tmp_path, tag):
     assert not marker.exists()
 
 
-def test_alias_bomb_is_refused_quickly(tmp_path):
+def test_alias_bomb_is_refused_without_being_expanded(tmp_path):
     # nine levels of nine aliases: 387 million strings if expanded
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
     text = "\n".join(lines) + "\n" + VALID.replace("upload: false", "upload: *a8")
-    t0 = time.perf_counter()
-    message = _error(tmp_path, text)
-    assert time.perf_counter() - t0 < 2.0
-    assert "alias" in message
+    tracemalloc.start()
+    try:
+        message = _error(tmp_path, text)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # refused at the first alias (line 2), before anything was built from it
+    assert "aliases (*a0) are not allowed" in message and "line 2" in message, message
+    assert peak_bytes < 20_000_000, f"{peak_bytes} bytes allocated: the aliases were expanded"
 
 
 def test_a_configuration_file_too_large_to_be_one(tmp_path):

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
 
-__all__ = ["clipped_stats_sorted", "clipped_stats", "SkyStats", "sky_stats", "pixel_noise", "SkyMesh", "sky_mesh"]
+__all__ = ["clipped_stats_sorted", "pixel_noise", "SkyMesh", "sky_mesh"]
 
 
 def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 3.0,
@@ -77,34 +78,6 @@ def clipped_stats_sorted(rows: np.ndarray, n_valid: np.ndarray, nsigma: float = 
     return med, sig, np.where(ok, hi - lo, 0)
 
 
-def clipped_stats(values: np.ndarray, nsigma: float = 3.0) -> tuple[float, float, int]:
-    """Sigma-clipped median, sigma and count of a 1-D set of values (NaN ignored)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = np.sort(v[np.isfinite(v)])[None, :]
-    med, sig, n = clipped_stats_sorted(v, np.array([v.shape[1]]), nsigma)
-    return float(med[0]), float(sig[0]), int(n[0])
-
-
-@dataclass(frozen=True)
-class SkyStats:
-    """Frame-wide sky level and per-pixel noise (robust), in the data's units."""
-
-    level: float
-    sigma: float
-    n_samples: int
-
-
-def sky_stats(data: np.ndarray, pixel_flags: np.ndarray | None = None,
-              max_samples: int = 1_000_000) -> SkyStats:
-    """Frame-wide clipped median and sigma from a regular subsample of unflagged pixels."""
-    step = max(1, int(np.sqrt(data.size / max_samples)))
-    sub = data[::step, ::step]
-    if pixel_flags is not None:
-        sub = sub[pixel_flags[::step, ::step] == 0]
-    level, sigma, n = clipped_stats(sub)
-    return SkyStats(level=level, sigma=sigma, n_samples=n)
-
-
 def pixel_noise(data: np.ndarray, pixel_flags: np.ndarray | None = None, max_samples: int = 1_000_000) -> float:
     """Pixel-to-pixel noise (sigma of one pixel) from differences of horizontally adjacent
     pixels, robustly (MAD): the temporal noise of a pixel, which the static structure of
@@ -119,7 +92,7 @@ def pixel_noise(data: np.ndarray, pixel_flags: np.ndarray | None = None, max_sam
     d = d[np.isfinite(d)]
     if d.size < 100:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+    return float(mad_std(d) / np.sqrt(2.0))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from astropy.stats import mad_std
 
 __all__ = ["plot_finder_chart", "finder_half_width_pix"]
 
@@ -32,7 +33,7 @@ def _stretch(crop: np.ndarray) -> tuple[np.ndarray, float, float]:
     if finite.size == 0:
         return np.zeros_like(crop), 0.0, 1.0
     sky = float(np.median(finite))
-    noise = float(1.4826 * np.median(np.abs(finite - sky))) or 1.0
+    noise = float(mad_std(finite)) or 1.0
     img = np.arcsinh(np.nan_to_num(crop - sky, nan=0.0) / (3.0 * noise))
     return img, -1.0, max(float(np.percentile(img, 99.7)), 2.0)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.stats import mad_std
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
@@ -686,7 +687,7 @@ def _line_outliers(level: np.ndarray, nsigma: float = 8.0, window: int = 9) -> n
     ok = np.isfinite(resid)
     if ok.sum() < 3 * window:
         return np.zeros(0, dtype=int)
-    spread = 1.4826 * np.median(np.abs(resid[ok] - np.median(resid[ok])))
+    spread = mad_std(resid[ok])
     if not spread > 0:
         return np.zeros(0, dtype=int)
     return np.flatnonzero(ok & (np.abs(resid) > nsigma * spread))

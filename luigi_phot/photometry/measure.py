@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import numpy as np
+from astropy.stats import mad_std
 
 from . import flags as F
 from .alignment import Alignment, AlignmentError, FitStars, affine_from_wcs, align
@@ -397,7 +398,7 @@ def _photometric_scale(fit, flux_ref: np.ndarray) -> tuple[float, float]:
         raise FrameRejected("photometric scale undetermined (PSF stars unusable)")
     lr = np.log(ratio)
     med = np.median(lr)
-    mad = 1.4826 * np.median(np.abs(lr - med))
+    mad = mad_std(lr)
     lr = lr[np.abs(lr - med) <= max(3 * mad, 0.02)]
     scale = float(np.exp(np.mean(lr)))
     return scale, float(scale * np.std(lr) / np.sqrt(max(lr.size - 1, 1)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
 
 from .alignment import _voted_shift
 from .catalogue import Catalogue
@@ -108,7 +109,7 @@ def calibrate_on_measurements(old: Catalogue, old_ref: tuple[np.ndarray, np.ndar
 def _offset(log_ratio: np.ndarray) -> ReferenceCalibration:
     """Clipped mean of ln(new/old) as a magnitude offset."""
     med = np.median(log_ratio)
-    mad = 1.4826 * np.median(np.abs(log_ratio - med))
+    mad = mad_std(log_ratio)
     keep = np.abs(log_ratio - med) <= max(3 * mad, 0.02)   # variables and blends out
     used = log_ratio[keep]
     k = 2.5 / np.log(10)

@@ -1,0 +1,86 @@
+"""calibration.py: solve_ensemble on synthetic count rates with known per-frame zero
+points (transparency, and a gradient across the field), photon noise, a variable star,
+outlying points and a frame with too few stars: the scale recovered within its stated
+errors, the variable star refused as a comparison and its own variation kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from luigi_phot.photometry.calibration import solve_ensemble
+
+SHAPE = (1000, 1200)
+N_FRAMES, N_STARS, EXPTIME_S = 24, 160, 60.0
+REF_FRAME = 5
+VARIABLE, TARGET = 3, 0
+
+
+def _truth(seed: int = 1):
+    rng = np.random.default_rng(seed)
+    ny, nx = SHAPE
+    x = rng.uniform(0, nx, N_STARS)
+    y = rng.uniform(0, ny, N_STARS)
+    u, v = (x - (nx - 1) / 2) / (nx / 2), (y - (ny - 1) / 2) / (ny / 2)
+    mean_rate = 10 ** rng.uniform(1.5, 3.5, N_STARS)                 # e/s
+    mean_rate[[VARIABLE, TARGET]] = 1500.0                             # 0.3% photon noise per point
+    transparency = rng.normal(0.0, 0.25, N_FRAMES)                   # ln scale per frame
+    tilt = rng.normal(0.0, 0.03, (N_FRAMES, 2))                      # ln scale gradient across the field
+    zeta = transparency[:, None] + tilt[:, :1] * u[None, :] + tilt[:, 1:] * v[None, :]
+    variation = np.ones((N_FRAMES, N_STARS))
+    variation[:, VARIABLE] = 1.0 + 0.4 * np.sin(np.arange(N_FRAMES) / 3.0)
+    variation[:, TARGET] = 1.0 + 2.0 * np.exp(-0.5 * ((np.arange(N_FRAMES) - 12) / 3.0) ** 2)
+    expected_e = mean_rate[None, :] * variation * np.exp(zeta) * EXPTIME_S
+    counts = rng.poisson(expected_e).astype(float) + rng.normal(0.0, 30.0, expected_e.shape)
+    rate = counts / EXPTIME_S
+    rate_err = np.sqrt(expected_e + 30.0 ** 2) / EXPTIME_S
+    hits = rng.integers(0, N_FRAMES, 20), rng.integers(0, N_STARS, 20)
+    rate[hits] *= 1.5                                                 # unflagged outliers
+    return x, y, rate, rate_err, zeta, variation, mean_rate
+
+
+def test_solve_ensemble_recovers_the_zero_points_within_their_errors():
+    x, y, rate, rate_err, zeta_true, variation, mean_rate = _truth()
+    usable = np.ones(rate.shape, dtype=bool)
+    candidates = np.ones(N_STARS, dtype=bool)
+    candidates[TARGET] = False
+    sol = solve_ensemble(rate, rate_err, usable, candidates, x, y, SHAPE, REF_FRAME)
+    assert sol.frame_ok.all() and sol.order == 2
+    zeta, zeta_err = sol.zeta(x, y)
+    assert np.all(zeta[REF_FRAME] == 0.0) and np.all(zeta_err[REF_FRAME] == 0.0)
+    expected = zeta_true - zeta_true[REF_FRAME][None, :]
+    pull = (zeta - expected)[np.arange(N_FRAMES) != REF_FRAME] / np.hypot(
+        zeta_err[np.arange(N_FRAMES) != REF_FRAME], zeta_err[REF_FRAME - 1])
+    assert np.max(np.abs(zeta - expected)) < 0.01
+    assert np.sqrt(np.mean(pull ** 2)) < 2.0
+    # the variable star and the target set no scale; their variations survive calibration
+    assert not sol.comparison[VARIABLE] and not sol.comparison[TARGET]
+    # stars with a hit may go too (their scatter is large); most constant stars stay
+    assert sol.comparison.sum() >= 0.8 * (N_STARS - 2)
+    for star in (VARIABLE, TARGET):
+        calibrated = rate[:, star] / np.exp(zeta[:, star])
+        truth = mean_rate[star] * variation[:, star] * np.exp(zeta_true[REF_FRAME, star])
+        assert np.median(np.abs(calibrated / truth - 1)) < 0.01
+    assert np.all(sol.n_comparison >= 100)
+
+
+def test_a_frame_with_too_few_comparison_stars_fails_and_the_others_do_not():
+    x, y, rate, rate_err, zeta_true, _, _ = _truth(seed=2)
+    usable = np.ones(rate.shape, dtype=bool)
+    usable[7, 8:] = False                            # clouds: 8 stars left on frame 7
+    sol = solve_ensemble(rate, rate_err, usable, np.ones(N_STARS, dtype=bool), x, y, SHAPE, REF_FRAME)
+    assert not sol.frame_ok[7]
+    assert sol.frame_ok[np.arange(N_FRAMES) != 7].all()
+    zeta, _ = sol.zeta(x, y)
+    ok = np.arange(N_FRAMES) != 7
+    assert np.max(np.abs(zeta[ok] - (zeta_true[ok] - zeta_true[REF_FRAME]))) < 0.01
+
+
+def test_without_a_reference_frame_the_mean_frame_is_the_anchor():
+    x, y, rate, rate_err, zeta_true, _, _ = _truth(seed=3)
+    sol = solve_ensemble(rate, rate_err, np.ones(rate.shape, dtype=bool), np.ones(N_STARS, dtype=bool), x, y,
+                         SHAPE, ref_frame=-1, order=0)
+    zeta, _ = sol.zeta(x, y)
+    centred = zeta_true.mean(axis=1) - np.median(zeta_true.mean(axis=1))
+    assert sol.order == 0
+    assert np.max(np.abs(zeta[:, 0] - centred)) < 0.05
