@@ -27,7 +27,8 @@ from astropy.wcs import WCS
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from luigi_phot.photometry import astrometry as AS  # noqa: E402
-from luigi_phot.synthetic import SyntheticConfig, _make_plan  # noqa: E402
+from luigi_phot.synthetic import SyntheticConfig  # noqa: E402
+from luigi_phot.synthetic.plan import _make_plan  # noqa: E402
 
 FIELDS = {  # name: (seed, shape, stars, pixel scale, detection limit [mag])
     "crowded 600x600": (41, (600, 600), 1500, 0.389, 19.5),

@@ -16,7 +16,8 @@ from astropy.wcs import WCS
 from luigi_phot.photometry.astrometry import (AstrometryError, AstrometryRequest, GaiaUnavailable, ReferenceStars,
                                               gaia_stars, header_wcs_scatter, query_gaia_dr3, reference_astrometry,
                                               refine_wcs, solve_by_pattern)
-from luigi_phot.synthetic import SyntheticConfig, _make_plan
+from luigi_phot.synthetic import SyntheticConfig
+from luigi_phot.synthetic.plan import _make_plan
 from tests.gaia_archive import GaiaArchive, gaia_table_from_synthetic
 
 SHAPE = (600, 600)

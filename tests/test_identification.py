@@ -11,7 +11,8 @@ from astropy.table import Table
 from luigi_phot.photometry import flags as F
 from luigi_phot.photometry.identification import CORE_FWHM, COORDINATE_ERROR_ARCSEC, identify_target
 from luigi_phot.photometry.lightcurve import IdentificationError, check_target_identification
-from luigi_phot.synthetic import SyntheticConfig, _make_plan, _nominal_wcs
+from luigi_phot.synthetic import SyntheticConfig
+from luigi_phot.synthetic.plan import _make_plan, _nominal_wcs
 
 
 @pytest.fixture(scope="module")
