@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.stats import mad_std
 from astropy.table import Table
 
 from ..names import fitting_comment, name_cards, name_from_header, safe_token, shown, shown_ascii
@@ -54,9 +55,7 @@ def write_measurement(path: Path, columns: dict, header: dict, extra: dict | Non
         elif isinstance(value, str) and k not in ("IMAGE", "IMAGEHEX"):
             value = shown_ascii(value)
         hdr[k] = (value, fitting_comment(k, value, comment))
-    table = fits.BinTableHDU.from_columns(
-        [fits.Column(name=k, array=v, format={"f4": "E", "f8": "D", "i2": "I", "i4": "J", "i8": "K"}[v.dtype.str[1:]])
-         for k, v in columns.items()], header=hdr, name="PHOT")
+    table = fits.BinTableHDU(Table(columns), header=hdr, name="PHOT")   # astropy picks each column's TFORM
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
 
 
@@ -156,15 +155,77 @@ def _header_float(h, key):
         return np.nan
 
 
+@dataclass
+class _Stack:
+    """The measured frames stacked star by star (F frames x S stars), then calibrated."""
+
+    names: list[str]
+    headers: list
+    rate: np.ndarray           # e-/s on each frame
+    rate_err: np.ndarray
+    flags: np.ndarray
+    neighbour_e: np.ndarray    # modelled neighbour light in the aperture, e-
+    exptime_s: np.ndarray
+    usable: np.ndarray         # no severe flag, finite
+    cal: np.ndarray | None = None        # e-/s on the reference frame's scale
+    cal_err: np.ndarray | None = None
+    cal_flags: np.ndarray | None = None
+    zeta: np.ndarray | None = None       # ln(frame/reference) of each star's light
+    zeta_err: np.ndarray | None = None
+    bad_frames: np.ndarray | None = None
+    solution: object = None
+
+    def header_values(self, key: str) -> np.ndarray:
+        return np.array([_header_float(h, key) for h in self.headers])
+
+
 def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_name: str,
                      ra_deg: float, dec_deg: float, default_zero_point: float,
                      extra_rejected: dict[str, str] | None = None) -> LightCurveProducts:
-    """Calibrate all measured frames and extract the target's light curve."""
-    measured = [r for r in records if r.columns is not None]
+    """Calibrate all measured frames and extract the target's light curve: stack the
+    measurements, calibrate the frames on an ensemble of comparison stars, set the zero
+    point, then make the frame table, the target's light curve (checked for a wrong
+    identification), the TOM tables and the all-stars table."""
     rejected = {r.image: r.rejected for r in records if r.columns is None}
     rejected.update(extra_rejected or {})
-    n_s = len(cat.stars)
-    n_f = len(measured)
+    stack = _stack(records, cat, rejected)
+    _calibrate(stack, cat, rejected)
+    zp, zp_err, zp_source, mean_flux = _zero_point(stack, cat, default_zero_point)
+    frames = _frame_table(stack, cat, zp, ra_deg, dec_deg)
+    lc = _target_table(stack, cat, frames, zp, records, ra_deg, dec_deg)
+    lc.meta.update({
+        "target": target_name, "ra_deg": ra_deg, "dec_deg": dec_deg, "filter": cat.filter_name,
+        "reference_image": cat.reference_image, "catalogue_id": cat.catalogue_id,
+        "flux_scale": "electron/s as seen on the reference frame (ensemble-calibrated)",
+        "mjd": "mid-exposure, UTC", "bjd_tdb": "barycentric Julian date (TDB) of mid-exposure",
+        "zero_point_ref": zp, "zero_point_ref_err": zp_err, "zero_point_source": zp_source,
+        "zero_point": "per frame: mag = zero_point - 2.5 log10(electrons / s measured on that frame)",
+        "calibration_order": stack.solution.order, "n_comparison_stars": int(stack.solution.comparison.sum()),
+        "flags": {name: bit for bit, (name, _) in F.FLAGS.items()},
+        "severe_flags": F.SEVERE,
+    })
+    check_target_identification(lc, target_name, cat.filter_name)
+    # what the TOM's photometry processor reads: time (MJD), filter, magnitude, error
+    finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
+    tom_csv = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0), cat.filter_name)
+    # not the star's own light: never for the TOM, not even with tom.include_flagged
+    tom_csv_all = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.BLENDED_OR_ABSENT) == 0), cat.filter_name)
+    rej = Table()
+    rej["image"] = [shown(k) for k in sorted(rejected)]
+    rej["reason"] = [rejected[k] for k in sorted(rejected)]
+    meta = {"zero_point_ref": zp, "zero_point_source": zp_source, "tom_csv_all": tom_csv_all,
+            "n_measured": len(stack.names), "n_rejected": len(rejected)}
+    return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=frames,
+                              stars=_all_stars_table(stack, cat, zp, mean_flux),
+                              flux=stack.cal.astype(np.float32), flux_err=stack.cal_err.astype(np.float32),
+                              flags=stack.cal_flags.astype(np.int16), meta=meta)
+
+
+def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str, str]) -> _Stack:
+    """The measured frames' columns stacked; a frame measured against another catalogue
+    is an error."""
+    measured = [r for r in records if r.columns is not None]
+    n_s, n_f = len(cat.stars), len(measured)
     if n_f == 0:
         raise _no_usable_frame(rejected)
     flux = np.empty((n_f, n_s), dtype=np.float64)
@@ -176,156 +237,155 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         c = r.columns
         if c["flux"].size != n_s:
             raise ValueError(f"{r.image}: measured against another catalogue ({c['flux'].size} stars, expected {n_s})")
-        flux[k] = c["flux"]
-        err[k] = c["flux_err"]
-        flg[k] = c["flags"]
-        neigh[k] = c["neighbour_flux"]
+        flux[k], err[k], flg[k], neigh[k] = c["flux"], c["flux_err"], c["flags"], c["neighbour_flux"]
         exptime[k] = _header_float(r.header, "EXPTIME")
     exptime = np.where(exptime > 0, exptime, 1.0)
     rate = flux / exptime[:, None]
     rate_err = err / exptime[:, None]
     usable = ((flg & F.SEVERE) == 0) & np.isfinite(rate) & np.isfinite(rate_err)
+    return _Stack(names=[r.image for r in measured], headers=[r.header for r in measured], rate=rate,
+                  rate_err=rate_err, flags=flg, neighbour_e=neigh, exptime_s=exptime, usable=usable)
+
+
+def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str]) -> None:
+    """Every frame onto the reference frame's scale through the ensemble of comparison
+    stars (calibration.solve_ensemble); frames it cannot calibrate are rejected."""
     stars = cat.stars
-    t_idx = cat.target_index
     candidates = (np.asarray(stars["detected"]) & ~np.asarray(stars["saturated_ref"])
                   & ~np.asarray(stars["is_target"]))
-    names = [r.image for r in measured]
-    ref_frame = names.index(cat.reference_image) if cat.reference_image in names else -1
+    ref_frame = stack.names.index(cat.reference_image) if cat.reference_image in stack.names else -1
     x_ref = np.asarray(stars["x_ref"], float)
     y_ref = np.asarray(stars["y_ref"], float)
-    sol = solve_ensemble(rate, rate_err, usable, candidates, x_ref, y_ref, cat.shape, ref_frame)
-
-    zeta, zeta_err = sol.zeta(x_ref, y_ref)                                  # (F, S)
-    scale = np.exp(zeta)
-    cal = rate / scale
-    cal_err = np.sqrt((rate_err / scale) ** 2 + (cal * zeta_err) ** 2)
-    cal_flags = flg.copy()
-    bad_frames = ~sol.frame_ok
-    cal_flags[bad_frames] |= F.FRAME_REJECTED
-    for k in np.flatnonzero(bad_frames):
-        rejected[names[k]] = (f"calibration failed: only {int(sol.n_comparison[k])} comparison stars usable"
-                              if n_f >= 3 else f"calibration failed: it needs at least 3 measured frames "
-                                               f"({n_f} measured)")
-    if bad_frames.all():
+    sol = solve_ensemble(stack.rate, stack.rate_err, stack.usable, candidates, x_ref, y_ref, cat.shape, ref_frame)
+    stack.solution = sol
+    stack.zeta, stack.zeta_err = sol.zeta(x_ref, y_ref)                                  # (F, S)
+    scale = np.exp(stack.zeta)
+    stack.cal = stack.rate / scale
+    stack.cal_err = np.sqrt((stack.rate_err / scale) ** 2 + (stack.cal * stack.zeta_err) ** 2)
+    stack.cal_flags = stack.flags.copy()
+    stack.bad_frames = ~sol.frame_ok
+    stack.cal_flags[stack.bad_frames] |= F.FRAME_REJECTED
+    n_f = len(stack.names)
+    for k in np.flatnonzero(stack.bad_frames):
+        rejected[stack.names[k]] = (f"calibration failed: only {int(sol.n_comparison[k])} comparison stars usable"
+                                    if n_f >= 3 else f"calibration failed: it needs at least 3 measured frames "
+                                                     f"({n_f} measured)")
+    if stack.bad_frames.all():
         raise _no_usable_frame(rejected)
 
-    # zero point of the reference scale: the default, moved by what earlier reference
-    # changes measured (the new reference calibrated against the old one), so that the
-    # magnitude scale stays where it was
+
+def _zero_point(stack: _Stack, cat: Catalogue, default_zero_point: float):
+    """(zero point of the reference scale, its error, its source, every star's weighted mean
+    calibrated flux). From the catalogue's magnitudes when at least 3 stars have one (the
+    comparison stars first; 3-sigma clipped about the median), else the default, moved by
+    what earlier reference changes measured (the new reference calibrated against the old
+    one), so that the magnitude scale stays where it was."""
     zp = default_zero_point + cat.zp_offset
     zp_err = np.nan
     zp_source = "default" if cat.zp_offset == 0 else \
         f"default {default_zero_point:g} {cat.zp_offset:+.3f} mag carried across reference changes"
-    cat_mag = np.asarray(stars["cat_mag"], float)
+    cal, cal_err = stack.cal, stack.cal_err
     with np.errstate(divide="ignore", invalid="ignore"):
-        good = usable & ~bad_frames[:, None]
+        good = stack.usable & ~stack.bad_frames[:, None]
         wsum = np.where(good, 1.0 / cal_err ** 2, 0).sum(0)
         mean_flux = np.where(wsum > 0, np.where(good, cal / cal_err ** 2, 0).sum(0) / np.where(wsum > 0, wsum, 1), np.nan)
         inst = -2.5 * np.log10(mean_flux)
-    has = np.isfinite(cat_mag) & np.isfinite(inst) & sol.comparison
+    stars = cat.stars
+    cat_mag = np.asarray(stars["cat_mag"], float)
+    has = np.isfinite(cat_mag) & np.isfinite(inst) & stack.solution.comparison
     if has.sum() < 5:
+        candidates = (np.asarray(stars["detected"]) & ~np.asarray(stars["saturated_ref"])
+                      & ~np.asarray(stars["is_target"]))
         has = np.isfinite(cat_mag) & np.isfinite(inst) & candidates
     if has.sum() >= 3:
         d = cat_mag[has] - inst[has]
         med = np.median(d)
-        mad = 1.4826 * np.median(np.abs(d - med))
-        sel = np.abs(d - med) <= max(3 * mad, 0.05)
+        sel = np.abs(d - med) <= max(3 * mad_std(d), 0.05)
         zp = float(np.median(d[sel]))
         zp_err = float(1.2533 * np.std(d[sel]) / np.sqrt(max(sel.sum(), 1)))
         zp_source = f"catalogue ({int(sel.sum())} stars)"
+    return zp, zp_err, zp_source, mean_flux
 
-    # frame table
-    mjd = np.array([_header_float(r.header, "MJDMID") for r in measured])
+
+def _frame_sites(stack: _Stack) -> list:
     sites = []
-    for r in measured:
-        lat, lon, alt = (_header_float(r.header, k) for k in ("SITELAT", "SITELON", "SITEALT"))
+    for h in stack.headers:
+        lat, lon, alt = (_header_float(h, k) for k in ("SITELAT", "SITELON", "SITEALT"))
         sites.append((lat, lon, alt if np.isfinite(alt) else 0.0) if np.isfinite(lat) and np.isfinite(lon) else None)
-    bjd = bjd_tdb(mjd, ra_deg, dec_deg, sites)
-    z_t = zeta[:, t_idx]
-    frames = Table()
-    frames["image"] = [shown_ascii(n) for n in names]   # a FITS table: ASCII only
-    frames["mjd"] = mjd
-    frames["bjd_tdb"] = bjd
-    frames["exptime"] = exptime
-    frames["airmass"] = [_header_float(r.header, "AIRMASS") for r in measured]
-    frames["fwhm_arcsec"] = [_header_float(r.header, "FWHMAS") for r in measured]
-    frames["sky"] = [_header_float(r.header, "SKY_E") for r in measured]
-    frames["zero_point"] = zp + 2.5 * np.log10(np.e) * z_t + 2.5 * np.log10(exptime)
-    frames["zero_point_err"] = 2.5 * np.log10(np.e) * zeta_err[:, t_idx]
-    frames["n_comparison"] = sol.n_comparison
-    frames["calibration_chi2"] = sol.frame_chi2
-    frames["alignment_rms_pix"] = [_header_float(r.header, "ALN_RMS") for r in measured]
-    frames["n_matched"] = [int(_header_float(r.header, "ALN_N")) if np.isfinite(_header_float(r.header, "ALN_N")) else 0
-                           for r in measured]
+    return sites
 
-    # target light curve, with rejected frames that have a time as flagged rows
-    t_flux = cal[:, t_idx]
-    t_err = cal_err[:, t_idx]
+
+def _frame_table(stack: _Stack, cat: Catalogue, zp: float, ra_deg: float, dec_deg: float) -> Table:
+    """One row per measured frame: times, conditions, zero point, calibration, alignment."""
+    t_idx = cat.target_index
+    mjd = stack.header_values("MJDMID")
+    frames = Table()
+    frames["image"] = [shown_ascii(n) for n in stack.names]   # a FITS table: ASCII only
+    frames["mjd"] = mjd
+    frames["bjd_tdb"] = bjd_tdb(mjd, ra_deg, dec_deg, _frame_sites(stack))
+    frames["exptime"] = stack.exptime_s
+    frames["airmass"] = stack.header_values("AIRMASS")
+    frames["fwhm_arcsec"] = stack.header_values("FWHMAS")
+    frames["sky"] = stack.header_values("SKY_E")
+    frames["zero_point"] = zp + 2.5 * np.log10(np.e) * stack.zeta[:, t_idx] + 2.5 * np.log10(stack.exptime_s)
+    frames["zero_point_err"] = 2.5 * np.log10(np.e) * stack.zeta_err[:, t_idx]
+    frames["n_comparison"] = stack.solution.n_comparison
+    frames["calibration_chi2"] = stack.solution.frame_chi2
+    frames["alignment_rms_pix"] = stack.header_values("ALN_RMS")
+    n_matched = stack.header_values("ALN_N")
+    frames["n_matched"] = [int(v) if np.isfinite(v) else 0 for v in n_matched]
+    return frames
+
+
+#: units of the light curve's columns
+_LC_UNITS = {"mjd": "d", "bjd_tdb": "d", "flux": "electron / s", "flux_err": "electron / s", "mag": "mag",
+             "mag_err": "mag", "zero_point": "mag", "zero_point_err": "mag", "fwhm_arcsec": "arcsec",
+             "sky": "electron", "exptime": "s", "neighbour_flux": "electron / s"}
+
+
+def _target_table(stack: _Stack, cat: Catalogue, frames: Table, zp: float, records: list[MeasurementRecord],
+                  ra_deg: float, dec_deg: float) -> Table:
+    """The target's light curve, with rejected frames that have a time as flagged rows,
+    sorted by time."""
+    t_idx = cat.target_index
+    t_flux, t_err = stack.cal[:, t_idx], stack.cal_err[:, t_idx]
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(t_flux > 0, zp - 2.5 * np.log10(t_flux), np.nan)
         mag_err = np.where(t_flux > 0, 2.5 / np.log(10) * t_err / t_flux, np.nan)
     lc = Table()
-    lc["mjd"] = mjd
-    lc["bjd_tdb"] = bjd
+    lc["mjd"] = frames["mjd"]
+    lc["bjd_tdb"] = frames["bjd_tdb"]
     lc["flux"] = t_flux
     lc["flux_err"] = t_err
     lc["mag"] = mag
     lc["mag_err"] = mag_err
-    lc["flags"] = cal_flags[:, t_idx]
-    lc["image"] = [shown(n) for n in names]
-    lc["zero_point"] = frames["zero_point"]
-    lc["zero_point_err"] = frames["zero_point_err"]
-    lc["fwhm_arcsec"] = frames["fwhm_arcsec"]
-    lc["airmass"] = frames["airmass"]
-    lc["sky"] = frames["sky"]
-    lc["exptime"] = exptime
-    lc["neighbour_flux"] = neigh[:, t_idx] / exptime / np.exp(z_t)
+    lc["flags"] = stack.cal_flags[:, t_idx]
+    lc["image"] = [shown(n) for n in stack.names]
+    for c in ("zero_point", "zero_point_err", "fwhm_arcsec", "airmass", "sky"):
+        lc[c] = frames[c]
+    lc["exptime"] = stack.exptime_s
+    lc["neighbour_flux"] = stack.neighbour_e[:, t_idx] / stack.exptime_s / np.exp(stack.zeta[:, t_idx])
     rej_rows = [r for r in records if r.columns is None and np.isfinite(_header_float(r.header, "MJDMID"))]
     if rej_rows:
         rj_mjd = np.array([_header_float(r.header, "MJDMID") for r in rej_rows])
-        rj_sites = [None] * len(rej_rows)
-        rj_bjd = bjd_tdb(rj_mjd, ra_deg, dec_deg, rj_sites)
+        rj_bjd = bjd_tdb(rj_mjd, ra_deg, dec_deg, [None] * len(rej_rows))
         for k, r in enumerate(rej_rows):
             row = {c: np.nan for c in lc.colnames}
             row.update(mjd=rj_mjd[k], bjd_tdb=rj_bjd[k], flags=F.FRAME_REJECTED, image=shown(r.image), exptime=np.nan)
             lc.add_row([row[c] for c in lc.colnames])
     lc.sort("mjd")
-    units = {"mjd": "d", "bjd_tdb": "d", "flux": "electron / s", "flux_err": "electron / s", "mag": "mag",
-             "mag_err": "mag", "zero_point": "mag", "zero_point_err": "mag", "fwhm_arcsec": "arcsec",
-             "sky": "electron", "exptime": "s", "neighbour_flux": "electron / s"}
-    for c, unit in units.items():
+    for c, unit in _LC_UNITS.items():
         lc[c].unit = unit
-    filter_name = cat.filter_name
-    lc.meta.update({
-        "target": target_name, "ra_deg": ra_deg, "dec_deg": dec_deg, "filter": filter_name,
-        "reference_image": cat.reference_image, "catalogue_id": cat.catalogue_id,
-        "flux_scale": "electron/s as seen on the reference frame (ensemble-calibrated)",
-        "mjd": "mid-exposure, UTC", "bjd_tdb": "barycentric Julian date (TDB) of mid-exposure",
-        "zero_point_ref": zp, "zero_point_ref_err": zp_err, "zero_point_source": zp_source,
-        "zero_point": "per frame: mag = zero_point - 2.5 log10(electrons / s measured on that frame)",
-        "calibration_order": sol.order, "n_comparison_stars": int(sol.comparison.sum()),
-        "flags": {name: bit for bit, (name, _) in F.FLAGS.items()},
-        "severe_flags": F.SEVERE,
-    })
+    return lc
 
-    check_target_identification(lc, target_name, filter_name)
 
-    # what the TOM's photometry processor reads: time (MJD), filter, magnitude, error
-    finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
-    unflagged = finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0)
-    tom_csv = _tom_table(lc, unflagged, filter_name)
-    # not the star's own light: never for the TOM, not even with tom.include_flagged
-    tom_csv_all = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.BLENDED_OR_ABSENT) == 0), filter_name)
-
-    rej = Table()
-    rej["image"] = [shown(k) for k in sorted(rejected)]
-    rej["reason"] = [rejected[k] for k in sorted(rejected)]
-
-    # all stars: mean magnitudes and scatter
+def _all_stars_table(stack: _Stack, cat: Catalogue, zp: float, mean_flux: np.ndarray) -> Table:
+    """Every catalogue star: mean magnitude, scatter, median error, calibration role."""
     st = Table()
     for c in ("id", "ra", "dec", "x_ref", "y_ref", "flux_ref", "is_target", "detected", "cat_mag"):
-        st[c] = stars[c]
-    good = usable & ~bad_frames[:, None]
+        st[c] = cat.stars[c]
+    cal, cal_err = stack.cal, stack.cal_err
+    good = stack.usable & ~stack.bad_frames[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         st["mean_flux"] = mean_flux
         st["mean_mag"] = zp - 2.5 * np.log10(mean_flux)
@@ -338,13 +398,9 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         median_err[seen] = np.nanmedian(np.where(good[:, seen], cal_err[:, seen], np.nan), axis=0)
         st["median_flux_err"] = median_err
     st["n_good"] = n_good
-    st["comparison"] = sol.comparison
-    st["calibration_chi2"] = sol.star_chi2
-    meta = {"zero_point_ref": zp, "zero_point_source": zp_source, "tom_csv_all": tom_csv_all,
-            "n_measured": n_f, "n_rejected": len(rejected)}
-    return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=frames,
-                              stars=st, flux=cal.astype(np.float32), flux_err=cal_err.astype(np.float32),
-                              flags=cal_flags.astype(np.int16), meta=meta)
+    st["comparison"] = stack.solution.comparison
+    st["calibration_chi2"] = stack.solution.star_chi2
+    return st
 
 
 def _no_usable_frame(rejected: dict[str, str], shown_at_most: int = 8) -> ValueError:
