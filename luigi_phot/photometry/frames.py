@@ -526,17 +526,7 @@ def _read_frame_info(path: Path, camera: CameraDefaults, hdul) -> FrameInfo:
     pixel_scale = wcs_scale or _number(header, "PIXSCALE", "SECPIX", "PIXSCAL1", "HIERARCH ESO INS PIXSCALE") \
         or _scale_from_optics(header) or camera.pixel_scale_arcsec
 
-    units = camera.units
-    if units == "auto":
-        bunit = str(header.get("BUNIT", "")).strip().lower()
-        if bunit.startswith("electron") or bunit in ("e", "e-", "e-/pix"):
-            units = "electrons"
-        elif bunit in ("adu", "adus", "count", "counts", "dn"):
-            units = "adu"
-        elif _number(header, "RLEVEL") is not None and _number(header, "RLEVEL") >= 90:
-            units = "electrons"   # LCO BANZAI reduced frames are in electrons
-        else:
-            units = "adu"
+    units = _pixel_units(header, camera)
     # EGAIN first: amateur-camera software (N.I.N.A., SharpCap, MaxIm) writes the e-/ADU as
     # EGAIN and the driver's gain *setting* (e.g. 56 on a QHY600) as GAIN
     gain = _number(header, "EGAIN", "GAIN", "CCDGAIN", "HIERARCH ESO DET OUT1 GAIN")
@@ -555,23 +545,7 @@ def _read_frame_info(path: Path, camera: CameraDefaults, hdul) -> FrameInfo:
             rdnoise = DEFAULT_READ_NOISE_E
             notes.append(f"no RDNOISE in header or configuration: assumed {rdnoise} e-")
     to_e = 1.0 if units == "electrons" else gain
-    sat = _number(header, "SATURATE", "SATLEVEL", "SATURATION")
-    if sat is not None and sat > 0:
-        saturation_e = sat * to_e
-    elif camera.saturation_adu is not None:
-        saturation_e = camera.saturation_adu * gain
-    else:
-        saturation_e = None
-        bitpix = header.get("BITPIX")
-        if isinstance(bitpix, int) and not isinstance(bitpix, bool) and bitpix in (8, 16, 32):
-            # integer pixels: the digitiser's largest value is saturated
-            top = 255 if bitpix == 8 else 2 ** (bitpix - 1) - 1
-            top_value = top * float(_number(header, "BSCALE") or 1.0) + float(_number(header, "BZERO") or 0.0)
-            saturation_e = top_value * to_e
-            notes.append(f"no SATURATE in header or configuration: pixels at the digitiser maximum "
-                         f"({top_value:g}) are taken as saturated")
-        else:
-            notes.append("no SATURATE in header or configuration: saturation only from the bad-pixel mask")
+    saturation_e = _saturation_e(header, camera, gain, to_e, notes)
     site = _site_of(header, camera)
     return FrameInfo(
         path=path, hdu_index=idx, shape=(int(shape[0]), int(shape[1])), header=header,
@@ -580,6 +554,41 @@ def _read_frame_info(path: Path, camera: CameraDefaults, hdul) -> FrameInfo:
         units=units, gain_e_per_adu=gain, read_noise_e=rdnoise, saturation_e=saturation_e,
         site=site, gain_known=gain_known, err_hdu=err_hdu, bpm_hdu=bpm_hdu, notes=notes,
     )
+
+
+def _pixel_units(header, camera: CameraDefaults) -> str:
+    """'electrons' or 'adu': as configured, else from BUNIT, else electrons for LCO BANZAI
+    reduced frames (RLEVEL >= 90), else ADU."""
+    if camera.units != "auto":
+        return camera.units
+    bunit = str(header.get("BUNIT", "")).strip().lower()
+    if bunit.startswith("electron") or bunit in ("e", "e-", "e-/pix"):
+        return "electrons"
+    if bunit in ("adu", "adus", "count", "counts", "dn"):
+        return "adu"
+    rlevel = _number(header, "RLEVEL")
+    return "electrons" if rlevel is not None and rlevel >= 90 else "adu"
+
+
+def _saturation_e(header, camera: CameraDefaults, gain: float, to_e: float, notes: list[str]) -> float | None:
+    """The saturation level [e-]: SATURATE (in the pixels' units), else the configuration's
+    (ADU), else the digitiser's largest value for integer pixels, else None (saturation
+    only from the bad-pixel mask); the last two say so in `notes`."""
+    sat = _number(header, "SATURATE", "SATLEVEL", "SATURATION")
+    if sat is not None and sat > 0:
+        return sat * to_e
+    if camera.saturation_adu is not None:
+        return camera.saturation_adu * gain
+    bitpix = header.get("BITPIX")
+    if isinstance(bitpix, int) and not isinstance(bitpix, bool) and bitpix in (8, 16, 32):
+        # integer pixels: the digitiser's largest value is saturated
+        top = 255 if bitpix == 8 else 2 ** (bitpix - 1) - 1
+        top_value = top * float(_number(header, "BSCALE") or 1.0) + float(_number(header, "BZERO") or 0.0)
+        notes.append(f"no SATURATE in header or configuration: pixels at the digitiser maximum "
+                     f"({top_value:g}) are taken as saturated")
+        return top_value * to_e
+    notes.append("no SATURATE in header or configuration: saturation only from the bad-pixel mask")
+    return None
 
 
 def _read_plane(path: Path, hdu, what: str) -> np.ndarray:
@@ -600,7 +609,8 @@ def _read_plane(path: Path, hdu, what: str) -> np.ndarray:
             raise FrameError(path, f"{what} pixels unreadable: the file is truncated ({have} bytes, "
                                    f"its header needs {need})")
     try:
-        with warnings.catch_warnings():
+        # an absurd BSCALE overflows the scaling: those pixels are not finite, and masked below
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
             warnings.simplefilter("error", AstropyUserWarning)
             data = hdu.data
         if data is not None:
