@@ -570,8 +570,9 @@ def _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radi
     for chunk in chunks(np.arange(n), fit_radius_pix):
         _, _, flat, inside = disk_entries(chunk, fit_radius_pix)
         fitted[flat[inside]] = True
-    row_of = np.cumsum(fitted, dtype=np.int32)   # 1 + the row of each fitted pixel
     pix = np.flatnonzero(fitted)
+    row_of = np.empty(ny * nx, dtype=np.int32)   # the row of each fitted pixel (only those are read)
+    row_of[pix] = np.arange(pix.size, dtype=np.int32)
     var = variance.ravel()[pix] if isinstance(variance, np.ndarray) else np.full(pix.size, float(variance))
     good = np.isfinite(var) & (var > 0)
     weight = np.where(good, 1.0 / np.sqrt(np.where(good, var, 1.0)), 0.0)
@@ -584,7 +585,7 @@ def _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radi
             px, py, flat, inside = disk_entries(chunk, r)
             inside &= fitted[flat]
             m = psf.pixel_values(px - x[chunk, None], py - y[chunk, None])
-            row = row_of[flat[inside]] - 1
+            row = row_of[flat[inside]]
             cols.append(np.broadcast_to(chunk[:, None].astype(np.int32), flat.shape)[inside])
             rows.append(row)
             vals.append(m[inside] * weight[row])
