@@ -129,3 +129,23 @@ def test_peaks_are_those_of_the_earlier_neighbour_test(density):
         assert len(new) > 10
         for name in ("x", "y", "height", "saturated"):
             assert np.array_equal(getattr(new, name), getattr(old, name)), (smooth, name)
+
+
+def test_centroids_and_sky_image_taken_in_parts_are_the_same_numbers(crowded_frame):
+    """Windowed centroids a few stars at a time, and the sky image in bands, give exactly
+    what one pass over everything gives."""
+    from luigi_phot.photometry.detection import windowed_centroids
+
+    frame, _ = crowded_frame
+    data = frame.data_e
+    mesh = sky_mesh(data, frame.pixel_flags, box=64)
+    peaks = find_peaks(data, frame.pixel_flags, mesh, nsigma=5.0)
+    sky = mesh.level_at(peaks.x, peaks.y)
+    whole = windowed_centroids(data, peaks.x, peaks.y, sky, 1.7, chunk_stars=10 ** 9)
+    parts = windowed_centroids(data, peaks.x, peaks.y, sky, 1.7, chunk_stars=7)
+    assert len(peaks) > 300
+    for a, b in zip(whole, parts):
+        assert np.array_equal(a, b)
+    image = mesh.level_image(data.shape)
+    ys, xs = np.mgrid[0: data.shape[0]: 37, 0: data.shape[1]: 41]
+    np.testing.assert_allclose(image[ys, xs], mesh.level_at(xs, ys), rtol=1e-6)

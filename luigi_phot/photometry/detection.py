@@ -119,18 +119,34 @@ def _local_maxima(img: np.ndarray, above: np.ndarray, border: int):
 
 
 def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.ndarray | float,
-                       sigma_pix: float, iterations: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       sigma_pix: float, iterations: int = 6,
+                       chunk_stars: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian-windowed centroids (window sigma `sigma_pix`), iterated from (x, y).
 
     Returns (x, y, converged). A source whose centroid wanders more than 1.5 px from
-    its start keeps its start position and converged=False.
+    its start keeps its start position and converged=False. Sources are taken
+    `chunk_stars` at a time (each on its own: the same numbers), which keeps the
+    temporary stamps small enough to be reused instead of paged in afresh.
     """
-    ny, nx = data.shape
     x0 = np.asarray(x, dtype=np.float64)
     y0 = np.asarray(y, dtype=np.float64)
     n = x0.size
     if n == 0:
         return x0.copy(), y0.copy(), np.zeros(0, dtype=bool)
+    sky = np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))
+    xc, yc = x0.copy(), y0.copy()
+    for start in range(0, n, chunk_stars):
+        part = slice(start, start + chunk_stars)
+        xc[part], yc[part] = _windowed_centroid_steps(data, x0[part], y0[part], sky[part], sigma_pix, iterations)
+    converged = (np.hypot(xc - x0, yc - y0) < 1.5) & np.isfinite(xc) & np.isfinite(yc)
+    xc = np.where(converged, xc, x0)
+    yc = np.where(converged, yc, y0)
+    return xc, yc, converged
+
+
+def _windowed_centroid_steps(data, x0, y0, sky, sigma_pix: float, iterations: int):
+    """The iterations of :func:`windowed_centroids` for some sources."""
+    ny, nx = data.shape
     half = int(np.ceil(3.0 * sigma_pix))
     ix = np.clip(np.rint(x0).astype(np.int64), half, nx - half - 1)
     iy = np.clip(np.rint(y0).astype(np.int64), half, ny - half - 1)
@@ -138,7 +154,7 @@ def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.n
     ox = ox.ravel()
     oy = oy.ravel()
     stamps = data[iy[:, None] + oy[None, :], ix[:, None] + ox[None, :]].astype(np.float64)
-    stamps -= np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))[:, None]
+    stamps -= sky[:, None]
     np.nan_to_num(stamps, copy=False)
     px = ix[:, None] + ox[None, :]
     py = iy[:, None] + oy[None, :]
@@ -154,10 +170,7 @@ def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.n
         sy = np.where(good, 2.0 * (w * dy).sum(axis=1) / np.where(good, tot, 1.0), 0.0)
         xc += np.clip(sx, -1.0, 1.0)
         yc += np.clip(sy, -1.0, 1.0)
-    converged = (np.hypot(xc - x0, yc - y0) < 1.5) & np.isfinite(xc) & np.isfinite(yc)
-    xc = np.where(converged, xc, x0)
-    yc = np.where(converged, yc, y0)
-    return xc, yc, converged
+    return xc, yc
 
 
 def _second_differences(flat: np.ndarray, idx: np.ndarray, width: int,
