@@ -60,10 +60,19 @@ class MoffatPSF:
         """Surface brightness (per pixel^2) at offsets (dx, dy) from the centre."""
         a, b = self._axes()
         c, s = np.cos(self.theta_rad), np.sin(self.theta_rad)
-        xp = dx * c + dy * s
-        yp = -dx * s + dy * c
-        q = (xp / a) ** 2 + (yp / b) ** 2
-        return (self.beta - 1.0) / (np.pi * a * b) * (1.0 + q) ** (-self.beta)
+        # in place, the same operations in the same order: fresh temporaries are slow
+        # to page in on large stamp arrays
+        q = np.asarray(dx * c + dy * s, dtype=float)
+        yp = np.asarray(-dx * s + dy * c, dtype=float)
+        q /= a
+        q *= q
+        yp /= b
+        yp *= yp
+        q = q + yp if q.shape != yp.shape else np.add(q, yp, out=q)
+        q += 1.0
+        np.power(q, -self.beta, out=q)
+        q *= (self.beta - 1.0) / (np.pi * a * b)
+        return q
 
     def pixel_values(self, dx, dy, oversample: int | None = None):
         """Integral of the profile over the unit pixels centred at offsets (dx, dy)."""
@@ -71,11 +80,13 @@ class MoffatPSF:
         if o == 1:
             return self.evaluate(dx, dy)
         sub = (np.arange(o) + 0.5) / o - 0.5
-        total = 0.0
+        total = None
         for sy in sub:
             for sx in sub:
-                total = total + self.evaluate(dx + sx, dy + sy)
-        return total / (o * o)
+                value = self.evaluate(dx + sx, dy + sy)
+                total = value if total is None else np.add(total, value, out=total)
+        total /= o * o
+        return total
 
     def radius_containing(self, fraction: float) -> float:
         """Radius (pixels) enclosing `fraction` of the light (circularised profile)."""
