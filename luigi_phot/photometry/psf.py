@@ -530,18 +530,19 @@ def fit_fluxes(data: np.ndarray, variance: np.ndarray | float, x: np.ndarray, y:
     pixels (LSQR) took tens of seconds on a crowded 4k frame. Should the factorisation
     fail (two stars at one position make the matrix singular), LSQR over the pixels
     (at most `iter_lim` iterations) solves it."""
-    a, b = _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radius_pix)
+    a, b, order = _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radius_pix)
     at = a.T.tocsr()
     normal = at @ a
-    diag = normal.diagonal()
-    use = np.flatnonzero(diag > 0)
-    flux = np.full(diag.size, np.nan)
+    diag = np.empty(order.size)
+    diag[order] = normal.diagonal()
+    use = np.flatnonzero(diag[order] > 0)   # columns of `a` (stars in `order`)
+    flux = np.full(order.size, np.nan)
     solution = _solve_normal(normal[use][:, use], at[use] @ b)
     if solution is None:
         from scipy.sparse.linalg import lsqr
 
         solution = lsqr(a[:, use], b, atol=1e-7, btol=1e-7, iter_lim=iter_lim)[0]
-    flux[use] = solution
+    flux[order[use]] = solution
     with np.errstate(divide="ignore"):
         err = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)), np.inf)
     return flux, err
@@ -549,8 +550,9 @@ def fit_fluxes(data: np.ndarray, variance: np.ndarray | float, x: np.ndarray, y:
 
 def _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radius_pix):
     """The weighted design matrix of :func:`fit_fluxes` (CSC; a row per fitted pixel, in
-    the order of their flat indices; a column per star) and the weighted data of those
-    pixels. Large temporary arrays are few: fresh memory is slow to page in."""
+    the order of their flat indices; a column per star, the stars in the order `order`,
+    grouped by model radius), the weighted data of those pixels, and `order`. Large
+    temporary arrays are few: fresh memory is slow to page in."""
     from scipy.sparse import csc_matrix
 
     ny, nx = data.shape
@@ -590,21 +592,21 @@ def _flux_design(data, variance, x, y, psf, fit_radius_pix, pixel_ok, model_radi
     b = np.nan_to_num(data.ravel()[pix].astype(np.float64)) * weight
     radius = np.full(n, float(fit_radius_pix)) if model_radius_pix is None else \
         np.maximum(np.asarray(model_radius_pix, float), fit_radius_pix)
-    cols, rows, vals = [], [], []
+    order, counts, rows, vals = [], [], [], []
     for r in np.unique(np.ceil(radius)):
         for chunk in chunks(np.flatnonzero(np.ceil(radius) == r), r):
             px, py, flat, inside = disk_entries(chunk, r)
             inside &= fitted[flat]
             m = psf.pixel_values(px - x[chunk, None], py - y[chunk, None])
-            row = row_of[flat[inside]]
-            cols.append(np.broadcast_to(chunk[:, None].astype(np.int32), flat.shape)[inside])
+            row = row_of[flat[inside]]   # a star's pixels come in flat order: its column is sorted
+            order.append(chunk)
+            counts.append(np.count_nonzero(inside, axis=1))
             rows.append(row)
             vals.append(m[inside] * weight[row])
     del row_of, fitted
-    col = np.concatenate(cols)
-    row = np.concatenate(rows)
-    val = np.concatenate(vals)
-    return csc_matrix((val, (row, col)), shape=(pix.size, n)), b
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
+    a = csc_matrix((np.concatenate(vals), np.concatenate(rows), indptr), shape=(pix.size, n))
+    return a, b, np.concatenate(order)
 
 
 def _solve_normal(normal, rhs) -> np.ndarray | None:
