@@ -20,7 +20,8 @@ The reference WCS is refined on an astrometric catalogue as a Gaia query would d
 it (the Gaia archive is out of reach here): a catalogue file of the generated stars
 brighter than G=19 (ra, dec, mag), written beside the frames.
 
-    python benchmarks/catalogue_benchmark.py [--frames 2] [--repeat 3]
+    python benchmarks/catalogue_benchmark.py [--frames 3] [--repeat 3] [--stars 32000] [--seeing 1.1 3.2]
+                                             [--label after]
 
 Prints the figures and writes benchmarks/results/catalogue.json.
 """
@@ -75,22 +76,29 @@ PHASES = [
 TOP_LEVEL = ("choose_reference", "_header_scatter", "load_frame", "build_catalogue", "save")
 
 
-def synthetic_config(n_frames: int):
+#: stars drawn and the seeing range [arcsec] of the default dataset
+DEFAULT_STARS = 32000
+DEFAULT_SEEING = (1.1, 3.2)
+
+
+def synthetic_config(n_frames: int, n_stars: int = DEFAULT_STARS, seeing=DEFAULT_SEEING):
     from luigi_phot.synthetic import SyntheticConfig
 
-    # a crowded bulge field: 32,000 stars drawn to 21 mag on the frame, of which the
-    # catalogue holds about 22,000 (the issue's frame had about 14,000: this is harder)
-    return SyntheticConfig(seed=1401, n_frames=n_frames, shape=(4096, 4096), n_stars=32000, n_nights=1,
-                           compress="none")
+    # by default a crowded bulge field: 32,000 stars drawn to 21 mag on the frame, of
+    # which the catalogue holds about 22,000 (the issue's frame had about 14,000)
+    return SyntheticConfig(seed=1401, n_frames=n_frames, shape=(4096, 4096), n_stars=n_stars, n_nights=1,
+                           compress="none", seeing_arcsec=tuple(seeing))
 
 
-def dataset(n_frames: int) -> Path:
+def dataset(n_frames: int, n_stars: int = DEFAULT_STARS, seeing=DEFAULT_SEEING) -> Path:
     """The generated dataset (made once), with a catalogue file of its stars to G=19."""
     from astropy.table import Table
 
     from luigi_phot.synthetic import STARS_NAME, generate_dataset
 
-    red = CACHE / f"frames_{n_frames}" / "ip"
+    name = f"frames_{n_frames}" + (f"_stars{n_stars}" if n_stars != DEFAULT_STARS else "") + \
+        (f"_seeing{seeing[0]:g}-{seeing[1]:g}" if tuple(seeing) != DEFAULT_SEEING else "")
+    red = CACHE / name / "ip"
     marker = red.parent / "complete"
     if not marker.exists():
         if red.parent.exists():
@@ -98,7 +106,7 @@ def dataset(n_frames: int) -> Path:
         red.mkdir(parents=True)
         t0 = time.perf_counter()
         print(f"  generating {n_frames} frames of 4096x4096 ...", flush=True)
-        generate_dataset(red, synthetic_config(n_frames))
+        generate_dataset(red, synthetic_config(n_frames, n_stars, seeing))
         stars = Table.read(red / STARS_NAME, format="ascii.ecsv")
         names = stars.colnames
         ra = next(c for c in ("ra_deg", "ra") if c in names)
@@ -232,6 +240,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=3, help="frames in the dataset (the reference is chosen among them)")
     ap.add_argument("--repeat", type=int, default=3, help="catalogue and measure runs timed")
+    ap.add_argument("--stars", type=int, default=DEFAULT_STARS, help="stars drawn on the frame")
+    ap.add_argument("--seeing", type=float, nargs=2, default=DEFAULT_SEEING, metavar=("MIN", "MAX"),
+                    help="seeing range of the frames [arcsec]")
     ap.add_argument("--label", default="", help="a label stored with the figures (e.g. 'before')")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -239,12 +250,13 @@ def main(argv=None) -> int:
         kind, *rest = args.child
         {"catalogue": child_catalogue, "measure": child_measure}[kind](*rest)
         return 0
-    red = dataset(args.frames)
+    red = dataset(args.frames, args.stars, args.seeing)
     load_before = os.getloadavg()[0]
     runs = [_child("catalogue", red, "1" if k == args.repeat - 1 else "0") for k in range(args.repeat)]
     measures = [_child("measure", red) for _ in range(args.repeat)]
     times = [r["seconds"] for r in runs]
-    result = {"label": args.label, "frames": args.frames, "shape": [4096, 4096], "stars": runs[-1]["stars"],
+    result = {"label": args.label, "frames": args.frames, "shape": [4096, 4096], "stars_drawn": args.stars,
+              "seeing_arcsec": list(args.seeing), "stars": runs[-1]["stars"],
               "detected": runs[-1]["detected"], "fwhm_pix": runs[-1]["fwhm_pix"],
               "catalogue_best_s": min(times), "catalogue_median_s": statistics.median(times),
               "catalogue_all_s": [round(t, 2) for t in times], "catalogue_profiled_s": round(times[-1], 2),
