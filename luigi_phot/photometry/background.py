@@ -137,7 +137,11 @@ class SkyMesh:
         y0 = np.floor(gy).astype(int)
         y1 = np.minimum(y0 + 1, self.level.shape[0] - 1)
         fy = (gy - y0).astype(np.float32)[:, None]
-        return rows[y0] * (1 - fy) + rows[y1] * fy
+        out = np.empty((ny, nx), dtype=np.float32)
+        for start in range(0, ny, 256):   # in bands: small temporaries, reused rather than paged in
+            band = slice(start, start + 256)
+            out[band] = rows[y0[band]] * (1 - fy[band]) + rows[y1[band]] * fy[band]
+        return out
 
 
 def sky_mesh(data: np.ndarray, pixel_flags: np.ndarray | None = None, box: int = 128,

@@ -491,8 +491,9 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     notes.append(f"reference PSF FWHM {psf.fwhm_pix:.2f} px from {fit.n_stars} stars")
 
     # all stars: matched-filter detection
+    level = mesh.level_image(data.shape)
     peaks = find_peaks(data, flags, mesh, nsigma=photometry.detection_sigma,
-                       smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
+                       smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6), sky_image=level)
     phases = []
     for fx, fy in ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5)):
         oy, ox = np.mgrid[-3:4, -3:4]
@@ -525,7 +526,6 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     # reference fluxes by simultaneous PSF photometry, then a second look for the faint
     # companions that sat in brighter stars' light (not separate peaks the first time):
     # found in the image with every star subtracted, added, and all fluxes fitted again
-    level = mesh.level_image(data.shape)
     variance = np.maximum(data - level, 0) + sky_sigma ** 2
     fit_radius = max(1.5 * psf.fwhm_pix, 2.5)
     flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
@@ -533,7 +533,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
         residual = data - render_stars(data.shape, x, y, np.nan_to_num(flux), psf,
                                        stamp_radius(psf, np.nan_to_num(flux), 0.05 * sky_sigma, 8 * psf.fwhm_pix))
         extra = find_peaks(residual, flags, mesh, nsigma=photometry.detection_sigma,
-                           smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6))
+                           smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6), sky_image=level)
         if len(extra):
             ex, ey, _ = windowed_centroids(residual, extra.x, extra.y, mesh.level_at(extra.x, extra.y),
                                            centroid_window_sigma(psf.fwhm_pix, 1.0))

@@ -46,10 +46,13 @@ def _neighbour_offsets(width: int):
 
 def find_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma: float,
                smooth_sigma_pix: float | None = None, border: int = 3,
-               max_peaks: int | None = None, saturated_bit: int = 2) -> Peaks:
+               max_peaks: int | None = None, saturated_bit: int = 2,
+               sky_image: np.ndarray | None = None) -> Peaks:
     """Local maxima (in the 3x3 sense) higher than `nsigma` times the local noise above the
     local sky. With `smooth_sigma_pix`, detection runs on a Gaussian-smoothed copy
-    (noise scaled accordingly); heights are always measured on `data`."""
+    (noise scaled accordingly); heights are always measured on `data`. `sky_image` is
+    ``mesh.level_image(data.shape)`` when the caller has it (it fills masked pixels
+    before smoothing)."""
     ny, nx = data.shape
     bad = (pixel_flags & ~np.uint8(saturated_bit)) != 0
     if smooth_sigma_pix:
@@ -57,7 +60,7 @@ def find_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
 
         img = data.copy()
         if bad.any():
-            img[bad] = mesh.level_image(data.shape)[bad]
+            img[bad] = (mesh.level_image(data.shape) if sky_image is None else sky_image)[bad]
         img = gaussian_filter(img, smooth_sigma_pix, mode="nearest", truncate=3.0)
         noise_factor = 1.0 / (2.0 * np.sqrt(np.pi) * smooth_sigma_pix)
     else:
@@ -65,23 +68,13 @@ def find_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
         noise_factor = 1.0
     threshold_grid = mesh.level + nsigma * mesh.sigma * noise_factor
     with np.errstate(invalid="ignore"):
-        cand = np.flatnonzero(img.ravel() > np.min(threshold_grid))
+        above = img > np.min(threshold_grid)
+    cand, cx, cy = _local_maxima(img, above, max(int(border), 1))
     if cand.size == 0:
         return Peaks(*(np.zeros(0, dtype=int),) * 2, np.zeros(0), np.zeros(0, dtype=bool))
-    cy, cx = np.divmod(cand, nx)
-    inner = (cx >= border) & (cx < nx - border) & (cy >= border) & (cy < ny - border)
-    cand, cx, cy = cand[inner], cx[inner], cy[inner]
-    flat = img.ravel()
-    v = flat[cand]
-    is_max = np.ones(cand.size, dtype=bool)
-    for k, off in enumerate(_neighbour_offsets(nx)):
-        nb = flat[cand + off]
-        # ties: the earlier pixel in memory order wins, so a flat top gives one peak
-        is_max &= (v > nb) if off > 0 else (v >= nb)
-    cand, cx, cy, v = cand[is_max], cx[is_max], cy[is_max], v[is_max]
     level = mesh.level_at(cx, cy)
     sigma = mesh.sigma_at(cx, cy)
-    keep = (v > level + nsigma * sigma * noise_factor) & ~bad.ravel()[cand]
+    keep = (img.ravel()[cand] > level + nsigma * sigma * noise_factor) & ~bad.ravel()[cand]
     cand, cx, cy = cand[keep], cx[keep], cy[keep]
     height = data.ravel()[cand] - level[keep]
     sat = (pixel_flags.ravel()[cand] & saturated_bit) != 0
@@ -91,19 +84,69 @@ def find_peaks(data: np.ndarray, pixel_flags: np.ndarray, mesh: SkyMesh, nsigma:
     return Peaks(cx[order], cy[order], height[order], sat[order])
 
 
+def _local_maxima(img: np.ndarray, above: np.ndarray, border: int):
+    """(flat index, x, y) in memory order of the pixels of `above` at least `border` (>= 1)
+    pixels from the edges that are 3x3 local maxima of `img`; of equal neighbours, the
+    earlier pixel in memory order wins, so a flat top gives one peak. Few candidates
+    (a frame's stars) are compared with their neighbours one by one; many (a smoothed
+    crowded field) by whole shifted images, which gives the same answer faster."""
+    ny, nx = img.shape
+    n_above = int(np.count_nonzero(above))
+    if n_above < 0.02 * img.size:
+        cand = np.flatnonzero(above)
+        cy, cx = np.divmod(cand, nx)
+        inner = (cx >= border) & (cx < nx - border) & (cy >= border) & (cy < ny - border)
+        cand, cx, cy = cand[inner], cx[inner], cy[inner]
+        flat = img.ravel()
+        v = flat[cand]
+        is_max = np.ones(cand.size, dtype=bool)
+        for off in _neighbour_offsets(nx):
+            nb = flat[cand + off]
+            is_max &= (v > nb) if off > 0 else (v >= nb)
+        return cand[is_max], cx[is_max], cy[is_max]
+    core = img[border: ny - border, border: nx - border]
+    is_max = above[border: ny - border, border: nx - border].copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            nb = img[border + dy: ny - border + dy, border + dx: nx - border + dx]
+            is_max &= (core > nb) if (dy, dx) > (0, 0) else (core >= nb)
+    cy, cx = np.nonzero(is_max)
+    cy += border
+    cx += border
+    return cy * nx + cx, cx, cy
+
+
 def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.ndarray | float,
-                       sigma_pix: float, iterations: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       sigma_pix: float, iterations: int = 6,
+                       chunk_stars: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian-windowed centroids (window sigma `sigma_pix`), iterated from (x, y).
 
     Returns (x, y, converged). A source whose centroid wanders more than 1.5 px from
-    its start keeps its start position and converged=False.
+    its start keeps its start position and converged=False. Sources are taken
+    `chunk_stars` at a time (each on its own: the same numbers), which keeps the
+    temporary stamps small enough to be reused instead of paged in afresh.
     """
-    ny, nx = data.shape
     x0 = np.asarray(x, dtype=np.float64)
     y0 = np.asarray(y, dtype=np.float64)
     n = x0.size
     if n == 0:
         return x0.copy(), y0.copy(), np.zeros(0, dtype=bool)
+    sky = np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))
+    xc, yc = x0.copy(), y0.copy()
+    for start in range(0, n, chunk_stars):
+        part = slice(start, start + chunk_stars)
+        xc[part], yc[part] = _windowed_centroid_steps(data, x0[part], y0[part], sky[part], sigma_pix, iterations)
+    converged = (np.hypot(xc - x0, yc - y0) < 1.5) & np.isfinite(xc) & np.isfinite(yc)
+    xc = np.where(converged, xc, x0)
+    yc = np.where(converged, yc, y0)
+    return xc, yc, converged
+
+
+def _windowed_centroid_steps(data, x0, y0, sky, sigma_pix: float, iterations: int):
+    """The iterations of :func:`windowed_centroids` for some sources."""
+    ny, nx = data.shape
     half = int(np.ceil(3.0 * sigma_pix))
     ix = np.clip(np.rint(x0).astype(np.int64), half, nx - half - 1)
     iy = np.clip(np.rint(y0).astype(np.int64), half, ny - half - 1)
@@ -111,7 +154,7 @@ def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.n
     ox = ox.ravel()
     oy = oy.ravel()
     stamps = data[iy[:, None] + oy[None, :], ix[:, None] + ox[None, :]].astype(np.float64)
-    stamps -= np.broadcast_to(np.asarray(sky, dtype=np.float64), (n,))[:, None]
+    stamps -= sky[:, None]
     np.nan_to_num(stamps, copy=False)
     px = ix[:, None] + ox[None, :]
     py = iy[:, None] + oy[None, :]
@@ -127,10 +170,7 @@ def windowed_centroids(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky: np.n
         sy = np.where(good, 2.0 * (w * dy).sum(axis=1) / np.where(good, tot, 1.0), 0.0)
         xc += np.clip(sx, -1.0, 1.0)
         yc += np.clip(sy, -1.0, 1.0)
-    converged = (np.hypot(xc - x0, yc - y0) < 1.5) & np.isfinite(xc) & np.isfinite(yc)
-    xc = np.where(converged, xc, x0)
-    yc = np.where(converged, yc, y0)
-    return xc, yc, converged
+    return xc, yc
 
 
 def _second_differences(flat: np.ndarray, idx: np.ndarray, width: int,
