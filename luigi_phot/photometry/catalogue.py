@@ -442,6 +442,49 @@ def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.n
     return np.concatenate(out)[:n]
 
 
+@dataclass
+class _RefImage:
+    """The reference frame as the catalogue stage works on it: pixels with bad ones
+    bridged, flags, background mesh and its image, and the PSF."""
+
+    data: np.ndarray
+    flags: np.ndarray
+    mesh: object
+    sky_level_e: float
+    sky_sigma_e: float
+    psf: MoffatPSF | None = None
+    level: np.ndarray | None = None     # the sky image
+
+    @property
+    def smooth_sigma_pix(self) -> float:
+        return max(self.psf.fwhm_pix / 2.355, 0.6)
+
+    def centroids(self, image, peaks):
+        return windowed_centroids(image, peaks.x, peaks.y, self.mesh.level_at(peaks.x, peaks.y),
+                                  centroid_window_sigma(self.psf.fwhm_pix, 1.0))
+
+
+@dataclass
+class _RefStars:
+    """The catalogue's stars as they are found, one entry each in every array."""
+
+    x: np.ndarray
+    y: np.ndarray
+    saturated: np.ndarray
+    detected: np.ndarray
+    cat_mag: np.ndarray | None = None
+    is_target: np.ndarray | None = None
+
+    def add_faint(self, x, y, saturated) -> None:
+        """Stars found in the star-subtracted image: detected, no catalogue magnitude."""
+        n = len(x)
+        self.x, self.y = np.append(self.x, x), np.append(self.y, y)
+        self.saturated = np.append(self.saturated, saturated)
+        self.detected = np.append(self.detected, np.ones(n, dtype=bool))
+        self.cat_mag = np.append(self.cat_mag, np.full(n, np.nan))
+        self.is_target = np.append(self.is_target, np.zeros(n, dtype=bool))
+
+
 def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None,
                     gaia_cache: Path | None = None, header_scatter=None) -> Catalogue:
     """Detect, measure and place every star of the reference frame; refine its WCS against an
@@ -450,155 +493,187 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     `photometry` is the dataset's PhotometryConfig; `gaia_cache` the Gaia DR3 cache file;
     `header_scatter()` the 1-sigma error of an unrefined header WCS [arcsec] (called only
     when the header is used as it is). Fluxes are total PSF fluxes in electrons on the
-    reference frame."""
-    from scipy.spatial import cKDTree
-
+    reference frame. Steps: the pixels prepared, the PSF on bright isolated stars, every
+    star by a matched filter, the absolute astrometry and the target, the reference
+    fluxes by simultaneous PSF photometry (with faint companions found in the
+    star-subtracted image), isolation, the table."""
     notes: list[str] = []
+    warned: list[str] = []
     info = frame.info
+    ref = _prepare_reference(frame)
+    ref.psf = _reference_psf(ref, info, notes)
+    stars, height = _detect_stars(ref, photometry)
+    # absolute astrometry (catalogue file, Gaia DR3 or the header), then the target
+    astro, cat_mag = _reference_wcs(info, np.column_stack([stars.x, stars.y]), ra, dec, photometry,
+                                    ref.psf.fwhm_pix, gaia_cache, header_scatter, notes, warned)
+    wcs = astro.wcs
+    scale = _wcs_scale_arcsec(wcs) if astro.refined else info.pixel_scale_arcsec
+    (stars.x, stars.y, stars.saturated, stars.detected, stars.cat_mag, stars.is_target, facts) = _place_target(
+        info, wcs, astro, stars.x, stars.y, height, stars.saturated, stars.detected, cat_mag, ra, dec,
+        ref.psf.fwhm_pix, scale, photometry.target_snap_arcsec, notes, warned)
+    flux, flux_err = _reference_fluxes(ref, stars, photometry, notes)
+    if (ref.flags & 2).any():   # stars touching saturated pixels
+        from .aperture import pixel_flag_summary
+        stars.saturated = stars.saturated | ((pixel_flag_summary(ref.flags & np.uint8(2), stars.x, stars.y,
+                                                                 ref.psf.fwhm_pix) & 2) != 0)
+    nn_d, isolated = _isolation(stars, flux, ref.psf.fwhm_pix)
+    table = _catalogue_table(stars, wcs, flux, flux_err, nn_d, isolated)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs_header = wcs.to_header(relax=True)
+    return Catalogue(stars=table, reference_image=info.name, shape=ref.data.shape, wcs_header=wcs_header,
+                     pixel_scale_arcsec=float(scale), filter_name=info.filter_name, psf=ref.psf,
+                     exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=ref.sky_level_e,
+                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes, warnings=warned, facts=facts)
+
+
+def _prepare_reference(frame: Frame) -> _RefImage:
+    """Saturation the header did not state flagged; bad pixels (a hot column) bridged from
+    their sides in a copy: they would pull the windowed centroids of the stars beside them,
+    and every frame inherits the catalogue positions (the PSF and flux fits leave them out
+    anyway); the background mesh."""
     flags = frame.pixel_flags
-    flag_flat_maximum(frame.data_e, flags, saturated_bit=PIXEL_SATURATED)  # saturation the header did not say
-    # bad pixels (a hot column) would pull the windowed centroids of the stars beside
-    # them, and every frame inherits the catalogue positions: bridged from their sides
-    # here; the PSF and flux fits leave them out anyway (pixel_ok)
+    flag_flat_maximum(frame.data_e, flags, saturated_bit=PIXEL_SATURATED)
     data = frame.data_e.copy()
     masked = np.flatnonzero((flags & (PIXEL_BAD | PIXEL_COSMIC)).ravel())
     repair_pixels(data, masked, float(np.nanmedian(data[::16, ::16])))
-    ny, nx = data.shape
-    scale = info.pixel_scale_arcsec
-    warned: list[str] = []
-
     mesh = sky_mesh(data, flags, box=128)
-    sky_level = float(np.median(mesh.level))
-    sky_sigma = float(np.median(mesh.sigma))
+    return _RefImage(data=data, flags=flags, mesh=mesh, sky_level_e=float(np.median(mesh.level)),
+                     sky_sigma_e=float(np.median(mesh.sigma)))
 
-    # bright stars: first FWHM guess, then the PSF
-    bright = find_peaks(data, flags, mesh, nsigma=20.0, max_peaks=2000)
+
+def _reference_psf(ref: _RefImage, info: FrameInfo, notes: list[str]) -> MoffatPSF:
+    """A first FWHM from the bright peaks that are not cosmic rays, then the PSF fitted on
+    up to 60 of them isolated by 3 FWHM."""
+    from scipy.spatial import cKDTree
+
+    data, mesh = ref.data, ref.mesh
+    bright = find_peaks(data, ref.flags, mesh, nsigma=20.0, max_peaks=2000)
     sharp = peak_sharpness(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y))
     bright = bright.take(np.flatnonzero(not_cosmic(sharp) & ~bright.saturated))
-    fwhm0 = quick_fwhm(data, bright, sky_level)
+    fwhm0 = quick_fwhm(data, bright, ref.sky_level_e)
     if not np.isfinite(fwhm0) or len(bright) < 5:
         raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")
     bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y),
                                    centroid_window_sigma(fwhm0, 1.0))
-    tree = cKDTree(np.column_stack([bx, by]))
-    nn_d, _ = tree.query(np.column_stack([bx, by]), k=2)
+    nn_d, _ = cKDTree(np.column_stack([bx, by])).query(np.column_stack([bx, by]), k=2)
     iso = np.flatnonzero(nn_d[:, 1] > 3.0 * fwhm0)[:60]
     if iso.size < 5:
         iso = np.arange(min(60, bx.size))
-    ok_pix = flags == 0
-    fit = fit_psf(data, bx[iso], by[iso], sky_sigma ** 2, fwhm0, pixel_ok=ok_pix)
-    psf = fit.psf
-    notes.append(f"reference PSF FWHM {psf.fwhm_pix:.2f} px from {fit.n_stars} stars")
+    fit = fit_psf(data, bx[iso], by[iso], ref.sky_sigma_e ** 2, fwhm0, pixel_ok=ref.flags == 0)
+    notes.append(f"reference PSF FWHM {fit.psf.fwhm_pix:.2f} px from {fit.n_stars} stars")
+    return fit.psf
 
-    # all stars: matched-filter detection
-    level = mesh.level_image(data.shape)
-    peaks = find_peaks(data, flags, mesh, nsigma=photometry.detection_sigma,
-                       smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6), sky_image=level)
+
+def _detect_stars(ref: _RefImage, photometry) -> tuple[_RefStars, np.ndarray]:
+    """Every star by a matched filter, sharper-than-a-star peaks dropped, at most
+    max_catalogue_stars (brightest first); two peaks that converged onto one star keep the
+    higher. Returns the stars and their peak heights."""
+    from scipy.spatial import cKDTree
+
+    data, psf = ref.data, ref.psf
+    ref.level = ref.mesh.level_image(data.shape)
+    peaks = find_peaks(data, ref.flags, ref.mesh, nsigma=photometry.detection_sigma,
+                       smooth_sigma_pix=ref.smooth_sigma_pix, sky_image=ref.level)
     phases = []
     for fx, fy in ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5)):
         oy, ox = np.mgrid[-3:4, -3:4]
         phases.append(psf.pixel_values(ox - fx, oy - fy))
     limit = star_sharpness_limit(phases)
-    sharp = peak_sharpness(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y))
+    sharp = peak_sharpness(data, peaks.x, peaks.y, ref.mesh.level_at(peaks.x, peaks.y))
     peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
-    x, y, _ = windowed_centroids(data, peaks.x, peaks.y, mesh.level_at(peaks.x, peaks.y),
-                                 centroid_window_sigma(psf.fwhm_pix, 1.0))
-    # two peaks that converged onto one star: keep the higher
-    t = cKDTree(np.column_stack([x, y]))
+    x, y, _ = ref.centroids(data, peaks)
     drop = np.zeros(x.size, dtype=bool)
-    for i, j in t.query_pairs(0.5 * psf.fwhm_pix):
+    for i, j in cKDTree(np.column_stack([x, y])).query_pairs(0.5 * psf.fwhm_pix):
         drop[max(i, j)] = True  # peaks are sorted brightest first
     keep = ~drop
-    x, y, saturated, height = x[keep], y[keep], peaks.saturated[keep], peaks.height[keep]
-    detected = np.ones(x.size, dtype=bool)
+    stars = _RefStars(x=x[keep], y=y[keep], saturated=peaks.saturated[keep], detected=np.ones(int(keep.sum()), bool))
+    return stars, peaks.height[keep]
 
-    # absolute astrometry (catalogue file, Gaia DR3 or the header), then the target
-    astro, cat_mag = _reference_wcs(info, np.column_stack([x, y]), ra, dec, photometry, psf.fwhm_pix,
-                                    gaia_cache, header_scatter, notes, warned)
-    wcs = astro.wcs
-    scale = _wcs_scale_arcsec(wcs) if astro.refined else scale
-    x, y, saturated, detected, cat_mag, is_target, facts = _place_target(
-        info, wcs, astro, x, y, height, saturated, detected, cat_mag, ra, dec, psf.fwhm_pix, scale,
-        photometry.target_snap_arcsec, notes, warned)
 
-    # reference fluxes by simultaneous PSF photometry, then a second look for the faint
-    # companions that sat in brighter stars' light (not separate peaks the first time):
-    # found in the image with every star subtracted, added, and all fluxes fitted again
-    variance = np.maximum(data - level, 0) + sky_sigma ** 2
+def _reference_fluxes(ref: _RefImage, stars: _RefStars, photometry, notes: list[str]):
+    """Reference fluxes by simultaneous PSF photometry, then a second look for the faint
+    companions that sat in brighter stars' light (not separate peaks the first time):
+    found in the image with every star subtracted, added, and all fluxes fitted again;
+    the final fluxes with bright stars modelled out into their neighbours' pixels."""
+    data, psf, level = ref.data, ref.psf, ref.level
+    variance = np.maximum(data - level, 0) + ref.sky_sigma_e ** 2
     fit_radius = max(1.5 * psf.fwhm_pix, 2.5)
-    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
-    if len(x) < photometry.max_catalogue_stars:
-        residual = data - render_stars(data.shape, x, y, np.nan_to_num(flux), psf,
-                                       stamp_radius(psf, np.nan_to_num(flux), 0.05 * sky_sigma, 8 * psf.fwhm_pix))
-        extra = find_peaks(residual, flags, mesh, nsigma=photometry.detection_sigma,
-                           smooth_sigma_pix=max(psf.fwhm_pix / 2.355, 0.6), sky_image=level)
-        if len(extra):
-            ex, ey, _ = windowed_centroids(residual, extra.x, extra.y, mesh.level_at(extra.x, extra.y),
-                                           centroid_window_sigma(psf.fwhm_pix, 1.0))
-            d_near, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([ex, ey]))
-            # close to a known star, or small against the light modelled there, a residual
-            # peak is more likely that star's PSF misfit than a companion
-            modelled = (data - residual)[extra.y, extra.x]
-            new = np.flatnonzero((d_near > max(psf.fwhm_pix, 2.5)) & (extra.height > 0.1 * modelled))
-            new = new[: photometry.max_catalogue_stars - len(x)]
-            if new.size:
-                notes.append(f"{new.size} faint companions found in the star-subtracted reference")
-                x = np.append(x, ex[new])
-                y = np.append(y, ey[new])
-                saturated = np.append(saturated, extra.saturated[new])
-                detected = np.append(detected, np.ones(new.size, dtype=bool))
-                cat_mag = np.append(cat_mag, np.full(new.size, np.nan))
-                is_target = np.append(is_target, np.zeros(new.size, dtype=bool))
-                flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix)
-        del residual
-    # final fluxes with bright stars modelled out into their neighbours' pixels
-    reach = stamp_radius(psf, np.nan_to_num(flux), 0.1 * sky_sigma, 6 * psf.fwhm_pix)
-    flux, flux_err = fit_fluxes(data - level, variance, x, y, psf, fit_radius, pixel_ok=ok_pix,
+    ok_pix = ref.flags == 0
+    flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix)
+    if len(stars.x) < photometry.max_catalogue_stars:
+        new = _faint_companions(ref, stars, flux, photometry)
+        if new is not None:
+            notes.append(f"{len(new[0])} faint companions found in the star-subtracted reference")
+            stars.add_faint(*new)
+            flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix)
+    reach = stamp_radius(psf, np.nan_to_num(flux), 0.1 * ref.sky_sigma_e, 6 * psf.fwhm_pix)
+    flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix,
                                 model_radius_pix=reach)
-    del level, variance
-    sat_near = np.zeros(x.size, dtype=bool)
-    if (flags & 2).any():
-        from .aperture import pixel_flag_summary
-        sat_near = (pixel_flag_summary(flags & np.uint8(2), x, y, psf.fwhm_pix) & 2) != 0
-    saturated = saturated | sat_near
+    ref.level = None
+    return flux, flux_err
 
-    # isolation: no neighbour brighter than 2% of the star within 4 FWHM
+
+def _faint_companions(ref: _RefImage, stars: _RefStars, flux, photometry):
+    """(x, y, saturated) of the peaks of the star-subtracted image that are neither close
+    to a known star nor small against the light modelled there (more likely that star's
+    PSF misfit than a companion); None when there is none."""
+    from scipy.spatial import cKDTree
+
+    data, psf = ref.data, ref.psf
+    residual = data - render_stars(data.shape, stars.x, stars.y, np.nan_to_num(flux), psf,
+                                   stamp_radius(psf, np.nan_to_num(flux), 0.05 * ref.sky_sigma_e, 8 * psf.fwhm_pix))
+    extra = find_peaks(residual, ref.flags, ref.mesh, nsigma=photometry.detection_sigma,
+                       smooth_sigma_pix=ref.smooth_sigma_pix, sky_image=ref.level)
+    if not len(extra):
+        return None
+    ex, ey, _ = ref.centroids(residual, extra)
+    d_near, _ = cKDTree(np.column_stack([stars.x, stars.y])).query(np.column_stack([ex, ey]))
+    modelled = (data - residual)[extra.y, extra.x]
+    new = np.flatnonzero((d_near > max(psf.fwhm_pix, 2.5)) & (extra.height > 0.1 * modelled))
+    new = new[: photometry.max_catalogue_stars - len(stars.x)]
+    return (ex[new], ey[new], extra.saturated[new]) if new.size else None
+
+
+def _isolation(stars: _RefStars, flux, fwhm_pix: float):
+    """(nearest-neighbour distance [pix], isolated): no neighbour brighter than 2% of the
+    star within 4 FWHM."""
+    from scipy.spatial import cKDTree
+
+    x, y = stars.x, stars.y
     t = cKDTree(np.column_stack([x, y]))
     nn_d = t.query(np.column_stack([x, y]), k=2)[0][:, 1] if x.size > 1 else np.full(x.size, np.inf)
     isolated = np.ones(x.size, dtype=bool)
     fpos = np.where(np.isfinite(flux), np.maximum(flux, 0), 0)
-    for i, j in t.query_pairs(4.0 * psf.fwhm_pix):
+    for i, j in t.query_pairs(4.0 * fwhm_pix):
         if fpos[j] > 0.02 * fpos[i]:
             isolated[i] = False
         if fpos[i] > 0.02 * fpos[j]:
             isolated[j] = False
+    return nn_d, isolated
 
-    world = wcs.all_pix2world(np.column_stack([x, y]), 0)
-    stars = Table()
-    stars["id"] = np.arange(x.size, dtype=np.int32)
-    stars["x_ref"] = x.astype(np.float64)
-    stars["y_ref"] = y.astype(np.float64)
-    stars["ra"] = world[:, 0]
-    stars["dec"] = world[:, 1]
-    stars["flux_ref"] = flux
-    stars["flux_ref_err"] = flux_err
+
+def _catalogue_table(stars: _RefStars, wcs: WCS, flux, flux_err, nn_d, isolated) -> Table:
+    world = wcs.all_pix2world(np.column_stack([stars.x, stars.y]), 0)
+    table = Table()
+    table["id"] = np.arange(stars.x.size, dtype=np.int32)
+    table["x_ref"] = stars.x.astype(np.float64)
+    table["y_ref"] = stars.y.astype(np.float64)
+    table["ra"] = world[:, 0]
+    table["dec"] = world[:, 1]
+    table["flux_ref"] = flux
+    table["flux_ref_err"] = flux_err
     with np.errstate(divide="ignore", invalid="ignore"):
-        stars["snr_ref"] = np.where(flux_err > 0, flux / flux_err, 0.0)
-    stars["saturated_ref"] = saturated
-    stars["detected"] = detected
-    stars["is_target"] = is_target
-    stars["nn_dist"] = nn_d
-    stars["isolated"] = isolated
-    stars["cat_mag"] = cat_mag
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wcs_header = wcs.to_header(relax=True)
-    return Catalogue(stars=stars, reference_image=info.name, shape=(ny, nx), wcs_header=wcs_header,
-                     pixel_scale_arcsec=float(scale), filter_name=info.filter_name, psf=psf,
-                     exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=sky_level,
-                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes, warnings=warned, facts=facts)
+        table["snr_ref"] = np.where(flux_err > 0, flux / flux_err, 0.0)
+    table["saturated_ref"] = stars.saturated
+    table["detected"] = stars.detected
+    table["is_target"] = stars.is_target
+    table["nn_dist"] = nn_d
+    table["isolated"] = isolated
+    table["cat_mag"] = stars.cat_mag
+    return table
 
 
 def _wcs_scale_arcsec(wcs: WCS) -> float:
