@@ -211,34 +211,63 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
     the relative uncertainty of light that the model has to supply where pixels are
     masked (a real PSF is not a Moffat; the stars' position errors are in it too).
     """
-    from scipy.optimize import least_squares
-
     ny, nx = data.shape
     half = int(np.clip(np.ceil(1.6 * fwhm_guess), 4, 25))
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     inside = (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
     x, y = x[inside], y[inside]
-    xi = np.rint(x).astype(np.int64)
-    yi = np.rint(y).astype(np.int64)
-    d, ok, ox, oy = _gather(data, pixel_ok, xi, yi, half)
-    dx = (xi[:, None] + ox[None, :]) - x[:, None]
-    dy = (yi[:, None] + oy[None, :]) - y[:, None]
-    if others is not None:
-        d = d - _others_light(others, x, y, xi, yi, ox, oy, half)
-    base_sky = np.median(np.concatenate([d[:, ox == -half], d[:, ox == half]], axis=1), axis=1)
-    w = 1.0 / (np.maximum(d - base_sky[:, None], 0.0) + sky_var)
-    if ok is not None:
-        w = np.where(ok, w, 0.0)
-    w = np.where(np.isfinite(d), w, 0.0)
-    d = np.nan_to_num(d)
-    keep = np.ones(len(x), dtype=bool)
+    stamps = _PSFStamps.gather(data, x, y, half, sky_var, pixel_ok, others)
+    p, keep = _fit_shape(stamps, _start_params(fwhm_guess, beta_guess, others))
+    flux, r = stamps.solve(p, np.arange(len(x)))
+    w = stamps.w
+    dof = max(int((w[keep] > 0).sum()) - 2 * int(keep.sum()) - 4, 1)
+    chi2 = float((r[keep] ** 2).sum() / dof)
+    misfit = _core_misfit(_params_to_psf(p).pixel_values(stamps.dx[keep], stamps.dy[keep]), flux[keep], r[keep],
+                          w[keep])
+    full_flux = np.full(inside.size, np.nan)
+    full_flux[inside] = flux
+    full_used = np.zeros(inside.size, dtype=bool)
+    full_used[np.flatnonzero(inside)[keep]] = True
+    size = (_fit_size_field(p, stamps.solve, x[keep], y[keep], np.flatnonzero(keep), data.shape)
+            if size_field and keep.sum() >= 12 else None)
+    return PSFFit(psf=_params_to_psf(p), flux=full_flux, used=full_used, chi2_per_dof=chi2,
+                  n_stars=int(keep.sum()), size=size, core_misfit=misfit)
 
-    def solve(p, rows):
-        psf = _params_to_psf(p)
-        m = psf.pixel_values(dx[rows], dy[rows])
-        ww = w[rows]
-        dd = d[rows]
+
+@dataclass
+class _PSFStamps:
+    """The PSF stars' stamps: offsets of each pixel from the star's position [pix], the
+    data (the others' light removed, the local sky not), and the weights (0 on masked
+    or non-finite pixels)."""
+
+    dx: np.ndarray
+    dy: np.ndarray
+    d: np.ndarray
+    w: np.ndarray
+
+    @classmethod
+    def gather(cls, data, x, y, half: int, sky_var: float, pixel_ok, others) -> "_PSFStamps":
+        xi = np.rint(x).astype(np.int64)
+        yi = np.rint(y).astype(np.int64)
+        d, ok, ox, oy = _gather(data, pixel_ok, xi, yi, half)
+        dx = (xi[:, None] + ox[None, :]) - x[:, None]
+        dy = (yi[:, None] + oy[None, :]) - y[:, None]
+        if others is not None:
+            d = d - _others_light(others, x, y, xi, yi, ox, oy, half)
+        base_sky = np.median(np.concatenate([d[:, ox == -half], d[:, ox == half]], axis=1), axis=1)
+        w = 1.0 / (np.maximum(d - base_sky[:, None], 0.0) + sky_var)
+        if ok is not None:
+            w = np.where(ok, w, 0.0)
+        w = np.where(np.isfinite(d), w, 0.0)
+        return cls(dx=dx, dy=dy, d=np.nan_to_num(d), w=w)
+
+    def solve(self, p, rows):
+        """(flux, weighted residuals) of the stars `rows` for the shape parameters `p`:
+        each star's flux and a constant sky under its stamp solved linearly."""
+        m = _params_to_psf(p).pixel_values(self.dx[rows], self.dy[rows])
+        ww = self.w[rows]
+        dd = self.d[rows]
         s_w = ww.sum(1)
         s_m = (ww * m).sum(1)
         s_mm = (ww * m * m).sum(1)
@@ -251,40 +280,46 @@ def fit_psf(data: np.ndarray, x: np.ndarray, y: np.ndarray, sky_var: float,
         resid = np.sqrt(ww) * (dd - flux[:, None] * m - sky[:, None])
         return flux, resid
 
-    p0 = np.array([np.log(max(fwhm_guess, 1.0)), 0.0, 0.0, np.log(beta_guess - 1.0)])
-    if others is not None:  # start from the profile the others were rendered with
-        q = others[3]
-        p0 = np.array([np.log(q.fwhm_pix), q.ellipticity * np.cos(2 * q.theta_rad),
-                       q.ellipticity * np.sin(2 * q.theta_rad), np.log(max(q.beta - 1.0, 0.31))])
-    lower = [np.log(0.5), -0.6, -0.6, np.log(0.3)]
-    upper = [np.log(80.0), 0.6, 0.6, np.log(15.0)]
+
+def _start_params(fwhm_guess: float, beta_guess: float, others) -> np.ndarray:
+    """(ln FWHM, e1, e2, ln(beta - 1)) to start from: the guesses, or the profile the
+    others were rendered with."""
+    if others is None:
+        return np.array([np.log(max(fwhm_guess, 1.0)), 0.0, 0.0, np.log(beta_guess - 1.0)])
+    q = others[3]
+    return np.array([np.log(q.fwhm_pix), q.ellipticity * np.cos(2 * q.theta_rad),
+                     q.ellipticity * np.sin(2 * q.theta_rad), np.log(max(q.beta - 1.0, 0.31))])
+
+
+#: bounds of the shape parameters (ln FWHM, e1, e2, ln(beta - 1))
+_SHAPE_LOWER = [np.log(0.5), -0.6, -0.6, np.log(0.3)]
+_SHAPE_UPPER = [np.log(80.0), 0.6, 0.6, np.log(15.0)]
+
+
+def _fit_shape(stamps: _PSFStamps, p0: np.ndarray):
+    """The shape fitted on the kept stars; stars that fit badly (chi2 above
+    max(3 x median, 2)) dropped and the fit repeated once. Returns (parameters, kept)."""
+    from scipy.optimize import least_squares
+
+    n = len(stamps.d)
+    keep = np.ones(n, dtype=bool)
     p = p0
+    n_pix = np.maximum((stamps.w > 0).sum(1), 1)
     for _round in range(2):
         rows = np.flatnonzero(keep)
         if rows.size < 3:
             break
-        res = least_squares(lambda q: solve(q, rows)[1].ravel(), p, bounds=(lower, upper),
+        res = least_squares(lambda q: stamps.solve(q, rows)[1].ravel(), p, bounds=(_SHAPE_LOWER, _SHAPE_UPPER),
                             x_scale=[0.05, 0.02, 0.02, 0.1], diff_step=1e-3, max_nfev=60)
         p = res.x
-        _, r_all = solve(p, np.arange(len(x)))
-        n_pix = np.maximum((w > 0).sum(1), 1)
+        _, r_all = stamps.solve(p, np.arange(n))
         chi = (r_all ** 2).sum(1) / n_pix
         med = np.median(chi[keep])
         new_keep = chi < max(3.0 * med, 2.0)
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    flux, r = solve(p, np.arange(len(x)))
-    dof = max(int((w[keep] > 0).sum()) - 2 * int(keep.sum()) - 4, 1)
-    chi2 = float((r[keep] ** 2).sum() / dof)
-    misfit = _core_misfit(_params_to_psf(p).pixel_values(dx[keep], dy[keep]), flux[keep], r[keep], w[keep])
-    full_flux = np.full(inside.size, np.nan)
-    full_flux[inside] = flux
-    full_used = np.zeros(inside.size, dtype=bool)
-    full_used[np.flatnonzero(inside)[keep]] = True
-    size = _fit_size_field(p, solve, x[keep], y[keep], np.flatnonzero(keep), data.shape) if size_field and keep.sum() >= 12 else None
-    return PSFFit(psf=_params_to_psf(p), flux=full_flux, used=full_used, chi2_per_dof=chi2,
-                  n_stars=int(keep.sum()), size=size, core_misfit=misfit)
+    return p, keep
 
 
 def fit_positions(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf: MoffatPSF, sky_var: float,
