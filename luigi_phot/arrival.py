@@ -94,9 +94,11 @@ def _gzip_complete(path: Path) -> bool:
 
 def fits_end_reached(path: Path) -> bool:
     """True when the file at `path` holds every byte its FITS headers announce (a
-    gzip file: when its stream is complete). Bytes after the last HDU, or a file
-    that is not FITS at all, count as complete: the reader decides what they are;
-    this only tells a file that is still growing."""
+    gzip file: when its stream is complete): every HDU's data is there, some HDU
+    holds data (a file cut right after an empty primary header is not done), and
+    as many extensions as the primary header's NEXTEND says, when it says. Bytes
+    after the last HDU, or a file that is not FITS at all, count as complete: the
+    reader decides what they are; this only tells a file that is still growing."""
     with open(path, "rb") as fh:
         start = fh.read(8)
         if start.startswith(b"\x1f\x8b"):
@@ -104,19 +106,31 @@ def fits_end_reached(path: Path) -> bool:
         if len(start) == 8 and not start.startswith(b"SIMPLE"):
             return True              # not FITS: the reader rejects it with the reason
         size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            return False             # created, nothing written yet
-        offset = 0
+        offset, n_hdus, n_with_data, n_extensions_announced = 0, 0, 0, None
         while offset < size:
             fh.seek(offset)
             if offset and not fh.read(8).startswith(b"XTENSION"):
-                return True          # bytes after the last HDU
+                break                # bytes after the last HDU
             fh.seek(offset)
             cards = _header_cards(fh)
             if cards is None:
                 return False         # the file ends inside a header
-            offset = fh.tell() + _data_bytes(cards)
-        return offset == size
+            if n_hdus == 0 and "NEXTEND" in cards:
+                n_extensions_announced = _int(cards["NEXTEND"])
+            data_bytes = _data_bytes(cards)
+            offset = fh.tell() + data_bytes
+            n_hdus += 1
+            n_with_data += data_bytes > 0
+        if offset > size or n_with_data == 0:
+            return False
+        return n_extensions_announced is None or n_hdus - 1 >= n_extensions_announced
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,7 @@ class Watcher:
                     outcome.reason += "; tried again next cycle"
             elif outcome.status == "failed":
                 outcome.reason += "; tried again when its frames or configuration change"
+            outcome.reason = outcome.reason.replace(f"{ds.red_dir}: ", "")   # the line names the dataset
             out.append(outcome)
         return out
 
