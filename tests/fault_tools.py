@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
@@ -258,6 +259,9 @@ def check_outputs_readable(red_dir: Path) -> list[str]:
             Table.read(p, format="ascii.csv")
         elif name.endswith(".png"):
             assert matplotlib.image.imread(p).size > 0
+        elif name.endswith(".npz"):
+            with np.load(p, allow_pickle=False) as stacked:
+                [stacked[k] for k in stacked.files]
         elif name.endswith(".json") or name == "dataset.lock":
             json.loads(p.read_text())
         elif name == LOG:
