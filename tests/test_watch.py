@@ -28,7 +28,7 @@ from luigi_phot.arrival import ArrivalCheck, fits_end_reached
 from luigi_phot.run_log import MANAGER_LOG_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from luigi_phot.tasks.reduce import dataset_is_current
-from luigi_phot.watch import DatasetChanges
+from luigi_phot.watch import DatasetChanges, start_observer
 from tests.conftest import BIN, REPO
 from tests.test_manager_selection import write_config
 
@@ -168,6 +168,24 @@ def test_only_frames_and_configurations_of_listed_instruments_are_changes(tmp_pa
     changes.add_path(str(tmp_path / "T/sinistro/gp/reduction_config.yaml"))
     changes.add_path(str(tmp_path / "U/sinistro/rp"), is_directory=True)
     assert changes.take() == ({"T/sinistro/ip", "T/sinistro/gp", "U/sinistro/rp"}, False)
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_the_observer_reports_a_frame_landing_in_a_dataset(tmp_path, poll):
+    red = tmp_path / "T" / "sinistro" / "ip"
+    red.mkdir(parents=True)
+    changes, notes = DatasetChanges(tmp_path, ("sinistro",)), []
+    observer = start_observer(tmp_path, changes, poll=poll, interval_s=1.0, note=notes.append)
+    try:
+        assert ("polling" in notes[0]) == poll, notes
+        (red / ".frame.fits.part").write_bytes(b"x" * 2880)
+        os.replace(red / ".frame.fits.part", red / "frame.fits")
+        seen = set()
+        wait_for("the landing reported", lambda: seen.update(changes.take()[0]) or "T/sinistro/ip" in seen,
+                 timeout_s=30)
+    finally:
+        observer.stop()
+        observer.join()
 
 
 # --------------------------------------------------------------------------
