@@ -25,10 +25,11 @@ from astropy.table import Table
 
 from luigi_phot import dataset_lock
 from luigi_phot.arrival import ArrivalCheck, fits_end_reached
-from luigi_phot.run_log import MANAGER_LOG_NAME
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset
 from luigi_phot.tasks.reduce import dataset_is_current
-from luigi_phot.watch import DatasetChanges, start_observer
+from luigi_phot.config import load_manager_config
+from luigi_phot.run_log import MANAGER_LOG_NAME, ManagerLog
+from luigi_phot.watch import DatasetChanges, Watcher, start_observer
 from tests.conftest import BIN, REPO
 from tests.test_manager_selection import write_config
 
@@ -186,6 +187,37 @@ def test_the_observer_reports_a_frame_landing_in_a_dataset(tmp_path, poll):
     finally:
         observer.stop()
         observer.join()
+
+
+def test_a_dataset_with_a_frame_in_copy_waits_and_every_cycle_calls_the_hooks(staged, tmp_path):
+    root = tmp_path / "tree"
+    red = root / "T-A" / "sinistro" / "ip"
+    red.mkdir(parents=True)
+    shutil.copy2(staged / "T-A/sinistro/ip" / "reduction_config.yaml", red)
+    raw = frames_of(staged, "T-A/sinistro/ip")[0].read_bytes()
+    (red / "a.fits").write_bytes(raw[: len(raw) // 2])
+    cfg = load_manager_config(write_config(tmp_path / "m.yaml", root, tmp_path / "logs", {"group": "all"},
+                                           instruments=("sinistro",)))
+    log = ManagerLog(cfg.log_dir, "watch-test")
+    seen = []
+
+    def broken_hook(cfg, report):
+        raise RuntimeError("index.html not writable")
+
+    watcher = Watcher(cfg, log, settle_s=60, hooks=[lambda c, r: seen.append(r), broken_hook])
+    try:
+        assert watcher.cycle() is None                      # nothing changed, nothing looked at
+        watcher.changes.mark(["T-A/sinistro/ip"])
+        first = watcher.cycle()
+        second = watcher.cycle()                            # a waiting dataset is looked at again
+    finally:
+        log.close()
+    assert seen == [first, second]
+    assert [w.frame for w in first.waiting["T-A/sinistro/ip"]] == ["a.fits"] and not first.outcomes
+    text = (cfg.log_dir / MANAGER_LOG_NAME).read_text()
+    assert "cycle 1 " in text and "1 waiting (T-A/sinistro/ip: a.fits still being written" in text
+    assert "broken_hook failed: index.html not writable" in text
+    assert dataset_lock.read_lock(red) is None and not (red / "photometry").exists()
 
 
 # --------------------------------------------------------------------------
