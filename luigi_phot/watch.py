@@ -61,7 +61,8 @@ from .run_log import ManagerLog, Outcome
 from .selection import Dataset, discover_datasets, lock_skip_reason, select_datasets
 
 __all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_SETTLE_S", "STOP_GRACE_S", "STOP_KILL_S", "WATCH_RUNS_DIR",
-           "WatchStopping", "DatasetChanges", "Watcher", "after_cycle_hooks", "main"]
+           "WatchStopping", "DatasetChanges", "CycleReport", "Watcher", "after_cycle_hooks", "filesystem_type",
+           "start_observer", "main"]
 
 #: Seconds between two looks at what changed (``--interval``).
 DEFAULT_INTERVAL_S = 5.0
