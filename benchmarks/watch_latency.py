@@ -193,24 +193,23 @@ def run(args, tom=None) -> None:
 def arrivals(args, root: Path, pending: dict[str, list[Path]], tom: TomPoints | None):
     names = sorted(pending)
     landed: list[tuple[str, str, float]] = []        # (dataset, frame, landing time)
-    seen_lc: dict[str, float] = {}
-    seen_tom: dict[str, float] = {}
+    seen_lc: dict[tuple[str, str], float] = {}       # (dataset, frame): when seen (datasets share frame names)
+    seen_tom: dict[tuple[str, str], float] = {}
     done = threading.Event()
 
     def poll():
         while not done.is_set() or len(seen_lc) < len(landed):
             for name, frame, _ in list(landed):
-                red = root / name
-                if frame not in seen_lc:
-                    rows = lc_rows(red)
-                    if frame in rows:
-                        seen_lc[frame] = time.time()
-                elif tom is not None and frame not in seen_tom:
+                red, key = root / name, (name, frame)
+                if key not in seen_lc:
+                    if frame in lc_rows(red):
+                        seen_lc[key] = time.time()
+                elif tom is not None and key not in seen_tom:
                     mjd, flags = lc_rows(red)[frame]
                     if flags & SEVERE:   # a severe flag: not uploaded
-                        seen_tom[frame] = float("nan")
+                        seen_tom[key] = float("nan")
                     elif any(abs(m - mjd) < 2e-5 for m in tom.mjds(name.split("/")[0])):
-                        seen_tom[frame] = time.time()
+                        seen_tom[key] = time.time()
             if done.is_set() and len(seen_lc) == len(landed) and (
                     tom is None or len(seen_tom) == len(landed)):
                 return
@@ -225,9 +224,9 @@ def arrivals(args, root: Path, pending: dict[str, list[Path]], tom: TomPoints | 
         time.sleep(args.period)
     done.set()
     poller.join(timeout=300)
-    lc_s = [seen_lc[f] - t for _, f, t in landed if f in seen_lc]
-    tom_s = [seen_tom[f] - t for _, f, t in landed if f in seen_tom and seen_tom[f] == seen_tom[f]]
-    missing = [f for _, f, _ in landed if f not in seen_lc]
+    lc_s = [seen_lc[(n, f)] - t for n, f, t in landed if (n, f) in seen_lc]
+    tom_s = [seen_tom[(n, f)] - t for n, f, t in landed if (n, f) in seen_tom and seen_tom[(n, f)] == seen_tom[(n, f)]]
+    missing = [f"{n}/{f}" for n, f, _ in landed if (n, f) not in seen_lc]
     if missing:
         print(f"  NOT in the light curve within 300 s of the last landing: {missing}")
     return lc_s, tom_s

@@ -278,8 +278,11 @@ class Watcher:
             self.changes.mark(ds.name for ds in selection.datasets)
             while not self.stop_requested.is_set():
                 started = time.monotonic()
-                self.cycle()
-                self.stop_requested.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+                report = self.cycle()
+                # a frame waiting to settle is looked at again after the settle time, not a whole interval
+                interval_s = min(self.interval_s, self.arrivals.settle_s) if report and report.waiting \
+                    else self.interval_s
+                self.stop_requested.wait(max(0.0, interval_s - (time.monotonic() - started)))
         finally:
             observer.stop()
             observer.join(timeout=5)
@@ -372,33 +375,43 @@ class Watcher:
                 self.log.warning(f"{ds.name}: lock of a killed run could not be removed ({exc.strerror})")
 
     def request_stop(self, why: str) -> None:
-        """First stop signal in the watcher: start no new work, and let the stages in
-        progress finish for STOP_GRACE_S seconds, then abandon them."""
+        """First stop signal in the watcher: start no new work, let the stages in
+        progress finish for STOP_GRACE_S seconds, then abandon them (see _stopping)."""
         if self.stop_requested.is_set():
-            self._abandon()
             return
         self.stop_requested.set()
         self.log.info(f"stopping ({why}): "
                       + (f"finishing the stages in progress of {len(self.reducing)} datasets"
                          if self.reducing else "no reduction in progress"))
-        _phase_out_this_worker()
-        for child in multiprocessing.active_children():
-            _signal(child.pid, signal.SIGUSR1)          # Luigi's own "start nothing new"
-        for delay_s, then in ((STOP_GRACE_S, self._abandon), (STOP_KILL_S, self._kill)):
-            timer = threading.Timer(delay_s, then)
-            timer.daemon = True
-            timer.start()
+        threading.Thread(target=self._stopping, name="stopping", daemon=True).start()
 
-    def _abandon(self) -> None:
-        for child in multiprocessing.active_children():
-            _signal(child.pid, signal.SIGUSR2)          # WatchStopping in the stage in progress
+    def _stopping(self) -> None:
+        """Every half second until the watcher has exited: tell this process's Luigi
+        worker and every dataset process to start nothing new (Luigi's SIGUSR1) - again
+        and again, because a worker made after the signal (the cycle was starting) must
+        hear it too; after STOP_GRACE_S, abandon the stage in progress of each dataset
+        process (SIGUSR2, once each); after STOP_KILL_S, kill what is left."""
+        started = time.monotonic()
+        abandoned: set[int] = set()
+        while True:
+            _phase_out_this_worker()
+            children = [c.pid for c in multiprocessing.active_children() if c.pid]
+            late = time.monotonic() - started >= STOP_GRACE_S
+            for pid in children:
+                _signal(pid, signal.SIGUSR2 if late and pid not in abandoned else signal.SIGUSR1)
+                if late:
+                    abandoned.add(pid)
+            if time.monotonic() - started >= STOP_KILL_S:
+                self._kill()
+                return
+            time.sleep(0.5)
 
     def _kill(self) -> None:
-        children = multiprocessing.active_children()
-        if not children and not self.reducing:
+        """Kill the processes the stop could not end, release their locks, and leave."""
+        if not self.reducing and not multiprocessing.active_children():
             return
-        for child in children:
-            _signal(child.pid, signal.SIGKILL)
+        for pid in _descendants(os.getpid()):
+            _signal(pid, signal.SIGKILL)
         time.sleep(0.5)
         self.release_orphaned_locks(list(self.reducing))
         time.sleep(3.0)
@@ -444,6 +457,23 @@ def _phase_out_this_worker() -> None:
     handler = signal.getsignal(signal.SIGUSR1)
     if callable(handler):
         handler(signal.SIGUSR1, None)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes descended from `pid` (from /proc), children before grandchildren."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
 
 
 def _signal(pid: int | None, signum: int) -> None:
