@@ -111,6 +111,19 @@ def start_watch(config: Path, output: Path, *scheduler: str) -> subprocess.Popen
                                 start_new_session=True)
 
 
+def session_processes(sid: int) -> list[int]:
+    """Processes still alive in the session the watcher started (its dataset processes)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def stop(proc: subprocess.Popen) -> int:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
@@ -292,6 +305,17 @@ def test_a_night_of_watching(staged, tmp_path, luigid_server):
         rc = stop(proc)
     assert rc == 0, out.read_text()[-3000:]
     assert "Traceback" not in out.read_text(), out.read_text()[-3000:]
+
+    # SIGTERM while the first cycle is starting: nothing is left running or locked
+    shutil.rmtree(a / "photometry")
+    proc = start_watch(config, out, "--local-scheduler")
+    try:
+        wait_for("the catch-up started", lambda: (log_dir / MANAGER_LOG_NAME).read_text().count("catching up") == 2,
+                 proc)
+    finally:
+        rc = stop(proc)
+    assert rc == 0, out.read_text()[-3000:]
+    assert dataset_lock.read_lock(a) is None and not session_processes(proc.pid)
 
     # SIGTERM while a reduction runs: it ends, releases the lock, and the next start catches up
     shutil.rmtree(c / "photometry")          # C's next reduction builds its catalogue again
