@@ -262,6 +262,7 @@ class Watcher:
         self.stop_requested = threading.Event()
         self.reducing: list[Dataset] = []      # the datasets of the cycle in progress
         self.cycles = 0
+        self._last_waiting: set[tuple[str, str, str]] = set()   # (dataset, frame, why) waiting last cycle
         self.main_pid = os.getpid()
 
     # ---------------------------------------------------------------- the loop
@@ -318,7 +319,12 @@ class Watcher:
             report.outcomes.extend(self._reduce(to_reduce, keep))
         self.changes.mark(keep)
         report.seconds = time.perf_counter() - t0
-        if due or report.problems:
+        # a cycle that only finds the same frames still waiting for the same reason says nothing new: no line
+        # (a file written for minutes would otherwise fill the log, one line every settle time)
+        waiting = {(name, w.frame, w.reason.split(" (")[0]) for name, ws in report.waiting.items() for w in ws}
+        repeated = not report.outcomes and not report.problems and waiting == self._last_waiting
+        self._last_waiting = waiting
+        if (due or report.problems) and not repeated:
             self.log.info(report.line())
             self._run_hooks(report)
         return report
