@@ -24,7 +24,8 @@ not running):
 A dataset that fails is left until its frames or configuration change again; one
 whose reduction the scheduler lost (luigid restarted or unreachable) is tried
 again next cycle. Each cycle that looked at a dataset writes one line to
-``log_dir/arcon_pipeline.log``.
+``log_dir/arcon_pipeline.log``, unless all it found were the frames still
+waiting, or the datasets still locked, that the cycle before reported.
 
 **Stopping.** SIGTERM or SIGINT: no new dataset or stage is started; the stage in
 progress may finish for :data:`STOP_GRACE_S` seconds, then it is abandoned
@@ -262,7 +263,7 @@ class Watcher:
         self.stop_requested = threading.Event()
         self.reducing: list[Dataset] = []      # the datasets of the cycle in progress
         self.cycles = 0
-        self._last_waiting: set[tuple[str, str, str]] = set()   # (dataset, frame, why) waiting last cycle
+        self._last_waiting: set[tuple[str, str, str]] = set()   # (dataset, frame, why) waiting or locked
         self.main_pid = os.getpid()
 
     # ---------------------------------------------------------------- the loop
@@ -319,11 +320,14 @@ class Watcher:
             report.outcomes.extend(self._reduce(to_reduce, keep))
         self.changes.mark(keep)
         report.seconds = time.perf_counter() - t0
-        # a cycle that only finds the same frames still waiting for the same reason says nothing new: no line
-        # (a file written for minutes would otherwise fill the log, one line every settle time)
-        waiting = {(name, w.frame, w.reason.split(" (")[0]) for name, ws in report.waiting.items() for w in ws}
-        repeated = not report.outcomes and not report.problems and waiting == self._last_waiting
-        self._last_waiting = waiting
+        # a cycle that only finds the same frames still waiting for the same reason, or the same
+        # datasets still locked, says nothing new: no line (a copy or another reduction that lasts
+        # minutes would otherwise fill the log with one line every few seconds)
+        pending = {(name, w.frame, w.reason.split(" (")[0]) for name, ws in report.waiting.items() for w in ws} | \
+            {(o.dataset.name, "", "locked") for o in report.outcomes if o.status == "skipped"}
+        repeated = not report.problems and pending == self._last_waiting and \
+            all(o.status == "skipped" for o in report.outcomes)
+        self._last_waiting = pending
         if (due or report.problems) and not repeated:
             self.log.info(report.line())
             self._run_hooks(report)
