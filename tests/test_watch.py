@@ -253,8 +253,8 @@ def test_a_night_of_watching(staged, tmp_path, luigid_server):
     proc = start_watch(config, out, *luigid_server.scheduler_args())
     try:
         # catch-up at start: both datasets reduced
-        wait_for("the first cycle", lambda: cycle_lines(log_dir), proc)
-        assert "cycle 1 " in cycle_lines(log_dir)[0] and "2 reduced" in cycle_lines(log_dir)[0]
+        wait_reduced(log_dir, "T-A/sinistro/ip", proc, since=0)     # (frames copied just now wait to settle)
+        wait_reduced(log_dir, "T-B/sinistro/gp", proc, since=0)
         assert len(lc_images(a)) == 3 and len(lc_images(b)) == 3
 
         # a frame lands by rename: only its dataset is reduced again
