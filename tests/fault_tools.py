@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
@@ -261,6 +262,9 @@ def check_outputs_readable(red_dir: Path) -> list[str]:
         elif name.endswith(".html"):
             page = p.read_text(encoding="utf-8")
             assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+        elif name.endswith(".npz"):
+            with np.load(p, allow_pickle=False) as stacked:
+                [stacked[k] for k in stacked.files]
         elif name.endswith(".json") or name == "dataset.lock":
             json.loads(p.read_text())
         elif name == LOG:

@@ -142,16 +142,13 @@ class BuildLightcurve(DatasetStage):
     def _build(self, paths):
         from ..photometry import plots
         from ..photometry.catalogue import Catalogue
-        from ..photometry.lightcurve import build_lightcurve, read_measurement, write_products
+        from ..photometry.lightcurve import build_lightcurve, write_products
+        from ..photometry.measurement_cache import MEASUREMENT_CACHE_NAME, read_measurements
 
         cfg = self.config
         with self.timed() as t:
-            records = []
-            for k, p in enumerate(paths):
-                records.append(read_measurement(p))
-                if k % 25 == 0:
-                    self.report_progress(int(60 * k / max(len(paths), 1)))
-                    self.report_status(f"reading measurements {k}/{len(paths)}")
+            records, n_read = read_measurements(paths, self.red / PRODUCTS_DIR / MEASUREMENT_CACHE_NAME,
+                                                progress=self._reading_progress)
             self._note_changes(records)
             cat = Catalogue.load(catalogue_path(self.red))
             duplicates = _duplicates(records, cat.reference_image)
@@ -193,7 +190,8 @@ class BuildLightcurve(DatasetStage):
         mode = "neighbours subtracted" if cfg.photometry.subtract_neighbours else "plain apertures"
         self.note(f"light curve of {len(lc)} points, {mode} ({products.meta['n_measured']} frames measured, "
                   f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
-                  f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s")
+                  f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s; "
+                  f"{n_read} of {len(paths)} measurement files read, the others from the cache")
         if retry:
             self.note(f"{len(retry)} frame(s) rejected for a cause outside the frame, to be tried again on the "
                       f"next run (the dataset is not up to date until then): "
@@ -201,6 +199,11 @@ class BuildLightcurve(DatasetStage):
         for row in products.rejected:
             self.note(f"rejected {row['image']}: {row['reason']}", 30)
         self.report_progress(100)
+
+    def _reading_progress(self, k: int, n: int) -> None:
+        if k % 25 == 1:
+            self.report_progress(int(60 * k / max(n, 1)))
+            self.report_status(f"reading measurements {k}/{n}")
 
     def _note_changes(self, records, shown_at_most: int = 20) -> None:
         """Warn about frames of the last light curve that are gone from red_dir, and

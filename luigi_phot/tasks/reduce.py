@@ -209,3 +209,7 @@ def preload_science() -> None:
 
     plots._pyplot()
     AperturePhotometry(np.zeros((8, 8)), CircularAperture([(4.0, 4.0)], r=2.0)).flux
+    # astropy reads its IERS tables (about 1 s) on the first BJD of a process
+    from ..photometry.timing import bjd_tdb
+
+    bjd_tdb(np.array([61000.0]), 0.0, 0.0, [(-30.0, -70.0, 2000.0)])
