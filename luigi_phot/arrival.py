@@ -27,15 +27,13 @@ header walk per new frame.
 
 from __future__ import annotations
 
-import gzip
 import os
 import stat
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .photometry.frames import list_frames
+from .photometry.frames import gzip_intact, list_frames
 
 __all__ = ["FITS_BLOCK", "fits_end_reached", "ArrivalCheck", "Waiting"]
 
@@ -81,17 +79,6 @@ def _data_bytes(cards: dict[str, str]) -> int:
     return -(-size // FITS_BLOCK) * FITS_BLOCK
 
 
-def _gzip_complete(path: Path) -> bool:
-    """True when the gzip stream decompresses to its end-of-stream marker."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-        return True
-    except (EOFError, OSError, zlib.error):
-        return False
-
-
 def fits_end_reached(path: Path) -> bool:
     """True when the file at `path` holds every byte its FITS headers announce (a
     gzip file: when its stream is complete): every HDU's data is there, some HDU
@@ -102,7 +89,7 @@ def fits_end_reached(path: Path) -> bool:
     with open(path, "rb") as fh:
         start = fh.read(8)
         if start.startswith(b"\x1f\x8b"):
-            return _gzip_complete(path)
+            return gzip_intact(path)
         if len(start) == 8 and not start.startswith(b"SIMPLE"):
             return True              # not FITS: the reader rejects it with the reason
         size = os.fstat(fh.fileno()).st_size

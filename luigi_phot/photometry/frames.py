@@ -27,7 +27,7 @@ from astropy.io import fits
 from astropy.stats import mad_std
 from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from ..names import shown
 
@@ -238,14 +238,14 @@ def _image_hdu_index(path: Path, hdul) -> int:
     for i, h in enumerate(hdul):
         if _is_image(h):
             return i
-    if _is_gzip(path) and not _gzip_intact(path):
+    if _is_gzip(path) and not gzip_intact(path):
         # astropy stops at the end of what decompresses: a cut .gz looks like a file
         # with fewer HDUs, which is not what is wrong with it
         raise FrameError(path, "not a readable FITS file (a truncated or corrupt gzip file)")
     raise FrameError(path, "no 2-D image in the file (only tables or empty HDUs)")
 
 
-def _gzip_intact(path: Path) -> bool:
+def gzip_intact(path: Path) -> bool:
     """True when the gzip file decompresses to its end (its stream is complete)."""
     import gzip
     import zlib
