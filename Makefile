@@ -30,9 +30,11 @@ demo-tree: venv
 	$(PY) scripts/demo_tree.py
 
 # The test suite. Sets up the local TOM Toolkit server environment (.tom/) once;
-# the tests themselves start and stop luigid and the TOM on 127.0.0.1.
+# the tests themselves start and stop luigid and the TOM on 127.0.0.1 (free ports,
+# throw-away directories). Two test files at a time (pytest-xdist): run one after the
+# other the suite keeps only one of two cores busy (108% CPU, 17 min 27 s; 13 min 15 s so).
 test: venv tom-setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 tom-setup:
 	PYTHON="$$(PYTHON="$(PYTHON)" ./scripts/find_python.sh)" ./scripts/tom_server.sh setup
