@@ -142,14 +142,14 @@ def _clear_products(red: Path) -> None:
 def child_catalogue(red: str, profile: str) -> None:
     """In a fresh process: BuildCatalogue.run() from nothing; JSON with its time, the
     catalogue's size and (with profile=1) the phases."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.dataset import catalogue_path
     from luigi_phot.photometry.catalogue import Catalogue
     from luigi_phot.tasks.catalogue import BuildCatalogue
-    from luigi_phot.tasks.reduce import _preload_science
+    from luigi_phot.tasks.reduce import preload_science
 
     red = Path(red)
-    _preload_science()
+    preload_science()
     import matplotlib.pyplot  # noqa: F401  (a worker that drew a chart before has it)
 
     _clear_products(red)
@@ -194,12 +194,12 @@ def _phases(prof: cProfile.Profile) -> list:
 
 def child_measure(red: str) -> None:
     """In a fresh process: MeasureImage.run() on the first frame against the catalogue."""
-    from luigi_phot import lock
+    from luigi_phot import dataset_lock as lock
     from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.tasks.reduce import _preload_science
+    from luigi_phot.tasks.reduce import preload_science
 
     red = Path(red)
-    _preload_science()
+    preload_science()
     image = sorted(p.name for p in red.glob("*.fits"))[0]
     run_id = f"benchmark-measure-{os.getpid()}"
     lock.acquire(red, run_id)
