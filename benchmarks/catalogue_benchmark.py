@@ -33,7 +33,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -49,6 +48,7 @@ REPO = HERE.parent
 CACHE = HERE / "cache" / "catalogue_4k"
 RESULTS = HERE / "results"
 sys.path.insert(0, str(REPO))
+from run_benchmarks import machine  # noqa: E402  (this script's directory is on sys.path)
 
 #: (label, function name as cProfile knows it (file stem, name)) of the phases shown
 PHASES = [
@@ -221,20 +221,6 @@ def _child(*args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import astropy
-    import photutils
-    import scipy
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "astropy": astropy.__version__, "photutils": photutils.__version__,
-            "load_average_1min": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M")}
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -263,7 +249,7 @@ def main(argv=None) -> int:
               "measure_median_s": statistics.median(r["seconds"] for r in measures),
               "measure_all_s": [round(r["seconds"], 2) for r in measures],
               "phases": runs[-1]["phases"], "load_average_1min_at_start": round(load_before, 2),
-              "machine": _machine()}
+              "machine": machine()}
     print(f"\n4096x4096, {result['stars']} catalogue stars ({result['detected']} detected), FWHM "
           f"{result['fwhm_pix']:.2f} px, {args.frames} frames; load average {load_before:.1f} at start")
     print(f"catalogue stage: best {result['catalogue_best_s']:.1f} s, median {result['catalogue_median_s']:.1f} s "

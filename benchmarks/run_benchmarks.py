@@ -227,9 +227,8 @@ def case_lightcurve(n_frames: int = 500) -> dict:
     """500 measurement files made from the 4k catalogue: realistic sizes and flags."""
     from astropy.io import fits
 
-    from luigi_phot.dataset import catalogue_path, frame_identity, measurement_dir, measurement_path
+    from luigi_phot.dataset import catalogue_path, measurement_dir
     from luigi_phot.photometry.catalogue import Catalogue
-    from luigi_phot.photometry.lightcurve import write_measurement
     from luigi_phot.tasks.base import load_config
     from luigi_phot.dataset import measurement_key
 
@@ -254,32 +253,43 @@ def case_lightcurve(n_frames: int = 500) -> dict:
         template = next(src.glob("*.fits"))
         hdr0 = fits.getheader(template, "SCI")
         for k in range(n_frames):
-            name = f"frame-{k:04d}.fits"
-            # a tiny stand-in frame file (only its name and time are used here)
-            h = hdr0.copy()
-            h["MJD-OBS"] = 61000.0 + k * 0.01
-            h["DATE-OBS"] = None
-            del h["DATE-OBS"]
-            fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8), np.float32), h, name="SCI")]).writeto(red / name)
-            scale = rng.uniform(0.6, 1.0)
-            flux = flux_ref * scale * 0.8 * rng.normal(1, 0.002, flux_ref.size)
-            err = np.sqrt(flux + 82 * 800.0)
-            flux = flux + rng.normal(0, 1, flux.size) * err
-            cols = {"x": cat.stars["x_ref"].astype(np.float32), "y": cat.stars["y_ref"].astype(np.float32),
-                    "flux": flux.astype(np.float32), "flux_err": err.astype(np.float32),
-                    "sky": np.full(flux.size, 800, np.float32), "sky_sigma": np.full(flux.size, 30, np.float32),
-                    "n_sky": np.full(flux.size, 400, np.int16), "neighbour_flux": np.zeros(flux.size, np.float32),
-                    "flags": (rng.random(flux.size) < 0.01).astype(np.int16) * 4}
-            header = {"IMAGE": name, "MJDMID": 61000.0 + k * 0.01, "EXPTIME": 120.0, "FILTER": cat.filter_name,
-                      "AIRMASS": 1.2, "FWHMAS": 1.5, "SKY_E": 800.0, "SITELAT": -30.17, "SITELON": -70.80,
-                      "SITEALT": 2198.0, "ALN_RMS": 0.03, "ALN_N": 300, "CATID": cat.catalogue_id}
-            digest = frame_identity(red, name).digest
-            header["FRAMEDIG"] = digest
-            write_measurement(measurement_path(red, key, name, digest), cols, header)
+            write_stand_in_measurement(red, key, cat, hdr0, flux_ref, rng, k)
         marker.write_text("ok\n")
     r = _child("lightcurve", red)
     return {"case": "lightcurve", "frames": n_frames, "stars": 20000, "seconds": r["seconds"],
             "peak_rss_mb": r["peak_rss_mb"]}
+
+
+def write_stand_in_measurement(red: Path, key: str, cat, hdr0, flux_ref: np.ndarray, rng, k: int) -> str:
+    """Frame k of a light-curve benchmark: a tiny stand-in frame file (only its name and
+    time are used) and its measurement file, made from the catalogue's reference fluxes
+    with a transparency, photon noise and a few flagged points. Returns the frame's name."""
+    from astropy.io import fits
+
+    from luigi_phot.dataset import frame_identity, measurement_path
+    from luigi_phot.photometry.lightcurve import write_measurement
+
+    name = f"frame-{k:04d}.fits"
+    h = hdr0.copy()
+    h["MJD-OBS"] = 61000.0 + k * 0.01
+    h.remove("DATE-OBS", ignore_missing=True)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8), np.float32), h, name="SCI")]).writeto(red / name)
+    scale = rng.uniform(0.6, 1.0)
+    flux = flux_ref * scale * 0.8 * rng.normal(1, 0.002, flux_ref.size)
+    err = np.sqrt(flux + 82 * 800.0)
+    flux = flux + rng.normal(0, 1, flux.size) * err
+    cols = {"x": cat.stars["x_ref"].astype(np.float32), "y": cat.stars["y_ref"].astype(np.float32),
+            "flux": flux.astype(np.float32), "flux_err": err.astype(np.float32),
+            "sky": np.full(flux.size, 800, np.float32), "sky_sigma": np.full(flux.size, 30, np.float32),
+            "n_sky": np.full(flux.size, 400, np.int16), "neighbour_flux": np.zeros(flux.size, np.float32),
+            "flags": (rng.random(flux.size) < 0.01).astype(np.int16) * 4}
+    header = {"IMAGE": name, "MJDMID": 61000.0 + k * 0.01, "EXPTIME": 120.0, "FILTER": cat.filter_name,
+              "AIRMASS": 1.2, "FWHMAS": 1.5, "SKY_E": 800.0, "SITELAT": -30.17, "SITELON": -70.80,
+              "SITEALT": 2198.0, "ALN_RMS": 0.03, "ALN_N": 300, "CATID": cat.catalogue_id}
+    digest = frame_identity(red, name).digest
+    header["FRAMEDIG"] = digest
+    write_measurement(measurement_path(red, key, name, digest), cols, header)
+    return name
 
 
 def case_noop(n_frames: int = 500) -> dict:
@@ -332,7 +342,8 @@ def case_e2e(n_frames: int = 100) -> dict:
             "lightcurve_s": float(lc.group(1)) if lc else None}
 
 
-def _machine() -> dict:
+def machine() -> dict:
+    """The machine and the package versions the figures were measured with."""
     cpu = ""
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -341,11 +352,12 @@ def _machine() -> dict:
     import astropy
     import luigi
     import photutils
+    import scipy
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "astropy": astropy.__version__, "photutils": photutils.__version__, "luigi": luigi.__version__,
-            "date": time.strftime("%Y-%m-%d")}
-
+            "scipy": scipy.__version__, "astropy": astropy.__version__, "photutils": photutils.__version__,
+            "luigi": luigi.__version__, "load_average_1min": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 def _synthetic():
     from luigi_phot.synthetic import SyntheticConfig
@@ -391,10 +403,10 @@ def main(argv=None) -> int:
         elif case == "e2e":
             results.append(case_e2e())
         print(json.dumps(results[-1]), flush=True)
-    machine = _machine()
+    facts = machine()
     print()
-    print(f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, "
-          f"photutils {machine['photutils']}, astropy {machine['astropy']}, luigi {machine['luigi']}; {machine['date']}")
+    print(f"Machine: {facts['cpu']}, {facts['cores']} cores; Python {facts['python']}, "
+          f"photutils {facts['photutils']}, astropy {facts['astropy']}, luigi {facts['luigi']}; {facts['date']}")
     print("| case | figure | target |")
     print("|---|---|---|")
     for r in results:
@@ -415,7 +427,7 @@ def main(argv=None) -> int:
             print(f"| 100 frames 4k, 2 workers | wall {r['wall_s']:.0f} s; sum of MeasureImage {r['sum_measure_s']:.0f} s "
                   f"(median {r['median_measure_s']:.2f} s); catalogue {r['catalogue_s']} s; light curve "
                   f"{r['lightcurve_s']} s | reported |")
-    (RESULTS / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    (RESULTS / "latest.json").write_text(json.dumps({"machine": facts, "results": results}, indent=1))
     return 0
 
 

@@ -79,7 +79,8 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _user() -> str:
+def current_user() -> str:
+    """The login name of this process's user (its uid when it has none)."""
     try:
         return getpass.getuser()
     except Exception:
@@ -183,7 +184,7 @@ def acquire(red_dir: Path, run_id: str, pid: int | None = None, warn=None) -> Lo
     """
     red_dir = Path(red_dir)
     pid = os.getpid() if pid is None else pid
-    me = LockHolder(host=_host(), pid=pid, pid_start=_process_start(pid), user=_user(),
+    me = LockHolder(host=_host(), pid=pid, pid_start=_process_start(pid), user=current_user(),
                     started_utc=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     run_id=run_id)
     content = json.dumps(asdict(me), indent=1) + "\n"
@@ -211,7 +212,7 @@ def _take_over(red_dir: Path, stale: LockHolder, content: str) -> None:
     that both saw the same stale lock cannot both win."""
     guard = red_dir / _TAKEOVER
     guard_content = json.dumps({"host": _host(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
-                                "user": _user(), "run_id": "takeover"})
+                                "user": current_user(), "run_id": "takeover"})
     if not _link_new(guard, guard_content):
         other = read_lock_file(guard)
         if other is not None and holder_state(other) == "dead":

@@ -47,7 +47,6 @@ Two behaviours Luigi has no public API for are relied on here, and only here;
 
 from __future__ import annotations
 
-import getpass
 import multiprocessing
 import os
 import socket
@@ -60,6 +59,7 @@ import luigi.rpc
 import luigi.scheduler
 import luigi.worker
 
+from ..dataset_lock import current_user
 from .base import StageError
 
 __all__ = ["command_scheduler", "run_beneath", "ProgressWatcher"]
@@ -104,7 +104,7 @@ def run_beneath(supervisor: luigi.Task | None, roots: list[luigi.Task], *, worke
     if note is not None:
         note(where)
     worker_id = (f"Worker(luigi_phot {supervisor.task_family if supervisor else 'batch'}, "
-                 f"host={socket.gethostname()}, username={_user()}, pid={os.getpid()}, id={uuid.uuid4().hex[:8]})")
+                 f"host={socket.gethostname()}, username={current_user()}, pid={os.getpid()}, id={uuid.uuid4().hex[:8]})")
     # waiting for units: ask again within 1-2 s (Luigi's default jitter adds up to 5 s)
     with luigi.worker.Worker(scheduler=scheduler, worker_id=worker_id, worker_processes=workers,
                              keep_alive=keep_alive, force_multiprocessing=separate_processes,
@@ -148,13 +148,6 @@ class ProgressWatcher(threading.Thread):
         self.join()
         self.show()
         return False
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return str(os.getuid())
 
 
 def _release_inherited_fork_lock() -> None:
