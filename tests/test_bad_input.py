@@ -375,19 +375,29 @@ def test_dataset_without_a_usable_frame_fails_saying_so(dataset):
     assert not (dataset / "reduction_record.json").exists() and not (dataset / "dataset.lock").exists()
 
 
-def test_frames_that_all_fail_the_calibration_fail_the_dataset(dataset):
-    """Two good frames cannot be calibrated (a comparison star needs three points): no
-    point of the light curve would be usable. The dataset fails (exit 30) saying why, in
-    one line; no light curve is written, nothing is recorded as reduced."""
-    for name in good_frames(dataset)[2:]:
-        (dataset / name).unlink()
-    proc = reduce_dataset(dataset, timeout=120)
-    assert proc.returncode == 30, console(proc)[-3000:]
-    assert_no_traceback(proc)
-    failed = [ln for ln in console(proc).splitlines() if "no usable frame among the 2 frames: " in ln]
-    assert failed and "calibration failed: it needs at least 3 measured frames (2 measured)" in failed[-1], \
-        console(proc)[-3000:]
-    assert not (dataset / LC).exists() and not (dataset / "reduction_record.json").exists()
+def test_a_new_datasets_first_frame_and_second_frame_each_give_the_light_curve_its_points(dataset, tmp_path):
+    """A night's first frame of a new field is its reference: its point is in the light
+    curve at once, on its own scale (no calibration uncertainty). The second frame is
+    calibrated against the first (every comparison star has two points); the first
+    frame's point stays as it was."""
+    held = tmp_path / "held"
+    held.mkdir()
+    first, second, *later = good_frames(dataset)
+    for name in [second, *later]:
+        (dataset / name).rename(held / name)
+    proc = reduce_dataset(dataset, timeout=180)
+    assert proc.returncode == 0, console(proc)[-3000:]
+    one = Table.read(dataset / LC, format="ascii.ecsv")
+    assert list(one["image"]) == [first]
+    assert one["flags"][0] & F.SEVERE == 0 and one["flux"][0] > 0 and one["zero_point_err"][0] == 0.0
+    (held / second).rename(dataset / second)
+    proc = reduce_dataset(dataset, timeout=180)
+    assert proc.returncode == 0, console(proc)[-3000:]
+    two = Table.read(dataset / LC, format="ascii.ecsv")
+    assert sorted(two["image"]) == [first, second]
+    assert np.all(np.asarray(two["flags"]) & F.SEVERE == 0) and np.all(np.asarray(two["zero_point_err"]) < 0.01)
+    row = list(two["image"]).index(first)
+    assert two["flux"][row] == pytest.approx(one["flux"][0], rel=1e-9)
 
 
 def test_dataset_without_any_frame_fails_saying_so(dataset):

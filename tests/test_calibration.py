@@ -84,3 +84,49 @@ def test_without_a_reference_frame_the_mean_frame_is_the_anchor():
     centred = zeta_true.mean(axis=1) - np.median(zeta_true.mean(axis=1))
     assert sol.order == 0
     assert np.max(np.abs(zeta[:, 0] - centred)) < 0.05
+
+
+def test_calibrate_equals_rate_over_the_scale_with_the_scale_error_in_quadrature():
+    """EnsembleSolution.calibrate (few temporaries, for 500 x 20,000) against the plain
+    formula through zeta()."""
+    x, y, rate, rate_err, *_ = _truth()
+    usable = np.ones(rate.shape, dtype=bool)
+    sol = solve_ensemble(rate, rate_err, usable, np.arange(N_STARS) != TARGET, x, y, SHAPE, REF_FRAME)
+    zeta, zeta_err = sol.zeta(x, y)
+    cal, cal_err = sol.calibrate(rate, rate_err, x, y)
+    expected = rate / np.exp(zeta)
+    np.testing.assert_allclose(cal, expected, rtol=1e-12)
+    np.testing.assert_allclose(cal_err, np.sqrt((rate_err / np.exp(zeta)) ** 2 + (expected * zeta_err) ** 2),
+                               rtol=1e-12)
+
+
+def test_the_reference_frame_alone_is_its_own_scale():
+    """A new dataset's first frame is its reference: calibrated as it is, exactly."""
+    x, y, rate, rate_err, *_ = _truth()
+    one = slice(REF_FRAME, REF_FRAME + 1)
+    sol = solve_ensemble(rate[one], rate_err[one], np.ones((1, N_STARS), bool), np.arange(N_STARS) != TARGET,
+                         x, y, SHAPE, 0)
+    assert sol.frame_ok.tolist() == [True] and sol.n_comparison[0] > 100
+    cal, cal_err = sol.calibrate(rate[one], rate_err[one], x, y)
+    assert np.array_equal(cal, rate[one]) and np.array_equal(cal_err, rate_err[one])
+    # a lone frame that is not the reference has no scale to be put on
+    sol = solve_ensemble(rate[one], rate_err[one], np.ones((1, N_STARS), bool), np.arange(N_STARS) != TARGET,
+                         x, y, SHAPE, -1)
+    assert sol.frame_ok.tolist() == [False]
+
+
+def test_two_frames_are_calibrated_against_each_other():
+    """The second frame of a new dataset: every star has two points; the scale between
+    the frames is recovered within its error, and the variable star set aside."""
+    x, y, rate, rate_err, zeta_true, *_ = _truth(seed=3)
+    two = [REF_FRAME, REF_FRAME + 1]
+    sol = solve_ensemble(rate[two], rate_err[two], np.ones((2, N_STARS), bool), np.arange(N_STARS) != TARGET,
+                         x, y, SHAPE, 0)
+    assert sol.frame_ok.all()
+    zeta, zeta_err = sol.zeta(x, y)
+    expected = zeta_true[two[1]] - zeta_true[two[0]]
+    assert np.all(zeta[0] == 0.0)
+    assert np.max(np.abs(zeta[1] - expected)) < 0.01
+    assert np.sqrt(np.mean(((zeta[1] - expected) / zeta_err[1]) ** 2)) < 3.0
+    assert not sol.comparison[VARIABLE] or abs(np.log(rate[two[1], VARIABLE] / rate[two[0], VARIABLE])
+                                               - expected[VARIABLE]) < 0.02

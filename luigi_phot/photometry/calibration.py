@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EnsembleSolution", "solve_ensemble", "poly_terms"]
+__all__ = ["EnsembleSolution", "solve_ensemble", "poly_terms", "column_medians"]
 
 
 def poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
@@ -52,8 +52,45 @@ class EnsembleSolution:
         u, v = self._uv(x, y)
         a = poly_terms(np.atleast_1d(u), np.atleast_1d(v), self.order)      # (N, k)
         z = self.coeffs @ a.T                                                # (F, N)
-        var = np.einsum("nk,fkl,nl->fn", a, self.cov, a)
+        n_f, k = self.coeffs.shape
+        var = self.cov.reshape(n_f, k * k) @ _term_products(a).T             # a_n . cov_f . a_n, as one product
         return z, np.sqrt(np.maximum(var, 0.0))
+
+    def calibrate(self, rate: np.ndarray, rate_err: np.ndarray, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """(F, N) calibrated rates rate / e^zeta and their errors, zeta's uncertainty added
+        in quadrature, for stars at reference positions (x, y). Made with few whole-array
+        temporaries: for 500 frames x 20,000 stars each costs tens of ms to allocate."""
+        u, v = self._uv(x, y)
+        a = poly_terms(np.atleast_1d(u), np.atleast_1d(v), self.order)
+        n_f, k = self.coeffs.shape
+        inv_scale = self.coeffs @ a.T
+        np.exp(np.negative(inv_scale, out=inv_scale), out=inv_scale)
+        cal = rate * inv_scale
+        cal_err = np.multiply(rate_err, inv_scale, out=inv_scale)
+        zeta_err = self.cov.reshape(n_f, k * k) @ _term_products(a).T
+        np.sqrt(np.maximum(zeta_err, 0.0, out=zeta_err), out=zeta_err)
+        np.hypot(cal_err, np.multiply(zeta_err, cal, out=zeta_err), out=cal_err)
+        return cal, cal_err
+
+
+def column_medians(values: np.ndarray) -> np.ndarray:
+    """Each column's median over its finite values (NaN for a column with none):
+    np.nanmedian's answer along axis 0, from one sort instead of a masked array per call
+    (0.15 s against 0.7 s for 500 x 20,000)."""
+    ordered = np.sort(np.where(np.isfinite(values), values, np.nan), axis=0)   # NaN sort last
+    n = np.isfinite(ordered).sum(0)
+    cols = np.arange(ordered.shape[1])
+    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, max(ordered.shape[0] - 1, 0))
+    if ordered.shape[0] == 0:
+        return np.full(ordered.shape[1], np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, (ordered[lo, cols] + ordered[hi, cols]) / 2, np.nan)
+
+
+def _term_products(a: np.ndarray) -> np.ndarray:
+    """(N, k*k): each row's products of design terms a_k a_l, so that a quadratic form
+    a . M . a over many rows and many matrices M is one matrix product."""
+    return (a[:, :, None] * a[:, None, :]).reshape(a.shape[0], -1)
 
 
 def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, candidates: np.ndarray,
@@ -72,6 +109,8 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
     """
     n_f, n_s = rate.shape
     cand = _comparison_candidates(rate, rate_err, usable, candidates, max_comparison)
+    if n_f == 1 and ref_frame == 0:
+        return _reference_alone(n_s, cand, int(usable[0, cand].sum()), shape)
     if order is None:
         # the aperture loss changes across the field when the PSF does (focus, tilt), and
         # more in poor seeing: a quadratic follows it; ten comparison stars a term suffice
@@ -113,6 +152,18 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
                             comparison=comparison, star_chi2=all_chi2)
 
 
+def _reference_alone(n_s: int, cand: np.ndarray, n_comparison: int, shape: tuple[int, int]) -> EnsembleSolution:
+    """The solution when the reference frame is the only frame (a new dataset's first
+    frame): the reference scale is its own, exactly (zeta 0, no uncertainty)."""
+    ny, nx = shape
+    comparison = np.zeros(n_s, dtype=bool)
+    comparison[cand] = True
+    return EnsembleSolution(coeffs=np.zeros((1, 1)), cov=np.zeros((1, 1, 1)), order=0,
+                            centre=((nx - 1) / 2.0, (ny - 1) / 2.0), half_size=(max(nx / 2.0, 1.0), max(ny / 2.0, 1.0)),
+                            frame_ok=np.ones(1, dtype=bool), n_comparison=np.array([n_comparison]),
+                            frame_chi2=np.array([np.nan]), comparison=comparison, star_chi2=np.full(n_s, np.nan))
+
+
 @dataclass
 class _FrameFits:
     """Each frame's polynomial coefficients, their covariance, chi2 per dof, and whether
@@ -126,9 +177,10 @@ class _FrameFits:
 
 def _comparison_candidates(rate, rate_err, usable, candidates, max_comparison: int) -> np.ndarray:
     """The candidate stars with a median S/N above 10, brightest first, at most max_comparison."""
+    snr = np.zeros(rate.shape, np.float32)    # single precision: it only ranks and thresholds
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(usable & (rate_err > 0), rate / rate_err, 0.0)
-    med_snr = np.median(np.where(usable, snr, 0.0), axis=0)
+        np.divide(rate, rate_err, out=snr, where=usable & (rate_err > 0))
+    med_snr = np.median(snr, axis=0)
     cand = np.flatnonzero(candidates & (med_snr > 10.0))
     return cand[np.argsort(-med_snr[cand])][:max_comparison]
 
@@ -148,9 +200,8 @@ def _initial_offsets(lnr: np.ndarray, ok: np.ndarray, ref_frame: int, min_compar
     coeffs = np.zeros((n_f, k))
     base = ref_frame if 0 <= ref_frame < n_f and ok[ref_frame].sum() >= min_comparison else int(np.argmax(ok.sum(1)))
     both = ok & ok[base][None, :]
-    for f in range(n_f):
-        if both[f].any():
-            coeffs[f, 0] = np.median(lnr[f, both[f]] - lnr[base, both[f]])
+    offsets = column_medians(np.where(both, lnr - lnr[base][None, :], np.nan).T)
+    coeffs[:, 0] = np.where(np.isfinite(offsets), offsets, 0.0)
     return coeffs
 
 
@@ -167,35 +218,37 @@ def _star_pass(lnr, w0, ok, fit: _FrameFits, design, point_ok, keep_star):
     star_chi2 = np.where(n_pts > 1, (w * resid ** 2).sum(0) / np.maximum(n_pts - 1, 1), np.inf)
     good_chi = star_chi2[keep_star & np.isfinite(star_chi2)]
     lim = max(3.0, 3.0 * np.median(good_chi)) if good_chi.size else np.inf
-    new_keep = (star_chi2 < lim) & (n_pts >= max(3, 0.3 * fit.ok.sum()))
+    # three points a star, or two while only two frames are calibrated (a new dataset)
+    new_keep = (star_chi2 < lim) & (n_pts >= max(min(3, fit.ok.sum()), 2, 0.3 * fit.ok.sum()))
     scale_pts = np.sqrt(np.maximum(np.where(np.isfinite(star_chi2), star_chi2, 1.0), 1.0))
     new_point = ok & (np.abs(resid) * np.sqrt(w0) < 5.0 * scale_pts[None, :])
     return mu, star_chi2, new_keep, new_point
 
 
 def _fit_frames(fit: _FrameFits, design, wf, target, min_points: int) -> None:
-    """Each frame's weighted polynomial fit of (ln rate - star mean) over the kept points;
-    a frame with fewer than min_points, or a singular fit, is not calibrated."""
-    k = design.shape[1]
-    for f in range(wf.shape[0]):
-        sel = wf[f] > 0
-        if sel.sum() < min_points:
-            fit.ok[f] = False
-            continue
-        a = design[sel]
-        ww = wf[f, sel]
-        ata = a.T @ (a * ww[:, None])
-        atb = a.T @ (ww * target[f, sel])
-        try:
-            c = np.linalg.solve(ata, atb)
-            inv = np.linalg.inv(ata)
-        except np.linalg.LinAlgError:
-            fit.ok[f] = False
-            continue
-        res = target[f, sel] - a @ c
-        chi2 = float((ww * res ** 2).sum() / max(sel.sum() - k, 1))
-        fit.coeffs[f] = c
-        fit.chi2[f] = chi2
-        # scatter beyond the errors (other stars' unmodelled noise) inflates the uncertainty
-        fit.cov[f] = inv * max(chi2, 1.0)
-        fit.ok[f] = True
+    """Each frame's weighted polynomial fit of (ln rate - star mean) over the kept points
+    (all frames' normal equations at once); a frame with fewer than min_points, or a
+    singular fit, is not calibrated."""
+    n_f, k = wf.shape[0], design.shape[1]
+    n_points = (wf > 0).sum(1)
+    ata = (wf @ _term_products(design)).reshape(n_f, k, k)
+    atb = (wf * target) @ design
+    fit.ok[:] = n_points >= min_points
+    rows = np.flatnonzero(fit.ok)
+    try:
+        coeffs, inv = np.linalg.solve(ata[rows], atb[rows][:, :, None])[:, :, 0], np.linalg.inv(ata[rows])
+    except np.linalg.LinAlgError:      # one frame's fit is singular: solve them one by one
+        coeffs, inv = np.zeros((rows.size, k)), np.zeros((rows.size, k, k))
+        for j, f in enumerate(rows):
+            try:
+                coeffs[j], inv[j] = np.linalg.solve(ata[f], atb[f]), np.linalg.inv(ata[f])
+            except np.linalg.LinAlgError:
+                fit.ok[f] = False
+        keep = fit.ok[rows]
+        rows, coeffs, inv = rows[keep], coeffs[keep], inv[keep]
+    res = target[rows] - coeffs @ design.T
+    chi2 = (wf[rows] * res ** 2).sum(1) / np.maximum(n_points[rows] - k, 1)
+    fit.coeffs[rows] = coeffs
+    fit.chi2[rows] = chi2
+    # scatter beyond the errors (other stars' unmodelled noise) inflates the uncertainty
+    fit.cov[rows] = inv * np.maximum(chi2, 1.0)[:, None, None]

@@ -26,7 +26,7 @@ from astropy.table import Table
 
 from ..names import fitting_comment, name_cards, name_from_header, safe_token, shown, shown_ascii
 from . import flags as F
-from .calibration import solve_ensemble
+from .calibration import column_medians, solve_ensemble
 from .catalogue import Catalogue
 from .timing import bjd_tdb
 
@@ -143,7 +143,7 @@ class LightCurveProducts:
     stars: Table
     flux: np.ndarray        # (F, S) calibrated e-/s on the reference scale
     flux_err: np.ndarray
-    flags: np.ndarray
+    flags: np.ndarray          # FRAME_REJECTED added on frames the calibration rejects
     meta: dict = field(default_factory=dict)
 
 
@@ -169,10 +169,10 @@ class _Stack:
     usable: np.ndarray         # no severe flag, finite
     cal: np.ndarray | None = None        # e-/s on the reference frame's scale
     cal_err: np.ndarray | None = None
-    cal_flags: np.ndarray | None = None
-    zeta: np.ndarray | None = None       # ln(frame/reference) of each star's light
-    zeta_err: np.ndarray | None = None
+    target_zeta: np.ndarray | None = None       # ln(frame/reference) of the target's light, per frame
+    target_zeta_err: np.ndarray | None = None
     bad_frames: np.ndarray | None = None
+    good: np.ndarray | None = None       # usable, on a calibrated frame
     solution: object = None
 
     def header_values(self, key: str) -> np.ndarray:
@@ -218,7 +218,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=frames,
                               stars=_all_stars_table(stack, cat, zp, mean_flux),
                               flux=stack.cal.astype(np.float32), flux_err=stack.cal_err.astype(np.float32),
-                              flags=stack.cal_flags.astype(np.int16), meta=meta)
+                              flags=stack.flags.astype(np.int16), meta=meta)
 
 
 def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str, str]) -> _Stack:
@@ -240,9 +240,11 @@ def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str,
         flux[k], err[k], flg[k], neigh[k] = c["flux"], c["flux_err"], c["flags"], c["neighbour_flux"]
         exptime[k] = _header_float(r.header, "EXPTIME")
     exptime = np.where(exptime > 0, exptime, 1.0)
-    rate = flux / exptime[:, None]
-    rate_err = err / exptime[:, None]
-    usable = ((flg & F.SEVERE) == 0) & np.isfinite(rate) & np.isfinite(rate_err)
+    rate = np.divide(flux, exptime[:, None], out=flux)         # in place: each whole-array copy costs
+    rate_err = np.divide(err, exptime[:, None], out=err)
+    usable = (flg & F.SEVERE) == 0
+    usable &= np.isfinite(rate)
+    usable &= np.isfinite(rate_err)
     return _Stack(names=[r.image for r in measured], headers=[r.header for r in measured], rate=rate,
                   rate_err=rate_err, flags=flg, neighbour_e=neigh, exptime_s=exptime, usable=usable)
 
@@ -258,18 +260,18 @@ def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str]) -> None:
     y_ref = np.asarray(stars["y_ref"], float)
     sol = solve_ensemble(stack.rate, stack.rate_err, stack.usable, candidates, x_ref, y_ref, cat.shape, ref_frame)
     stack.solution = sol
-    stack.zeta, stack.zeta_err = sol.zeta(x_ref, y_ref)                                  # (F, S)
-    scale = np.exp(stack.zeta)
-    stack.cal = stack.rate / scale
-    stack.cal_err = np.sqrt((stack.rate_err / scale) ** 2 + (stack.cal * stack.zeta_err) ** 2)
-    stack.cal_flags = stack.flags.copy()
+    t_idx = cat.target_index
+    z, z_err = sol.zeta(x_ref[t_idx:t_idx + 1], y_ref[t_idx:t_idx + 1])
+    stack.target_zeta, stack.target_zeta_err = z[:, 0], z_err[:, 0]
+    stack.cal, stack.cal_err = sol.calibrate(stack.rate, stack.rate_err, x_ref, y_ref)   # (F, S)
     stack.bad_frames = ~sol.frame_ok
-    stack.cal_flags[stack.bad_frames] |= F.FRAME_REJECTED
+    stack.flags[stack.bad_frames] |= F.FRAME_REJECTED
+    stack.good = stack.usable & sol.frame_ok[:, None]
     n_f = len(stack.names)
     for k in np.flatnonzero(stack.bad_frames):
         rejected[stack.names[k]] = (f"calibration failed: only {int(sol.n_comparison[k])} comparison stars usable"
-                                    if n_f >= 3 else f"calibration failed: it needs at least 3 measured frames "
-                                                     f"({n_f} measured)")
+                                    if n_f >= 2 else "calibration failed: the only measured frame is not the "
+                                                     f"reference frame {shown(cat.reference_image)}")
     if stack.bad_frames.all():
         raise _no_usable_frame(rejected)
 
@@ -284,11 +286,12 @@ def _zero_point(stack: _Stack, cat: Catalogue, default_zero_point: float):
     zp_err = np.nan
     zp_source = "default" if cat.zp_offset == 0 else \
         f"default {default_zero_point:g} {cat.zp_offset:+.3f} mag carried across reference changes"
-    cal, cal_err = stack.cal, stack.cal_err
     with np.errstate(divide="ignore", invalid="ignore"):
-        good = stack.usable & ~stack.bad_frames[:, None]
-        wsum = np.where(good, 1.0 / cal_err ** 2, 0).sum(0)
-        mean_flux = np.where(wsum > 0, np.where(good, cal / cal_err ** 2, 0).sum(0) / np.where(wsum > 0, wsum, 1), np.nan)
+        weight = np.square(np.where(stack.good, stack.cal_err, np.inf))
+        np.divide(1.0, weight, out=weight)
+        wsum = weight.sum(0)
+        mean_flux = np.where(wsum > 0, np.multiply(weight, stack.cal, out=weight).sum(0) / np.where(wsum > 0, wsum, 1),
+                             np.nan)
         inst = -2.5 * np.log10(mean_flux)
     stars = cat.stars
     cat_mag = np.asarray(stars["cat_mag"], float)
@@ -327,8 +330,8 @@ def _frame_table(stack: _Stack, cat: Catalogue, zp: float, ra_deg: float, dec_de
     frames["airmass"] = stack.header_values("AIRMASS")
     frames["fwhm_arcsec"] = stack.header_values("FWHMAS")
     frames["sky"] = stack.header_values("SKY_E")
-    frames["zero_point"] = zp + 2.5 * np.log10(np.e) * stack.zeta[:, t_idx] + 2.5 * np.log10(stack.exptime_s)
-    frames["zero_point_err"] = 2.5 * np.log10(np.e) * stack.zeta_err[:, t_idx]
+    frames["zero_point"] = zp + 2.5 * np.log10(np.e) * stack.target_zeta + 2.5 * np.log10(stack.exptime_s)
+    frames["zero_point_err"] = 2.5 * np.log10(np.e) * stack.target_zeta_err
     frames["n_comparison"] = stack.solution.n_comparison
     frames["calibration_chi2"] = stack.solution.frame_chi2
     frames["alignment_rms_pix"] = stack.header_values("ALN_RMS")
@@ -359,12 +362,12 @@ def _target_table(stack: _Stack, cat: Catalogue, frames: Table, zp: float, recor
     lc["flux_err"] = t_err
     lc["mag"] = mag
     lc["mag_err"] = mag_err
-    lc["flags"] = stack.cal_flags[:, t_idx]
+    lc["flags"] = stack.flags[:, t_idx]
     lc["image"] = [shown(n) for n in stack.names]
     for c in ("zero_point", "zero_point_err", "fwhm_arcsec", "airmass", "sky"):
         lc[c] = frames[c]
     lc["exptime"] = stack.exptime_s
-    lc["neighbour_flux"] = stack.neighbour_e[:, t_idx] / stack.exptime_s / np.exp(stack.zeta[:, t_idx])
+    lc["neighbour_flux"] = stack.neighbour_e[:, t_idx] / stack.exptime_s / np.exp(stack.target_zeta)
     rej_rows = [r for r in records if r.columns is None and np.isfinite(_header_float(r.header, "MJDMID"))]
     if rej_rows:
         rj_mjd = np.array([_header_float(r.header, "MJDMID") for r in rej_rows])
@@ -384,19 +387,15 @@ def _all_stars_table(stack: _Stack, cat: Catalogue, zp: float, mean_flux: np.nda
     st = Table()
     for c in ("id", "ra", "dec", "x_ref", "y_ref", "flux_ref", "is_target", "detected", "cat_mag"):
         st[c] = cat.stars[c]
-    cal, cal_err = stack.cal, stack.cal_err
-    good = stack.usable & ~stack.bad_frames[:, None]
+    good = stack.good
     with np.errstate(divide="ignore", invalid="ignore"):
         st["mean_flux"] = mean_flux
         st["mean_mag"] = zp - 2.5 * np.log10(mean_flux)
         n_good = good.sum(0)
-        dev = np.where(good, (cal - mean_flux[None, :]), 0.0)
-        st["rms_flux"] = np.sqrt((dev ** 2).sum(0) / np.maximum(n_good - 1, 1))
-        # stars with no good point (off every frame, saturated) have no median error
-        median_err = np.full(good.shape[1], np.nan)
-        seen = (good & np.isfinite(cal_err)).any(axis=0)
-        median_err[seen] = np.nanmedian(np.where(good[:, seen], cal_err[:, seen], np.nan), axis=0)
-        st["median_flux_err"] = median_err
+        dev = np.subtract(stack.cal, mean_flux[None, :])
+        dev[~good] = 0.0
+        st["rms_flux"] = np.sqrt(np.square(dev, out=dev).sum(0) / np.maximum(n_good - 1, 1))
+        st["median_flux_err"] = column_medians(np.where(good, stack.cal_err, np.nan))
     st["n_good"] = n_good
     st["comparison"] = stack.solution.comparison
     st["calibration_chi2"] = stack.solution.star_chi2
