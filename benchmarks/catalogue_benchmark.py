@@ -41,13 +41,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+import luigi_phot  # noqa: E402,F401  first, as `luigi --module luigi_phot` does: its numpy settings apply
+import numpy as np  # noqa: E402
+
 CACHE = HERE / "cache" / "catalogue_4k"
 RESULTS = HERE / "results"
-sys.path.insert(0, str(REPO))
 from run_benchmarks import machine  # noqa: E402  (this script's directory is on sys.path)
 
 #: (label, function name as cProfile knows it (file stem, name)) of the phases shown

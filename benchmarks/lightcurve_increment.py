@@ -33,11 +33,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+import luigi_phot  # noqa: E402,F401  first, as `luigi --module luigi_phot` does: its numpy settings apply
+import numpy as np  # noqa: E402
 
 
 def prepare(work: Path, n_frames: int, n_stars: int) -> Path:

@@ -4,6 +4,8 @@ and on the TOM.
     .venv/bin/python benchmarks/watch_latency.py                     # 10 datasets, 1024x1024, a frame every 15 s
     .venv/bin/python benchmarks/watch_latency.py --tom               # with TOM upload (the tests' local TOM Toolkit)
     .venv/bin/python benchmarks/watch_latency.py --arrivals 10       # a shorter night
+    .venv/bin/python benchmarks/watch_latency.py --size 4096 --stars 15000 --datasets 3 --period 30 --arrivals 9
+                                                                     # Sinistro-like: 4k frames, ~14,600 catalogue stars
 
 What it does (all real: the installed luigi-phot-watch command, a local Luigi
 scheduler, a TOM Toolkit server started by tests/tom_server.py with --tom):
@@ -15,9 +17,12 @@ scheduler, a TOM Toolkit server started by tests/tom_server.py with --tom):
    renamed, as rsync does) into the next dataset, round-robin, --arrivals times;
    a poller notes when each frame's point is in ``<target>_<filter>_lc.ecsv``
    and (--tom) when the TOM holds a point at that frame's time;
-3. writes one more frame slowly under its final name (over --slow-s seconds) and
+3. makes a new dataset in the tree (its directory and reduction_config.yaml) and
+   lands its first frame: the time to that frame's point in its light curve (the
+   catalogue is built first), then its second frame's;
+4. writes one more frame slowly under its final name (over --slow-s seconds) and
    checks that it reaches the light curve and not the rejected list;
-4. lands a frame, waits until its dataset's lock is taken (a reduction in
+5. lands a frame, waits until its dataset's lock is taken (a reduction in
    progress), sends SIGTERM and measures the time to exit; checks no lock is left.
 
 Prints the figures; the machine's load average is printed with them (timings
@@ -110,32 +115,39 @@ def prepare(work: Path, args, account: Path | None) -> tuple[Path, Path, dict[st
     shutil.rmtree(work / "logs", ignore_errors=True)
     per_dataset = args.initial + -(-args.arrivals // args.datasets) + 2
     pending = {}
-    for i in range(args.datasets):
+    for i in range(args.datasets + 1):            # the last one lands during the night (a new dataset)
         name = f"WATCH-{i:02d}/sinistro/ip"
         src = stage / name
-        marker = src / f".complete-{per_dataset}-{args.size}"
+        stars = {} if args.stars is None else {"n_stars": args.stars, "seeing_arcsec": (1.2, 2.0)}
+        marker = src / f".complete-{per_dataset}-{args.size}-{args.stars}"
         if not marker.exists():
             shutil.rmtree(src, ignore_errors=True)
             generate_dataset(src, SyntheticConfig(seed=200 + i, n_frames=per_dataset, shape=(args.size, args.size),
-                                                  compress="none"))
+                                                  compress="none", **stars))
             marker.write_text("ok\n")
-        red = root / name
-        red.mkdir(parents=True)
-        cfg = yaml.safe_load((src / "reduction_config.yaml").read_text())
-        cfg["target"]["name"] = f"WATCH-{i:02d}"
-        cfg["tom"] = {"upload": account is not None, "data_label": f"WATCH-{i:02d}"}
-        if account is not None:
-            cfg["tom"].update(config_file=str(account), create_target=True)
-        (red / "reduction_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         frames = sorted(p for p in src.iterdir() if p.name.endswith(".fits"))
-        for f in frames[:args.initial]:
-            shutil.copy2(f, red)
-        pending[name] = frames[args.initial:]
+        pending[name] = frames
+        if i < args.datasets:
+            write_config(src, root / name, i, account)
+            for f in frames[:args.initial]:
+                shutil.copy2(f, root / name)
+            pending[name] = frames[args.initial:]
     config = work / "manager.yaml"
     config.write_text(yaml.safe_dump({
         "log_dir": str(work / "logs"), "data_reduction_dir": str(root), "software_dir": "None",
         "instrument_list": ["sinistro"], "dataset_selection": {"group": "all"}, "max_parallel": args.max_parallel}))
     return root, config, pending
+
+
+def write_config(src: Path, red: Path, i: int, account: Path | None) -> None:
+    """red_dir and its reduction_config.yaml (the generated one, target WATCH-<i>)."""
+    red.mkdir(parents=True)
+    cfg = yaml.safe_load((src / "reduction_config.yaml").read_text())
+    cfg["target"]["name"] = f"WATCH-{i:02d}"
+    cfg["tom"] = {"upload": account is not None, "data_label": f"WATCH-{i:02d}"}
+    if account is not None:
+        cfg["tom"].update(config_file=str(account), create_target=True)
+    (red / "reduction_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def land(src: Path, red: Path) -> float:
@@ -169,7 +181,10 @@ def run(args, tom=None) -> None:
                 raise SystemExit(f"the watcher exited: {(work / 'watch.out').read_text()[-2000:]}")
             time.sleep(0.5)
         print(f"catch-up of {args.datasets} datasets x {args.initial} frames: {time.time() - t0:.0f} s", flush=True)
+        new_name = f"WATCH-{args.datasets:02d}/sinistro/ip"
+        new_frames = pending.pop(new_name)
         lc_s, tom_s = arrivals(args, root, pending, TomPoints(tom) if tom else None)
+        first_s = new_dataset(root, new_name, new_frames, args, account)
         slow = slow_copy(args, root, pending)
         stop_s, locks = sigterm(root, pending, proc)
     finally:
@@ -186,6 +201,8 @@ def run(args, tom=None) -> None:
     if tom_s:
         print(f"  landing -> TOM:         max {max(tom_s):.1f} s, median {statistics.median(tom_s):.1f} s "
               f"({len(tom_s)} unflagged points)")
+    print(f"  a new dataset: its first frame's point in its light curve after {first_s[0]:.1f} s, its second "
+          f"frame's after {first_s[1]:.1f} s")
     print(f"  slowly copied frame ({args.slow_s:g} s under its final name): {slow}")
     print(f"  SIGTERM during a reduction: exit after {stop_s:.1f} s, locks left: {locks}")
 
@@ -232,6 +249,22 @@ def arrivals(args, root: Path, pending: dict[str, list[Path]], tom: TomPoints | 
     return lc_s, tom_s
 
 
+def new_dataset(root: Path, name: str, frames: list[Path], args, account: Path | None) -> tuple[float, float]:
+    """A dataset that appears in the night: its directory and configuration, then its
+    first frame, then (once that frame's point is in) its second: seconds from each
+    frame's landing to its point in the light curve (inf: not within 300 s)."""
+    i = int(name.split("/")[0].split("-")[1])
+    write_config(frames[0].parent, root / name, i, account)
+    seconds = []
+    for frame in frames[:2]:
+        t0 = land(frame, root / name)
+        while frame.name not in lc_rows(root / name) and time.time() - t0 < 300:
+            time.sleep(0.3)
+        seconds.append(time.time() - t0 if frame.name in lc_rows(root / name) else float("inf"))
+        time.sleep(args.period)
+    return seconds[0], seconds[1]
+
+
 def slow_copy(args, root: Path, pending: dict[str, list[Path]]) -> str:
     name = sorted(pending)[0]
     src = pending[name].pop(0)
@@ -269,6 +302,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", type=int, default=10)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--stars", type=int, default=None,
+                    help="stars drawn per dataset (the generator's n_stars; seeing then 1.2-2.0\"), else its default")
     ap.add_argument("--initial", type=int, default=3, help="frames of each dataset before the watcher starts")
     ap.add_argument("--arrivals", type=int, default=30, help="frames landed, round-robin")
     ap.add_argument("--period", type=float, default=15.0, help="seconds between two landings")

@@ -21,13 +21,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EnsembleSolution", "solve_ensemble", "poly_terms", "column_medians"]
+__all__ = ["CalibrationTuning", "EnsembleSolution", "solve_ensemble", "poly_terms", "column_medians"]
 
 
 def poly_terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
     """Design columns (N, k) of a 2-D polynomial of total degree `order` in normalised
     coordinates u, v in [-1, 1] (k = (order + 1)(order + 2) / 2)."""
     return np.column_stack([u ** (d - j) * v ** j for d in range(order + 1) for j in range(d + 1)])
+
+
+@dataclass(frozen=True)
+class CalibrationTuning:
+    """The ensemble calibration's fixed numbers, in one place."""
+
+    max_comparison_stars: int = 4000        # the brightest candidates, at most
+    min_comparison_median_snr: float = 10.0  # a candidate's median S/N over the frames
+    min_frame_points: int = 10              # comparison points a frame needs to be calibrated ...
+    min_frame_points_per_term: int = 3      # ... and at least this many per polynomial term
+    quadratic_min_stars: int = 60           # the scale's order across the field: quadratic from this many
+    linear_min_stars: int = 20              # comparison stars, linear from this many, else a constant
+    max_iterations: int = 12                # alternations of star means and frame fits, at most
+    star_chi2_floor: float = 3.0            # a comparison star scattering beyond max(floor, multiple x the
+    star_chi2_median_multiple: float = 3.0  # median star's chi2 per dof) sets no scale
+    min_star_points_fraction: float = 0.3   # of the calibrated frames (and at least 3, or 2 of 2 frames)
+    point_clip_sigma: float = 5.0           # a point this far out, in the star's own scatter, is left out
+
+
+TUNING = CalibrationTuning()
 
 
 @dataclass
@@ -95,8 +115,7 @@ def _term_products(a: np.ndarray) -> np.ndarray:
 
 def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, candidates: np.ndarray,
                    x_ref: np.ndarray, y_ref: np.ndarray, shape: tuple[int, int], ref_frame: int,
-                   order: int | None = None, max_comparison: int = 4000, min_comparison: int = 10,
-                   iterations: int = 12) -> EnsembleSolution:
+                   order: int | None = None, tuning: CalibrationTuning = TUNING) -> EnsembleSolution:
     """Solve for each frame's scale polynomial.
 
     rate, rate_err: (F, S) fluxes per second and errors; usable: (F, S) points free of
@@ -105,31 +124,32 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
     index of the reference frame (its zeta is fixed to 0), or -1 to fix the mean instead.
     Alternates, until the kept stars and points settle: each star's mean over the frames
     (stars that scatter beyond their errors and outlying points left out), then each
-    frame's polynomial over the kept stars.
+    frame's polynomial over the kept stars. `order` (0, 1, 2) overrides the one chosen from
+    the number of comparison stars.
     """
     n_f, n_s = rate.shape
-    cand = _comparison_candidates(rate, rate_err, usable, candidates, max_comparison)
+    cand = _comparison_candidates(rate, rate_err, usable, candidates, tuning)
     if n_f == 1 and ref_frame == 0:
         return _reference_alone(n_s, cand, int(usable[0, cand].sum()), shape)
     if order is None:
         # the aperture loss changes across the field when the PSF does (focus, tilt), and
         # more in poor seeing: a quadratic follows it; ten comparison stars a term suffice
-        order = 2 if cand.size >= 60 else (1 if cand.size >= 20 else 0)
+        order = 2 if cand.size >= tuning.quadratic_min_stars else (1 if cand.size >= tuning.linear_min_stars else 0)
     k = (order + 1) * (order + 2) // 2
     ny, nx = shape
     centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     half = (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0))
     design = poly_terms((x_ref[cand] - centre[0]) / half[0], (y_ref[cand] - centre[1]) / half[1], order)  # (C, k)
     lnr, w0, ok = _log_rates(rate[:, cand], rate_err[:, cand], usable[:, cand])
-    fit = _FrameFits(coeffs=_initial_offsets(lnr, ok, ref_frame, min_comparison, k), cov=np.zeros((n_f, k, k)),
-                     chi2=np.ones(n_f), ok=ok.sum(1) >= min_comparison)
+    fit = _FrameFits(coeffs=_initial_offsets(lnr, ok, ref_frame, tuning.min_frame_points, k),
+                     cov=np.zeros((n_f, k, k)), chi2=np.ones(n_f), ok=ok.sum(1) >= tuning.min_frame_points)
     keep_star = np.ones(cand.size, dtype=bool)
     point_ok = ok.copy()
     star_chi2 = np.zeros(cand.size)
-    for _ in range(iterations):
-        mu, star_chi2, new_keep, new_point = _star_pass(lnr, w0, ok, fit, design, point_ok, keep_star)
+    for _ in range(tuning.max_iterations):
+        mu, star_chi2, new_keep, new_point = _star_pass(lnr, w0, ok, fit, design, point_ok, keep_star, tuning)
         _fit_frames(fit, design, np.where(new_point & new_keep[None, :], w0, 0.0), lnr - mu[None, :],
-                    max(min_comparison, 3 * k))
+                    max(tuning.min_frame_points, tuning.min_frame_points_per_term * k))
         converged = np.array_equal(new_keep, keep_star) and np.array_equal(new_point, point_ok)
         keep_star, point_ok = new_keep, new_point
         if converged:
@@ -175,14 +195,15 @@ class _FrameFits:
     ok: np.ndarray       # (F,)
 
 
-def _comparison_candidates(rate, rate_err, usable, candidates, max_comparison: int) -> np.ndarray:
-    """The candidate stars with a median S/N above 10, brightest first, at most max_comparison."""
+def _comparison_candidates(rate, rate_err, usable, candidates, tuning: CalibrationTuning) -> np.ndarray:
+    """The candidate stars with a median S/N above the tuning's, brightest first, at most
+    the tuning's number."""
     snr = np.zeros(rate.shape, np.float32)    # single precision: it only ranks and thresholds
     with np.errstate(divide="ignore", invalid="ignore"):
         np.divide(rate, rate_err, out=snr, where=usable & (rate_err > 0))
     med_snr = np.median(snr, axis=0)
-    cand = np.flatnonzero(candidates & (med_snr > 10.0))
-    return cand[np.argsort(-med_snr[cand])][:max_comparison]
+    cand = np.flatnonzero(candidates & (med_snr > tuning.min_comparison_median_snr))
+    return cand[np.argsort(-med_snr[cand])][:tuning.max_comparison_stars]
 
 
 def _log_rates(r: np.ndarray, r_err: np.ndarray, usable: np.ndarray):
@@ -205,10 +226,10 @@ def _initial_offsets(lnr: np.ndarray, ok: np.ndarray, ref_frame: int, min_compar
     return coeffs
 
 
-def _star_pass(lnr, w0, ok, fit: _FrameFits, design, point_ok, keep_star):
+def _star_pass(lnr, w0, ok, fit: _FrameFits, design, point_ok, keep_star, tuning: CalibrationTuning):
     """Each star's weighted mean over the calibrated frames, its chi2 per dof, which stars
-    to keep (chi2 below max(3, 3 x the median) and enough points) and which points (within
-    5 of the star's own scatter)."""
+    to keep (chi2 below max(floor, multiple x the median) and enough points) and which
+    points (within the clip of the star's own scatter)."""
     zeta = fit.coeffs @ design.T                                       # (F, C)
     w = np.where(point_ok & fit.ok[:, None], w0, 0.0)
     wsum = w.sum(0)
@@ -217,11 +238,13 @@ def _star_pass(lnr, w0, ok, fit: _FrameFits, design, point_ok, keep_star):
     n_pts = np.maximum((w > 0).sum(0), 1)
     star_chi2 = np.where(n_pts > 1, (w * resid ** 2).sum(0) / np.maximum(n_pts - 1, 1), np.inf)
     good_chi = star_chi2[keep_star & np.isfinite(star_chi2)]
-    lim = max(3.0, 3.0 * np.median(good_chi)) if good_chi.size else np.inf
+    lim = max(tuning.star_chi2_floor, tuning.star_chi2_median_multiple * np.median(good_chi)) if good_chi.size \
+        else np.inf
     # three points a star, or two while only two frames are calibrated (a new dataset)
-    new_keep = (star_chi2 < lim) & (n_pts >= max(min(3, fit.ok.sum()), 2, 0.3 * fit.ok.sum()))
+    n_frames = fit.ok.sum()
+    new_keep = (star_chi2 < lim) & (n_pts >= max(min(3, n_frames), 2, tuning.min_star_points_fraction * n_frames))
     scale_pts = np.sqrt(np.maximum(np.where(np.isfinite(star_chi2), star_chi2, 1.0), 1.0))
-    new_point = ok & (np.abs(resid) * np.sqrt(w0) < 5.0 * scale_pts[None, :])
+    new_point = ok & (np.abs(resid) * np.sqrt(w0) < tuning.point_clip_sigma * scale_pts[None, :])
     return mu, star_chi2, new_keep, new_point
 
 

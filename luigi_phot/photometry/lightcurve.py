@@ -26,15 +26,31 @@ from astropy.table import Table
 
 from ..names import fitting_comment, name_cards, name_from_header, safe_token, shown, shown_ascii
 from . import flags as F
-from .calibration import column_medians, solve_ensemble
+from .calibration import CalibrationTuning, column_medians, solve_ensemble
 from .catalogue import Catalogue
 from .timing import bjd_tdb
 
 __all__ = ["write_measurement", "write_rejection", "read_measurement", "MeasurementRecord",
-           "LightCurveProducts", "build_lightcurve", "write_products", "product_names", "IdentificationError",
-           "check_target_identification"]
+           "LightCurveProducts", "LightcurveTuning", "build_lightcurve", "write_products", "product_names",
+           "IdentificationError", "check_target_identification"]
 
 MEASUREMENT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LightcurveTuning:
+    """The light-curve stage's fixed numbers, in one place (the ensemble calibration's
+    in :class:`CalibrationTuning`)."""
+
+    calibration: CalibrationTuning = CalibrationTuning()
+    zero_point_min_stars: int = 3             # catalogue magnitudes needed for a catalogue zero point
+    zero_point_min_comparison: int = 5        # fewer comparison stars with one: any candidate star serves
+    zero_point_clip_sigma: float = 3.0        # stars this far from the median offset are left out ...
+    zero_point_clip_floor_mag: float = 0.05   # ... but never closer than this
+    max_blended_fraction: float = 0.5         # more target points flagged blended_or_absent: identification refused
+
+
+TUNING = LightcurveTuning()
 
 
 def write_measurement(path: Path, columns: dict, header: dict, extra: dict | None = None) -> None:
@@ -120,13 +136,15 @@ class IdentificationError(ValueError):
     """Most of the target's points are not its own light: the identification looks wrong."""
 
 
-def check_target_identification(lc: Table, target_name: str, filter_name: str) -> None:
-    """Raise IdentificationError when more than half of the target's measured points carry
-    BLENDED_OR_ABSENT: then the light curve would be that of a neighbour, or noise."""
+def check_target_identification(lc: Table, target_name: str, filter_name: str,
+                                max_blended_fraction: float = TUNING.max_blended_fraction) -> None:
+    """Raise IdentificationError when more than `max_blended_fraction` (a half) of the
+    target's measured points carry BLENDED_OR_ABSENT: then the light curve would be that
+    of a neighbour, or noise."""
     flags = np.asarray(lc["flags"], int)
     measured = (flags & F.FRAME_REJECTED) == 0
     bad = measured & ((flags & F.BLENDED_OR_ABSENT) != 0)
-    if measured.sum() and bad.sum() > 0.5 * measured.sum():
+    if measured.sum() and bad.sum() > max_blended_fraction * measured.sum():
         raise IdentificationError(
             f"the target identification looks wrong: {int(bad.sum())} of {int(measured.sum())} target points are "
             f"not the star's own light (flag blended_or_absent: no star on the reference and none in the frame, or "
@@ -143,7 +161,7 @@ class LightCurveProducts:
     stars: Table
     flux: np.ndarray        # (F, S) calibrated e-/s on the reference scale
     flux_err: np.ndarray
-    flags: np.ndarray          # FRAME_REJECTED added on frames the calibration rejects
+    flags: np.ndarray       # (F, S) the points' flags, FRAME_REJECTED on frames the calibration rejects
     meta: dict = field(default_factory=dict)
 
 
@@ -163,7 +181,7 @@ class _Stack:
     headers: list
     rate: np.ndarray           # e-/s on each frame
     rate_err: np.ndarray
-    flags: np.ndarray
+    flags: np.ndarray          # FRAME_REJECTED added on frames the calibration rejects
     neighbour_e: np.ndarray    # modelled neighbour light in the aperture, e-
     exptime_s: np.ndarray
     usable: np.ndarray         # no severe flag, finite
@@ -181,7 +199,8 @@ class _Stack:
 
 def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_name: str,
                      ra_deg: float, dec_deg: float, default_zero_point: float,
-                     extra_rejected: dict[str, str] | None = None) -> LightCurveProducts:
+                     extra_rejected: dict[str, str] | None = None,
+                     tuning: LightcurveTuning = TUNING) -> LightCurveProducts:
     """Calibrate all measured frames and extract the target's light curve: stack the
     measurements, calibrate the frames on an ensemble of comparison stars, set the zero
     point, then make the frame table, the target's light curve (checked for a wrong
@@ -189,8 +208,9 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     rejected = {r.image: r.rejected for r in records if r.columns is None}
     rejected.update(extra_rejected or {})
     stack = _stack(records, cat, rejected)
-    _calibrate(stack, cat, rejected)
-    zp, zp_err, zp_source, mean_flux = _zero_point(stack, cat, default_zero_point)
+    _calibrate(stack, cat, rejected, tuning.calibration)
+    mean_flux = _weighted_mean_fluxes(stack)
+    zp, zp_err, zp_source = _zero_point(stack, cat, default_zero_point, mean_flux, tuning)
     frames = _frame_table(stack, cat, zp, ra_deg, dec_deg)
     lc = _target_table(stack, cat, frames, zp, records, ra_deg, dec_deg)
     lc.meta.update({
@@ -204,7 +224,7 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
         "flags": {name: bit for bit, (name, _) in F.FLAGS.items()},
         "severe_flags": F.SEVERE,
     })
-    check_target_identification(lc, target_name, cat.filter_name)
+    check_target_identification(lc, target_name, cat.filter_name, tuning.max_blended_fraction)
     # what the TOM's photometry processor reads: time (MJD), filter, magnitude, error
     finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
     tom_csv = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0), cat.filter_name)
@@ -249,7 +269,7 @@ def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str,
                   rate_err=rate_err, flags=flg, neighbour_e=neigh, exptime_s=exptime, usable=usable)
 
 
-def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str]) -> None:
+def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str], tuning: CalibrationTuning) -> None:
     """Every frame onto the reference frame's scale through the ensemble of comparison
     stars (calibration.solve_ensemble); frames it cannot calibrate are rejected."""
     stars = cat.stars
@@ -258,7 +278,8 @@ def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str]) -> None:
     ref_frame = stack.names.index(cat.reference_image) if cat.reference_image in stack.names else -1
     x_ref = np.asarray(stars["x_ref"], float)
     y_ref = np.asarray(stars["y_ref"], float)
-    sol = solve_ensemble(stack.rate, stack.rate_err, stack.usable, candidates, x_ref, y_ref, cat.shape, ref_frame)
+    sol = solve_ensemble(stack.rate, stack.rate_err, stack.usable, candidates, x_ref, y_ref, cat.shape, ref_frame,
+                         tuning=tuning)
     stack.solution = sol
     t_idx = cat.target_index
     z, z_err = sol.zeta(x_ref[t_idx:t_idx + 1], y_ref[t_idx:t_idx + 1])
@@ -276,38 +297,45 @@ def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str]) -> None:
         raise _no_usable_frame(rejected)
 
 
-def _zero_point(stack: _Stack, cat: Catalogue, default_zero_point: float):
-    """(zero point of the reference scale, its error, its source, every star's weighted mean
-    calibrated flux). From the catalogue's magnitudes when at least 3 stars have one (the
-    comparison stars first; 3-sigma clipped about the median), else the default, moved by
-    what earlier reference changes measured (the new reference calibrated against the old
-    one), so that the magnitude scale stays where it was."""
+def _weighted_mean_fluxes(stack: _Stack) -> np.ndarray:
+    """Every star's inverse-variance weighted mean calibrated flux over its good points
+    (NaN for a star with none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.square(np.where(stack.good, stack.cal_err, np.inf))
+        np.divide(1.0, weight, out=weight)
+        wsum = weight.sum(0)
+        return np.where(wsum > 0, np.multiply(weight, stack.cal, out=weight).sum(0) / np.where(wsum > 0, wsum, 1),
+                        np.nan)
+
+
+def _zero_point(stack: _Stack, cat: Catalogue, default_zero_point: float, mean_flux: np.ndarray,
+                tuning: LightcurveTuning) -> tuple[float, float, str]:
+    """(zero point of the reference scale, its error, its source). From the catalogue's
+    magnitudes of the stars' mean fluxes when enough stars have one (the comparison stars
+    first; clipped about the median), else the default, moved by what earlier reference
+    changes measured (the new reference calibrated against the old one), so that the
+    magnitude scale stays where it was."""
     zp = default_zero_point + cat.zp_offset
     zp_err = np.nan
     zp_source = "default" if cat.zp_offset == 0 else \
         f"default {default_zero_point:g} {cat.zp_offset:+.3f} mag carried across reference changes"
     with np.errstate(divide="ignore", invalid="ignore"):
-        weight = np.square(np.where(stack.good, stack.cal_err, np.inf))
-        np.divide(1.0, weight, out=weight)
-        wsum = weight.sum(0)
-        mean_flux = np.where(wsum > 0, np.multiply(weight, stack.cal, out=weight).sum(0) / np.where(wsum > 0, wsum, 1),
-                             np.nan)
         inst = -2.5 * np.log10(mean_flux)
     stars = cat.stars
     cat_mag = np.asarray(stars["cat_mag"], float)
     has = np.isfinite(cat_mag) & np.isfinite(inst) & stack.solution.comparison
-    if has.sum() < 5:
+    if has.sum() < tuning.zero_point_min_comparison:
         candidates = (np.asarray(stars["detected"]) & ~np.asarray(stars["saturated_ref"])
                       & ~np.asarray(stars["is_target"]))
         has = np.isfinite(cat_mag) & np.isfinite(inst) & candidates
-    if has.sum() >= 3:
+    if has.sum() >= tuning.zero_point_min_stars:
         d = cat_mag[has] - inst[has]
         med = np.median(d)
-        sel = np.abs(d - med) <= max(3 * mad_std(d), 0.05)
+        sel = np.abs(d - med) <= max(tuning.zero_point_clip_sigma * mad_std(d), tuning.zero_point_clip_floor_mag)
         zp = float(np.median(d[sel]))
-        zp_err = float(1.2533 * np.std(d[sel]) / np.sqrt(max(sel.sum(), 1)))
+        zp_err = float(1.2533 * np.std(d[sel]) / np.sqrt(max(sel.sum(), 1)))   # the error of a median
         zp_source = f"catalogue ({int(sel.sum())} stars)"
-    return zp, zp_err, zp_source, mean_flux
+    return zp, zp_err, zp_source
 
 
 def _frame_sites(stack: _Stack) -> list:
@@ -320,7 +348,6 @@ def _frame_sites(stack: _Stack) -> list:
 
 def _frame_table(stack: _Stack, cat: Catalogue, zp: float, ra_deg: float, dec_deg: float) -> Table:
     """One row per measured frame: times, conditions, zero point, calibration, alignment."""
-    t_idx = cat.target_index
     mjd = stack.header_values("MJDMID")
     frames = Table()
     frames["image"] = [shown_ascii(n) for n in stack.names]   # a FITS table: ASCII only
