@@ -44,7 +44,7 @@ from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
 
-__all__ = ["Catalogue", "CatalogueError", "ReferenceChoice", "choose_reference", "borrow_wcs", "build_catalogue",
+__all__ = ["Catalogue", "CatalogueError", "CatalogueTuning", "ReferenceChoice", "choose_reference", "borrow_wcs", "build_catalogue",
            "psf_star_candidates"]
 
 CATALOGUE_FORMAT = 1
@@ -442,6 +442,35 @@ def psf_star_candidates(stars: Table, shape, margin: float, n: int = 40) -> np.n
     return np.concatenate(out)[:n]
 
 
+@dataclass(frozen=True)
+class CatalogueTuning:
+    """The catalogue stage's fixed numbers, in one place (units in the names; FWHM is the
+    reference PSF's)."""
+
+    sky_mesh_box_pix: int = 128               # box of the background mesh
+    bright_peak_sigma: float = 20.0           # the first look for the PSF: peaks this far above the sky ...
+    bright_peaks_max: int = 2000              # ... at most this many
+    min_bright_stars: int = 5                 # fewer refuses the reference frame
+    psf_isolation_fwhm: float = 3.0           # PSF stars: no neighbour within this ...
+    psf_stars_max: int = 60                   # ... and at most this many
+    min_sharpness_limit: float = 0.6          # peaks sharper than a star (and than this) are not stars
+    duplicate_peak_fwhm: float = 0.5          # two peaks closer than this are one star (the brighter kept)
+    flux_fit_radius_fwhm: float = 1.5         # pixels each star's PSF flux is fitted on ...
+    flux_fit_radius_min_pix: float = 2.5      # ... at least this far out
+    model_reach_sky_sigma: float = 0.1        # a star's light is modelled out to this fraction of the sky
+    model_reach_max_fwhm: float = 6.0         # noise, at most this far, in the final fluxes
+    residual_reach_sky_sigma: float = 0.05    # the same for the star-subtracted image where faint
+    residual_reach_max_fwhm: float = 8.0      # companions are looked for
+    companion_min_distance_fwhm: float = 1.0  # a companion is this far from a known star ...
+    companion_min_distance_pix: float = 2.5   # ... and this many pixels at least ...
+    companion_min_height_fraction: float = 0.1  # ... and above this fraction of the light modelled there
+    isolation_radius_fwhm: float = 4.0        # isolated: no neighbour within this ...
+    isolation_flux_fraction: float = 0.02     # ... brighter than this fraction of the star
+
+
+TUNING = CatalogueTuning()
+
+
 @dataclass
 class _RefImage:
     """The reference frame as the catalogue stage works on it: pixels with bad ones
@@ -454,6 +483,7 @@ class _RefImage:
     sky_sigma_e: float
     psf: MoffatPSF | None = None
     level: np.ndarray | None = None     # the sky image
+    tuning: CatalogueTuning = TUNING
 
     @property
     def smooth_sigma_pix(self) -> float:
@@ -486,7 +516,8 @@ class _RefStars:
 
 
 def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None,
-                    gaia_cache: Path | None = None, header_scatter=None) -> Catalogue:
+                    gaia_cache: Path | None = None, header_scatter=None,
+                    tuning: CatalogueTuning = TUNING) -> Catalogue:
     """Detect, measure and place every star of the reference frame; refine its WCS against an
     astrometric catalogue (astrometry.py); identify the target (identification.py).
 
@@ -500,7 +531,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
     notes: list[str] = []
     warned: list[str] = []
     info = frame.info
-    ref = _prepare_reference(frame)
+    ref = _prepare_reference(frame, tuning)
     ref.psf = _reference_psf(ref, info, notes)
     stars, height = _detect_stars(ref, photometry)
     # absolute astrometry (catalogue file, Gaia DR3 or the header), then the target
@@ -516,7 +547,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
         from .aperture import pixel_flag_summary
         stars.saturated = stars.saturated | ((pixel_flag_summary(ref.flags & np.uint8(2), stars.x, stars.y,
                                                                  ref.psf.fwhm_pix) & 2) != 0)
-    nn_d, isolated = _isolation(stars, flux, ref.psf.fwhm_pix)
+    nn_d, isolated = _isolation(stars, flux, ref.psf.fwhm_pix, tuning)
     table = _catalogue_table(stars, wcs, flux, flux_err, nn_d, isolated)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -527,7 +558,7 @@ def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, l
                      catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes, warnings=warned, facts=facts)
 
 
-def _prepare_reference(frame: Frame) -> _RefImage:
+def _prepare_reference(frame: Frame, tuning: CatalogueTuning) -> _RefImage:
     """Saturation the header did not state flagged; bad pixels (a hot column) bridged from
     their sides in a copy: they would pull the windowed centroids of the stars beside them,
     and every frame inherits the catalogue positions (the PSF and flux fits leave them out
@@ -537,29 +568,29 @@ def _prepare_reference(frame: Frame) -> _RefImage:
     data = frame.data_e.copy()
     masked = np.flatnonzero((flags & (PIXEL_BAD | PIXEL_COSMIC)).ravel())
     repair_pixels(data, masked, float(np.nanmedian(data[::16, ::16])))
-    mesh = sky_mesh(data, flags, box=128)
+    mesh = sky_mesh(data, flags, box=tuning.sky_mesh_box_pix)
     return _RefImage(data=data, flags=flags, mesh=mesh, sky_level_e=float(np.median(mesh.level)),
-                     sky_sigma_e=float(np.median(mesh.sigma)))
+                     sky_sigma_e=float(np.median(mesh.sigma)), tuning=tuning)
 
 
 def _reference_psf(ref: _RefImage, info: FrameInfo, notes: list[str]) -> MoffatPSF:
     """A first FWHM from the bright peaks that are not cosmic rays, then the PSF fitted on
-    up to 60 of them isolated by 3 FWHM."""
+    the isolated ones (the tuning's numbers)."""
     from scipy.spatial import cKDTree
 
-    data, mesh = ref.data, ref.mesh
-    bright = find_peaks(data, ref.flags, mesh, nsigma=20.0, max_peaks=2000)
+    data, mesh, tn = ref.data, ref.mesh, ref.tuning
+    bright = find_peaks(data, ref.flags, mesh, nsigma=tn.bright_peak_sigma, max_peaks=tn.bright_peaks_max)
     sharp = peak_sharpness(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y))
     bright = bright.take(np.flatnonzero(not_cosmic(sharp) & ~bright.saturated))
     fwhm0 = quick_fwhm(data, bright, ref.sky_level_e)
-    if not np.isfinite(fwhm0) or len(bright) < 5:
+    if not np.isfinite(fwhm0) or len(bright) < tn.min_bright_stars:
         raise CatalogueError(f"{info.name}: too few stars on the reference frame ({len(bright)} bright peaks)")
     bx, by, _ = windowed_centroids(data, bright.x, bright.y, mesh.level_at(bright.x, bright.y),
                                    centroid_window_sigma(fwhm0, 1.0))
     nn_d, _ = cKDTree(np.column_stack([bx, by])).query(np.column_stack([bx, by]), k=2)
-    iso = np.flatnonzero(nn_d[:, 1] > 3.0 * fwhm0)[:60]
-    if iso.size < 5:
-        iso = np.arange(min(60, bx.size))
+    iso = np.flatnonzero(nn_d[:, 1] > tn.psf_isolation_fwhm * fwhm0)[:tn.psf_stars_max]
+    if iso.size < tn.min_bright_stars:
+        iso = np.arange(min(tn.psf_stars_max, bx.size))
     fit = fit_psf(data, bx[iso], by[iso], ref.sky_sigma_e ** 2, fwhm0, pixel_ok=ref.flags == 0)
     notes.append(f"reference PSF FWHM {fit.psf.fwhm_pix:.2f} px from {fit.n_stars} stars")
     return fit.psf
@@ -581,12 +612,12 @@ def _detect_stars(ref: _RefImage, photometry) -> tuple[_RefStars, np.ndarray]:
         phases.append(psf.pixel_values(ox - fx, oy - fy))
     limit = star_sharpness_limit(phases)
     sharp = peak_sharpness(data, peaks.x, peaks.y, ref.mesh.level_at(peaks.x, peaks.y))
-    peaks = peaks.take(np.flatnonzero(sharp < max(limit, 0.6)))
+    peaks = peaks.take(np.flatnonzero(sharp < max(limit, ref.tuning.min_sharpness_limit)))
     if len(peaks) > photometry.max_catalogue_stars:
         peaks = peaks.take(np.arange(photometry.max_catalogue_stars))
     x, y, _ = ref.centroids(data, peaks)
     drop = np.zeros(x.size, dtype=bool)
-    for i, j in cKDTree(np.column_stack([x, y])).query_pairs(0.5 * psf.fwhm_pix):
+    for i, j in cKDTree(np.column_stack([x, y])).query_pairs(ref.tuning.duplicate_peak_fwhm * psf.fwhm_pix):
         drop[max(i, j)] = True  # peaks are sorted brightest first
     keep = ~drop
     stars = _RefStars(x=x[keep], y=y[keep], saturated=peaks.saturated[keep], detected=np.ones(int(keep.sum()), bool))
@@ -598,9 +629,9 @@ def _reference_fluxes(ref: _RefImage, stars: _RefStars, photometry, notes: list[
     companions that sat in brighter stars' light (not separate peaks the first time):
     found in the image with every star subtracted, added, and all fluxes fitted again;
     the final fluxes with bright stars modelled out into their neighbours' pixels."""
-    data, psf, level = ref.data, ref.psf, ref.level
+    data, psf, level, tn = ref.data, ref.psf, ref.level, ref.tuning
     variance = np.maximum(data - level, 0) + ref.sky_sigma_e ** 2
-    fit_radius = max(1.5 * psf.fwhm_pix, 2.5)
+    fit_radius = max(tn.flux_fit_radius_fwhm * psf.fwhm_pix, tn.flux_fit_radius_min_pix)
     ok_pix = ref.flags == 0
     flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix)
     if len(stars.x) < photometry.max_catalogue_stars:
@@ -609,7 +640,8 @@ def _reference_fluxes(ref: _RefImage, stars: _RefStars, photometry, notes: list[
             notes.append(f"{len(new[0])} faint companions found in the star-subtracted reference")
             stars.add_faint(*new)
             flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix)
-    reach = stamp_radius(psf, np.nan_to_num(flux), 0.1 * ref.sky_sigma_e, 6 * psf.fwhm_pix)
+    reach = stamp_radius(psf, np.nan_to_num(flux), tn.model_reach_sky_sigma * ref.sky_sigma_e,
+                         tn.model_reach_max_fwhm * psf.fwhm_pix)
     flux, flux_err = fit_fluxes(data - level, variance, stars.x, stars.y, psf, fit_radius, pixel_ok=ok_pix,
                                 model_radius_pix=reach)
     ref.level = None
@@ -622,9 +654,10 @@ def _faint_companions(ref: _RefImage, stars: _RefStars, flux, photometry):
     PSF misfit than a companion); None when there is none."""
     from scipy.spatial import cKDTree
 
-    data, psf = ref.data, ref.psf
-    residual = data - render_stars(data.shape, stars.x, stars.y, np.nan_to_num(flux), psf,
-                                   stamp_radius(psf, np.nan_to_num(flux), 0.05 * ref.sky_sigma_e, 8 * psf.fwhm_pix))
+    data, psf, tn = ref.data, ref.psf, ref.tuning
+    reach = stamp_radius(psf, np.nan_to_num(flux), tn.residual_reach_sky_sigma * ref.sky_sigma_e,
+                         tn.residual_reach_max_fwhm * psf.fwhm_pix)
+    residual = data - render_stars(data.shape, stars.x, stars.y, np.nan_to_num(flux), psf, reach)
     extra = find_peaks(residual, ref.flags, ref.mesh, nsigma=photometry.detection_sigma,
                        smooth_sigma_pix=ref.smooth_sigma_pix, sky_image=ref.level)
     if not len(extra):
@@ -632,14 +665,15 @@ def _faint_companions(ref: _RefImage, stars: _RefStars, flux, photometry):
     ex, ey, _ = ref.centroids(residual, extra)
     d_near, _ = cKDTree(np.column_stack([stars.x, stars.y])).query(np.column_stack([ex, ey]))
     modelled = (data - residual)[extra.y, extra.x]
-    new = np.flatnonzero((d_near > max(psf.fwhm_pix, 2.5)) & (extra.height > 0.1 * modelled))
+    far = d_near > max(tn.companion_min_distance_fwhm * psf.fwhm_pix, tn.companion_min_distance_pix)
+    new = np.flatnonzero(far & (extra.height > tn.companion_min_height_fraction * modelled))
     new = new[: photometry.max_catalogue_stars - len(stars.x)]
     return (ex[new], ey[new], extra.saturated[new]) if new.size else None
 
 
-def _isolation(stars: _RefStars, flux, fwhm_pix: float):
-    """(nearest-neighbour distance [pix], isolated): no neighbour brighter than 2% of the
-    star within 4 FWHM."""
+def _isolation(stars: _RefStars, flux, fwhm_pix: float, tuning: CatalogueTuning):
+    """(nearest-neighbour distance [pix], isolated): no neighbour brighter than the tuning's
+    fraction of the star within its radius."""
     from scipy.spatial import cKDTree
 
     x, y = stars.x, stars.y
@@ -647,10 +681,10 @@ def _isolation(stars: _RefStars, flux, fwhm_pix: float):
     nn_d = t.query(np.column_stack([x, y]), k=2)[0][:, 1] if x.size > 1 else np.full(x.size, np.inf)
     isolated = np.ones(x.size, dtype=bool)
     fpos = np.where(np.isfinite(flux), np.maximum(flux, 0), 0)
-    for i, j in t.query_pairs(4.0 * fwhm_pix):
-        if fpos[j] > 0.02 * fpos[i]:
+    for i, j in t.query_pairs(tuning.isolation_radius_fwhm * fwhm_pix):
+        if fpos[j] > tuning.isolation_flux_fraction * fpos[i]:
             isolated[i] = False
-        if fpos[i] > 0.02 * fpos[j]:
+        if fpos[i] > tuning.isolation_flux_fraction * fpos[j]:
             isolated[j] = False
     return nn_d, isolated
 
