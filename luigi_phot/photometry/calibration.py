@@ -97,12 +97,12 @@ def column_medians(values: np.ndarray) -> np.ndarray:
     """Each column's median over its finite values (NaN for a column with none):
     np.nanmedian's answer along axis 0, from one sort instead of a masked array per call
     (0.15 s against 0.7 s for 500 x 20,000)."""
+    if values.shape[0] == 0:
+        return np.full(values.shape[1], np.nan)
     ordered = np.sort(np.where(np.isfinite(values), values, np.nan), axis=0)   # NaN sort last
     n = np.isfinite(ordered).sum(0)
     cols = np.arange(ordered.shape[1])
-    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, max(ordered.shape[0] - 1, 0))
-    if ordered.shape[0] == 0:
-        return np.full(ordered.shape[1], np.nan)
+    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, ordered.shape[0] - 1)
     with np.errstate(invalid="ignore"):
         return np.where(n > 0, (ordered[lo, cols] + ordered[hi, cols]) / 2, np.nan)
 
