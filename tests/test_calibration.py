@@ -130,3 +130,20 @@ def test_two_frames_are_calibrated_against_each_other():
     assert np.sqrt(np.mean(((zeta[1] - expected) / zeta_err[1]) ** 2)) < 3.0
     assert not sol.comparison[VARIABLE] or abs(np.log(rate[two[1], VARIABLE] / rate[two[0], VARIABLE])
                                                - expected[VARIABLE]) < 0.02
+
+
+def test_column_medians_is_nanmedian_over_the_finite_values():
+    import warnings
+
+    from luigi_phot.photometry.calibration import column_medians
+
+    rng = np.random.default_rng(7)
+    for shape in ((1, 5), (2, 7), (7, 3), (40, 300)):
+        values = rng.normal(size=shape)
+        values[rng.random(shape) < 0.3] = np.nan
+        values[:, 0] = np.nan                            # a star with no good point
+        values[0, 1] = np.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(np.where(np.isfinite(values), values, np.nan), axis=0)
+        assert np.array_equal(column_medians(values), expected, equal_nan=True)
