@@ -82,18 +82,18 @@ def add_masks(flags: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
 def frame_pairs(path: Path, cat, settings, camera, r_ap_arcsec: float, rng) -> dict:
     """Measure one frame as it is and with masks added; per star: the two fluxes and
     errors, the repaired fraction, sigma_pix and the clean flags."""
-    clean = measure_frame(load_frame(path, camera), cat, settings).columns
+    clean = measure_frame(load_frame(path, camera), cat, settings).stars
     frame = load_frame(path, camera)
     data = frame.data_e.copy()
     usable = (clean["flags"] & (F.SEVERE | F.CROWDED)) == 0
     added = add_masks(frame.pixel_flags, clean["x"], clean["y"], clean["flux"], usable, rng)
     m = measure_frame(frame, cat, settings)
-    col, hdr = m.columns, m.header
+    col, facts = m.stars, m.facts
     x, y = col["x"].astype(float), col["y"].astype(float)
-    r_ap = hdr["APRAD"][0]
+    r_ap = facts.aperture_radius_pix
     ov = masked_overlaps(added.astype(np.uint8), 1, x, y, r_ap)
     sky = col["sky"].astype(float)
-    var = np.maximum(data.ravel()[ov.pixel] - sky[ov.star], 0.0) + hdr["PIXVAR"][0]
+    var = np.maximum(data.ravel()[ov.pixel] - sky[ov.star], 0.0) + facts.pixel_var_e2
     return {"f0": clean["flux"].astype(float), "e0": clean["flux_err"].astype(float),
             "f1": col["flux"].astype(float), "e1": col["flux_err"].astype(float),
             "frac": col["repaired"].astype(float), "frac0": clean["repaired"].astype(float),

@@ -101,7 +101,7 @@ def realisations(tmp_path_factory):
     for _ in range(N_REALISATIONS):
         frame = Frame(info=base.info, data_e=_noisy(expected, rng), pixel_flags=np.zeros_like(base.pixel_flags),
                       err_e=None)
-        c = measure_frame(frame, cat, settings).columns
+        c = measure_frame(frame, cat, settings).stars
         rows.append((c["flux"][t], c["flux_err"][t], c["neighbour_flux"][t]))
     return np.array(rows, dtype=float)
 

@@ -44,6 +44,9 @@ def test_one_new_frame_reads_one_file_and_the_light_curve_equals_a_full_rebuild(
     assert n_read == 1, "the frames read before came again from their files"
     full = [read_measurement(p, columns=LIGHTCURVE_COLUMNS) for p in paths]
     assert [r.image for r in incremental] == [r.image for r in full]
+    # the typed view of each header too (repr: NaN facts compare unequal to themselves)
+    assert [repr(r.facts) for r in incremental] == [repr(r.facts) for r in full]
+    assert all(r.facts.image == r.image and r.facts.mjd_mid > 0 for r in full if r.rejected is None)
     inc, ref = _lightcurve(reduced_dataset, incremental), _lightcurve(reduced_dataset, full)
     assert _same_table(inc.lightcurve, ref.lightcurve)
     assert _same_table(inc.stars, ref.stars)

@@ -114,13 +114,13 @@ def _measure_with_block(red: Path, truth: Table, k: int, half: int):
     cat = Catalogue.load(red / "photometry" / "catalogue.fits")
     settings = MeasureSettings.from_config(cfg.photometry)
     path = red / str(truth["image"][k])
-    clean = measure_frame(load_frame(path, cfg.camera), cat, settings).columns
+    clean = measure_frame(load_frame(path, cfg.camera), cat, settings).stars
     frame = load_frame(path, cfg.camera)
     tx, ty = (int(round(float(truth[c][k]))) for c in ("target_x_pix", "target_y_pix"))
     frame.pixel_flags[ty - half: ty + half + 1, tx - half: tx + half + 1] |= PIXEL_BAD
-    masked = measure_frame(frame, cat, settings).columns
+    masked = measure_frame(frame, cat, settings).stars
     t = cat.target_index
-    return {c: v[t] for c, v in clean.items()}, {c: v[t] for c, v in masked.items()}
+    return {c: clean[c][t] for c in clean.colnames}, {c: masked[c][t] for c in masked.colnames}
 
 
 def test_a_hit_on_the_core_is_repaired_within_the_error_and_most_light_masked_is_severe(column):

@@ -62,16 +62,6 @@ class Alignment:
         m = self.matrix
         return float(np.degrees(np.arctan2(m[1, 0] - m[0, 1], m[0, 0] + m[1, 1])))
 
-    def to_header(self) -> dict:
-        m = self.matrix
-        out = {f"ALN_{i}{j}": (float(m[i, j]), "ref->frame affine") for i in range(2) for j in range(3)}
-        out.update({"ALN_RMS": (self.rms_pix, "alignment residual RMS [pix]"),
-                    "ALN_N": (self.n_matched, "stars matched in alignment"),
-                    "ALN_METH": (self.method, "alignment method"),
-                    "ALN_ROT": (self.rotation_deg, "rotation of frame vs reference [deg]"),
-                    "ALN_SCAL": (self.scale, "frame pix per reference pix")})
-        return out
-
 
 def fit_affine(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Least-squares 2x3 affine mapping src (N,2) onto dst (N,2)."""
@@ -498,12 +488,12 @@ def header_wcs_error(info, cat, m, tolerance_arcsec: float = 5.0) -> str | None:
     """A warning when a frame's header WCS puts the target more than `tolerance_arcsec`
     away from where the aligned catalogue stars put it (None when it agrees, or the
     frame has no WCS). `info` is the frame's FrameInfo, `cat` the Catalogue and `m` the
-    frame's measurement (its columns x, y and header ALN_METH)."""
+    frame's FrameMeasurement (its stars' x, y and its alignment method)."""
     if info.wcs is None:
         return None
     t = cat.target_index
-    x, y = float(m.columns["x"][t]), float(m.columns["y"][t])
-    method = m.header.get("ALN_METH", ("?",))[0]
+    x, y = float(m.stars["x"][t]), float(m.stars["y"][t])
+    method = m.facts.alignment_method
     what = "ignored: aligned on the star pattern" if method == "pattern" else "corrected by the alignment"
     try:
         ra, dec = float(cat.stars["ra"][t]), float(cat.stars["dec"][t])

@@ -37,11 +37,6 @@ class ApertureGeometry:
     r_in_pix: float
     r_out_pix: float
 
-    def to_header(self) -> dict:
-        return {"APRAD": (self.r_ap_pix, "aperture radius [pix]"),
-                "ANNRIN": (self.r_in_pix, "sky annulus inner radius [pix]"),
-                "ANNROUT": (self.r_out_pix, "sky annulus outer radius [pix]")}
-
 
 def _disk_offsets(r_min: float, r_max: float):
     h = int(np.ceil(r_max))

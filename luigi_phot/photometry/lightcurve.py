@@ -28,6 +28,7 @@ from ..names import fitting_comment, name_cards, name_from_header, safe_token, s
 from . import flags as F
 from .calibration import CalibrationTuning, column_medians, solve_ensemble
 from .catalogue import Catalogue
+from .frame_result import FrameFacts, RejectionFacts, star_table
 from .timing import bjd_tdb
 
 __all__ = ["write_measurement", "write_rejection", "read_measurement", "MeasurementRecord",
@@ -53,12 +54,17 @@ class LightcurveTuning:
 TUNING = LightcurveTuning()
 
 
-def write_measurement(path: Path, columns: dict, header: dict, extra: dict | None = None) -> None:
-    """The per-image table. ``IMAGE`` (the frame's file name) is kept exactly whatever
+def write_measurement(path: Path, stars, header, extra: dict | None = None) -> None:
+    """The per-image table: `stars` (a Table, or arrays by column name) and `header`
+    (:class:`FrameFacts`, :class:`RejectionFacts`, or ``{keyword: (value, comment)}``).
+    The columns are written as their arrays are (dtypes; no unit cards: the file's format
+    predates the units). ``IMAGE`` (the frame's file name) is kept exactly whatever
     characters it has (:func:`luigi_phot.names.name_cards`); other text values are
     written as printable ASCII, which is all a FITS header can hold."""
     hdr = fits.Header()
     hdr["MEASFMT"] = (MEASUREMENT_FORMAT, "luigi_phot measurement format")
+    if isinstance(header, (FrameFacts, RejectionFacts)):
+        header = header.cards()
     cards = {**header, **(extra or {})}
     image = cards.pop("IMAGE", None)
     if image is not None:
@@ -71,21 +77,24 @@ def write_measurement(path: Path, columns: dict, header: dict, extra: dict | Non
         elif isinstance(value, str) and k not in ("IMAGE", "IMAGEHEX"):
             value = shown_ascii(value)
         hdr[k] = (value, fitting_comment(k, value, comment))
-    table = fits.BinTableHDU(Table(columns), header=hdr, name="PHOT")   # astropy picks each column's TFORM
+    names = list(stars.colnames if isinstance(stars, Table) else stars)
+    plain = Table([np.asarray(stars[c]) for c in names], names=names)   # astropy picks each column's TFORM
+    table = fits.BinTableHDU(plain, header=hdr, name="PHOT")
     fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
 
 
 def write_rejection(path: Path, image: str, reason: str, mjd_mid: float | None = None,
                     extra: dict | None = None) -> None:
     """Record that `image` was rejected (so a rerun does not retry it) and why."""
-    hdr = {"IMAGE": (image, "frame"), "REJECT": (reason[:2000], "why the frame was rejected")}
-    if mjd_mid is not None:
-        hdr["MJDMID"] = (mjd_mid, "mid-exposure MJD (UTC)")
-    write_measurement(path, {"flux": np.zeros(0, np.float32)}, hdr, extra)
+    facts = RejectionFacts(image=image, reason=reason[:2000], mjd_mid=mjd_mid)
+    write_measurement(path, {"flux": np.zeros(0, np.float32)}, facts, extra)
 
 
 @dataclass
 class MeasurementRecord:
+    """A measurement file as read: the frame's name, its header, and the columns asked
+    for (None when the frame was rejected). ``facts`` and ``stars`` are the typed views."""
+
     image: str
     header: fits.Header
     columns: dict[str, np.ndarray] | None     # None when rejected
@@ -94,6 +103,17 @@ class MeasurementRecord:
     def rejected(self) -> str | None:
         r = self.header.get("REJECT")
         return None if r is None else str(r)
+
+    @property
+    def facts(self) -> FrameFacts | RejectionFacts:
+        """The header as :class:`FrameFacts`, or :class:`RejectionFacts` for a rejected
+        frame (both have ``image``, ``mjd_mid`` and ``frame_digest``)."""
+        return (FrameFacts if self.rejected is None else RejectionFacts).from_header(self.header)
+
+    @property
+    def stars(self) -> Table | None:
+        """The columns read, with their units (None when rejected)."""
+        return None if self.columns is None else star_table(self.columns)
 
     @property
     def digest(self) -> str | None:

@@ -10,8 +10,10 @@ optional) -> sky (clipped annuli) -> fluxes (errors, light on masked pixels) ->
 variables (stars far from their reference brightness re-modelled) -> errors
 (flags). Its fixed numbers are in :class:`MeasureTuning`.
 
-The result is a table with one row per catalogue star and a header with the
-frame's facts; :class:`FrameRejected` says why a frame cannot be measured.
+The result (:class:`~luigi_phot.photometry.frame_result.FrameMeasurement`) is a table
+with one row per catalogue star, with units, and the frame's facts (its header) as a
+:class:`~luigi_phot.photometry.frame_result.FrameFacts`; :class:`FrameRejected` says why
+a frame cannot be measured.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .background import pixel_noise, sky_mesh
 from .catalogue import Catalogue, psf_star_candidates
 from .detection import (ControlPoints, alignment_control_points, find_cosmic_rays, flag_flat_maximum,
                         star_sharpness_limit)
+from .frame_result import FrameFacts, FrameMeasurement, star_table
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
 
@@ -83,14 +86,6 @@ class MeasureSettings:
                    subtract_neighbours=photometry.subtract_neighbours,
                    max_alignment_rms_pix=photometry.max_alignment_rms_pix,
                    min_matched_stars=photometry.min_matched_stars)
-
-
-@dataclass
-class FrameMeasurement:
-    columns: dict[str, np.ndarray]
-    header: dict[str, tuple]
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def _psf_at_phases(psf: MoffatPSF):
@@ -778,58 +773,35 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
         timings[step.name] = round(time.perf_counter() - t0, 4)
         if message and progress is not None and step.progress is not None:
             progress(step.progress, message)
-    return FrameMeasurement(columns=_columns(state), header=_header(state), timings=timings, notes=state.notes)
+    return FrameMeasurement(stars=_star_table(state), facts=_facts(state), timings=timings, notes=state.notes)
 
 
-def _columns(s: _FrameState) -> dict[str, np.ndarray]:
-    return {
-        "x": s.x.astype(np.float32), "y": s.y.astype(np.float32),
-        "flux": s.flux.astype(np.float32), "flux_err": s.flux_err.astype(np.float32),
-        "sky": s.sky.astype(np.float32), "sky_sigma": s.sky_sig.astype(np.float32),
-        "n_sky": s.n_sky.astype(np.int16), "neighbour_flux": s.neighbour.astype(np.float32),
-        "flags": s.flags.astype(np.int16), "repaired": s.masked.fraction.astype(np.float32),
-    }
+def _star_table(s: _FrameState):
+    return star_table({"x": s.x, "y": s.y, "flux": s.flux, "flux_err": s.flux_err, "sky": s.sky,
+                       "sky_sigma": s.sky_sig, "n_sky": s.n_sky, "neighbour_flux": s.neighbour,
+                       "flags": s.flags, "repaired": s.masked.fraction})
 
 
-def _header(s: _FrameState) -> dict[str, tuple]:
-    info, fit, scale = s.frame.info, s.fit, s.pixel_scale_arcsec
-    header = {
-        "IMAGE": (info.name, "frame measured"),
-        "MJDSTART": (info.mjd_start, "exposure start MJD (UTC)"),
-        "MJDMID": (info.mjd_mid, "mid-exposure MJD (UTC)"),
-        "EXPTIME": (info.exptime_s, "exposure time [s]"),
-        "FILTER": (info.filter_name, "filter"),
-        "AIRMASS": (info.airmass if info.airmass is not None else np.nan, "airmass"),
-        "GAIN": (info.gain_e_per_adu, "gain used [e-/ADU]"),
-        "RDNOISE": (info.read_noise_e, "read noise used [e-]"),
-        "UNITS_IN": (info.units, "pixel units of the file"),
-        "PIXSCALE": (scale, "pixel scale [arcsec/pix]: reference / alignment"),
-        "SKY_E": (s.sky_level_e, "median sky [e-/pix]"),
-        "SKYSIG_E": (s.sky_sigma_e, "median background spread [e-/pix]"),
-        "PIXSIG_E": (s.pixel_sigma_e, "pixel noise from adjacent pixels [e-]"),
-        "PIXVAR": (s.pixel_var, "background pixel variance used in errors [e2]"),
-        "SRCVARF": (s.noise.source_factor, "source Poisson variance per electron"),
-        "ERRPLANE": (s.err_plane is not None, "errors from the ERR extension"),
-        "FWHMPIX": (s.fwhm_centre_pix, "PSF FWHM at the frame centre [pix]"),
-        "FWHMAS": (s.fwhm_centre_pix * scale, "PSF FWHM at the frame centre [arcsec]"),
-        "PSFVARY": (bool(fit.size is not None and fit.size.varies), "PSF size varies across the frame"),
-        "PSFCHI2": (fit.chi2_per_dof, "PSF fit chi2 per dof"),
-        "PSFMISF": (fit.core_misfit, "PSF core misfit (relative rms model error)"),
-        "PSFNSTAR": (fit.n_stars, "stars in the PSF fit"),
-        "PHSCALE": (s.scale, "frame/reference flux ratio from PSF stars"),
-        "PHSCALEE": (s.scale_err, "its uncertainty"),
-        "NCOSMIC": (int(s.cosmic_pixels.size), "pixels flagged as cosmic-ray hits (grown)"),
-        "NEIGHSUB": (bool(s.settings.subtract_neighbours), "neighbour light subtracted"),
-        "SKYEST": (s.estimator, "annulus sky: clipped mean or clipped median"),
-        "SITELAT": (info.site[0] if info.site else np.nan, "site latitude [deg]"),
-        "SITELON": (info.site[1] if info.site else np.nan, "site longitude [deg E]"),
-        "SITEALT": (info.site[2] if info.site else np.nan, "site height [m]"),
-        "CATID": (s.cat.catalogue_id, "catalogue measured against"),
-    }
-    header.update(s.psf.to_header())
-    if fit.size is not None:
-        for k, c in enumerate(fit.size.coeffs):
-            header[f"PSFSZ{k}"] = (c, "ln(FWHM/PSFFWHM) quadratic in u,v (see docs)")
-    header.update(s.aln.to_header())
-    header.update(s.geom.to_header())
-    return header
+def _facts(s: _FrameState) -> FrameFacts:
+    info, fit, psf, aln, geom, scale = s.frame.info, s.fit, s.psf, s.aln, s.geom, s.pixel_scale_arcsec
+    site = info.site if info.site else (np.nan, np.nan, np.nan)
+    return FrameFacts(
+        image=info.name, mjd_start=info.mjd_start, mjd_mid=info.mjd_mid, exptime_s=info.exptime_s,
+        filter_name=info.filter_name, airmass=info.airmass if info.airmass is not None else np.nan,
+        gain_e_per_adu=info.gain_e_per_adu, read_noise_e=info.read_noise_e, file_pixel_units=info.units,
+        pixel_scale_arcsec=scale, sky_level_e=s.sky_level_e, sky_sigma_e=s.sky_sigma_e,
+        pixel_sigma_e=s.pixel_sigma_e, pixel_var_e2=s.pixel_var, source_var_per_e=s.noise.source_factor,
+        errors_from_err_plane=s.err_plane is not None,
+        fwhm_centre_pix=s.fwhm_centre_pix, fwhm_centre_arcsec=s.fwhm_centre_pix * scale,
+        psf_size_varies=bool(fit.size is not None and fit.size.varies), psf_chi2_per_dof=fit.chi2_per_dof,
+        psf_core_misfit=fit.core_misfit, psf_n_stars=fit.n_stars,
+        photometric_scale=s.scale, photometric_scale_err=s.scale_err, n_cosmic_pixels=int(s.cosmic_pixels.size),
+        neighbours_subtracted=bool(s.settings.subtract_neighbours), sky_estimator=s.estimator,
+        site_latitude_deg=site[0], site_longitude_deg_east=site[1], site_height_m=site[2],
+        catalogue_id=s.cat.catalogue_id,
+        psf_fwhm_pix=psf.fwhm_pix, psf_ellipticity=psf.ellipticity, psf_theta_deg=float(np.degrees(psf.theta_rad)),
+        psf_beta=psf.beta, psf_size_coeffs=tuple(fit.size.coeffs) if fit.size is not None else (),
+        alignment_affine=tuple(float(v) for v in aln.matrix.ravel()), alignment_rms_pix=aln.rms_pix,
+        alignment_n_stars=aln.n_matched, alignment_method=aln.method, alignment_rotation_deg=aln.rotation_deg,
+        alignment_scale=aln.scale,
+        aperture_radius_pix=geom.r_ap_pix, annulus_inner_pix=geom.r_in_pix, annulus_outer_pix=geom.r_out_pix)

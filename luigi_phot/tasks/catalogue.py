@@ -259,10 +259,13 @@ class BuildCatalogue(DatasetStage):
                     record = read_measurement(path, columns=("flux", "flags"))
                 except (OSError, KeyError, ValueError):
                     continue
-                if record.columns is not None and record.header.get("CATID") == previous.catalogue_id \
+                if record.columns is None:
+                    continue
+                facts = record.facts
+                if facts.catalogue_id == previous.catalogue_id and np.isfinite(facts.exptime_s) \
                         and len(record.columns["flux"]) == len(previous.stars):
                     found.append((np.asarray(record.columns["flux"], float), np.asarray(record.columns["flags"]),
-                                  float(record.header["EXPTIME"])))
+                                  facts.exptime_s))
                     break
         return tuple(found) if len(found) == 2 else None
 

@@ -19,6 +19,7 @@ this frame with the reason; it never fails the dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import traceback
 from pathlib import Path
@@ -100,7 +101,7 @@ class MeasureImage(DatasetStage):
             progress(0.0, "reading")
             try:
                 m, info, cat = self._measure(ident, progress)
-                self._write(out, m.columns, {**m.header, "FRAMEDIG": (ident.digest, "sha256 of the frame measured")})
+                self._write(out, m.stars, dataclasses.replace(m.facts, frame_digest=ident.digest))
             except _Rejected as rejection:
                 self._reject(out, ident.digest, rejection)
                 return
@@ -113,11 +114,12 @@ class MeasureImage(DatasetStage):
             notes.append(wcs_note)
         if notes:
             self.note(f"{self.shown}: " + "; ".join(notes), 30)
-        h = m.header
+        facts = m.facts
         steps = ", ".join(f"{k} {v:.2f}" for k, v in m.timings.items())
-        self.note(f"{self.shown}: measured {len(m.columns['flux'])} stars in {t.seconds:.2f} s "
-                  f"(aligned {h['ALN_METH'][0]} rms {h['ALN_RMS'][0]:.3f} px on {h['ALN_N'][0]} stars, "
-                  f"FWHM {h['FWHMAS'][0]:.2f}\", scale {h['PHSCALE'][0]:.3f}; {steps})")
+        self.note(f"{self.shown}: measured {len(m.stars)} stars in {t.seconds:.2f} s "
+                  f"(aligned {facts.alignment_method} rms {facts.alignment_rms_pix:.3f} px "
+                  f"on {facts.alignment_n_stars} stars, "
+                  f"FWHM {facts.fwhm_centre_arcsec:.2f}\", scale {facts.photometric_scale:.3f}; {steps})")
         progress(1.0, "done")
 
     def _measure(self, ident, progress):
@@ -146,7 +148,7 @@ class MeasureImage(DatasetStage):
                                  + traceback.format_exc().rstrip())
                 raise FrameRejected(f"measurement failed ({type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:200]}); traceback in the log") from None
-            m.header["PIXDIG"] = (frame.pixel_digest, "sha256 of the science pixels")
+            m.facts = dataclasses.replace(m.facts, pixel_digest=frame.pixel_digest)
             del frame
         except (FrameError, FrameRejected) as exc:
             reason = exc.problem if isinstance(exc, FrameError) else str(exc)
@@ -155,14 +157,14 @@ class MeasureImage(DatasetStage):
             raise _Rejected("the frame changed while it was measured (still being written?)", True, info)
         return m, info, cat
 
-    def _write(self, out: Path, columns, header) -> None:
+    def _write(self, out: Path, stars, facts) -> None:
         """Write the measurement; what the file cannot hold (a value of the frame's
         header) rejects the frame; a full disk or a read-only red_dir fails the stage."""
         from ..photometry.lightcurve import write_measurement
 
         try:
             with atomic_path(out, inside=self.red) as tmp:
-                write_measurement(tmp, columns, header)
+                write_measurement(tmp, stars, facts)
         except WriteError:
             raise
         except Exception as exc:
