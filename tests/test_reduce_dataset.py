@@ -49,9 +49,11 @@ def _checksums(red: Path) -> dict[str, str]:
 def _snapshot(red: Path) -> dict[str, tuple[int, int]]:
     """Size and mtime of every file of red_dir but the frames' digest cache: that cache is
     keyed by inode and change time, so a copied dataset's first run writes it again (or
-    not, when the frames were copied less than 2 s before: not yet settled)."""
+    not, when the frames were copied less than 2 s before: not yet settled). Directories
+    are left out: the cache's atomic replacement changes its directory's mtime; a file
+    added or removed shows among the files."""
     return {str(p.relative_to(red)): (p.stat().st_size, p.stat().st_mtime_ns) for p in red.rglob("*")
-            if p.name != DIGEST_CACHE_NAME}
+            if p.is_file() and p.name != DIGEST_CACHE_NAME}
 
 
 def _edit_config(red: Path, **photometry) -> None:
