@@ -4,8 +4,10 @@ A light curve of N frames reads N measurement files (one FITS table each, one
 row per catalogue star). When one frame arrives in a dataset of 500, reading the
 other 499 files again is most of the cost that is not calibration. This cache
 keeps what :func:`build_lightcurve` uses of each measurement - its header (as
-the header's text) and the columns :data:`LIGHTCURVE_COLUMNS`, with their
-dtypes - in blocks of stacked arrays (``.npz``):
+the header's text, and its values by keyword as JSON, so that a light curve
+reads them without parsing 500 headers) and the columns
+:data:`LIGHTCURVE_COLUMNS`, with their dtypes - in blocks of stacked arrays
+(``.npz``):
 
 - :func:`read_measurements` gives the same :class:`MeasurementRecord` objects as
   reading every file with :func:`read_measurement` (the header parsed from the
@@ -43,7 +45,7 @@ MAX_BLOCKS = 8
 #: The cache's directory, beside the measurements' directories.
 MEASUREMENT_CACHE_NAME = "measurement_cache"
 _INDEX = "index.json"
-_VERSION = 1
+_VERSION = 2
 
 
 def _key(path: Path) -> str:
@@ -59,7 +61,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def _load(cache_dir: Path) -> tuple[dict[str, tuple], list[str]]:
-    """{key: (size, mtime_ns, header text, columns or None)} and the block files, or
+    """{key: (size, mtime_ns, header text, header values as JSON, columns or None)} and the block files, or
     ({}, []) when there is no usable cache."""
     try:
         index = json.loads((cache_dir / _INDEX).read_text())
@@ -70,27 +72,28 @@ def _load(cache_dir: Path) -> tuple[dict[str, tuple], list[str]]:
             with np.load(cache_dir / block, allow_pickle=False) as z:
                 stacks = {c: z[c] for c in LIGHTCURVE_COLUMNS}
                 row = 0
-                for key, size, mtime, header, has in zip(z["keys"], z["sizes"], z["mtimes"], z["headers"],
-                                                         z["has_columns"]):
+                for key, size, mtime, header, values, has in zip(z["keys"], z["sizes"], z["mtimes"], z["headers"],
+                                                                 z["values"], z["has_columns"]):
                     cols = None
                     if has:
                         cols = {c: stacks[c][row] for c in LIGHTCURVE_COLUMNS}
                         row += 1
-                    entries[str(key)] = (int(size), int(mtime), str(header), cols)
+                    entries[str(key)] = (int(size), int(mtime), str(header), str(values), cols)
         return entries, list(index["blocks"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError):
         return {}, []
 
 
 def _write_block(cache_dir: Path, entries: dict[str, tuple]) -> str:
-    """Write `entries` ({key: (size, mtime_ns, header text, columns or None)}) as a new block."""
-    with_cols = [e[3] for e in entries.values() if e[3] is not None]
+    """Write `entries` ({key: (size, mtime_ns, header text, values JSON, columns or None)}) as a new block."""
+    with_cols = [e[4] for e in entries.values() if e[4] is not None]
     name = f"block-{uuid.uuid4().hex[:12]}.npz"
     arrays = {"keys": np.array(list(entries), dtype=str),
               "sizes": np.array([e[0] for e in entries.values()], np.int64),
               "mtimes": np.array([e[1] for e in entries.values()], np.int64),
               "headers": np.array([e[2] for e in entries.values()], dtype=str),
-              "has_columns": np.array([e[3] is not None for e in entries.values()], bool)}
+              "values": np.array([e[3] for e in entries.values()], dtype=str),
+              "has_columns": np.array([e[4] is not None for e in entries.values()], bool)}
     for c in LIGHTCURVE_COLUMNS:
         arrays[c] = np.stack([cols[c] for cols in with_cols]) if with_cols else np.zeros((0, 0), np.float32)
     tmp = cache_dir / f".tmp-{name}"
@@ -107,8 +110,14 @@ def _write_index(cache_dir: Path, blocks: list[str]) -> None:
 
 
 def _record(entry: tuple) -> MeasurementRecord:
-    header = fits.Header.fromstring(entry[2])
-    return MeasurementRecord(str(name_from_header(header)), header, entry[3])
+    values = json.loads(entry[3])
+    return MeasurementRecord(str(name_from_header(values)), None, entry[4], header_text=entry[2], values=values)
+
+
+def _header_values(header: fits.Header) -> str:
+    """The header's values by keyword, as JSON (commentary cards left out)."""
+    return json.dumps({k: v for k, v in header.items() if k and k not in ("COMMENT", "HISTORY")
+                       and isinstance(v, (bool, int, float, str))})
 
 
 def read_measurements(paths: list[Path], cache_dir: Path, progress=None) -> tuple[list[MeasurementRecord], int]:
@@ -127,7 +136,7 @@ def read_measurements(paths: list[Path], cache_dir: Path, progress=None) -> tupl
             record = read_measurement(path, columns=LIGHTCURVE_COLUMNS)
             if stat is not None:
                 cols = None if record.columns is None else {c: record.columns[c] for c in LIGHTCURVE_COLUMNS}
-                entry = (stat[0], stat[1], record.header.tostring(), cols)
+                entry = (stat[0], stat[1], record.header.tostring(), _header_values(record.header), cols)
                 fresh[key] = entry
                 entries[key] = entry
             records.append(record)

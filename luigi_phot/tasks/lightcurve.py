@@ -38,7 +38,7 @@ def _duplicates(records, reference_image: str) -> dict[str, str]:
     kept once, the reference first; different pixels at one time are all refused)."""
     def mid(r):
         try:
-            return float(r.header.get("MJDMID"))
+            return float(r.values.get("MJDMID"))
         except (TypeError, ValueError):
             return None
 
@@ -172,7 +172,7 @@ class BuildLightcurve(DatasetStage):
             comparison = np.flatnonzero(np.asarray(products.stars["comparison"]))[:300]
             retry = {f: str(m.get("reason")) for f, m in retry_markers(self.red, measurement_key(self.red, cfg)).items()
                      if f not in duplicates}
-            index = {"frames": {r.image: {"mjd": r.header.get("MJDMID"), "digest": r.digest,
+            index = {"frames": {r.image: {"mjd": r.values.get("MJDMID"), "digest": r.digest,
                                           "rejected": duplicates.get(r.image, r.rejected)} for r in records},
                      "retry": retry,
                      "n_measured": products.meta["n_measured"], "n_rejected": products.meta["n_rejected"],
