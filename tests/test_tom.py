@@ -1,9 +1,14 @@
 """luigi_phot.tom against a real TOM Toolkit server (scripts/tom_server.sh).
 
+The client's behaviour in detail is tested here, and only here: replacement,
+every error and its text, retries, targets whose names contain ours, credential
+hygiene. tests/test_upload.py tests what only the UploadToTOM stage shows (the
+upload decision, the dataset's records and log, which stages a rerun costs).
+
 Each test works on targets of its own names in one server started for the
-session. What the TOM holds is checked with plain requests to its API, not
-with the code under test (except count_photometry, which is part of the API
-under test).
+session. What the TOM holds is checked with plain requests to its API
+(tests.tom_api), not with the code under test (except count_photometry, which
+is part of the API under test).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from luigi_phot import tom as tom_api
 from luigi_phot.config import ConfigError, TomConfig, load_tom_config
 from luigi_phot.tom import (TomAuthError, TomError, TomRejected, TomTargetNotFound, TomUnavailable,
                             count_photometry, find_target, publish_photometry)
+from tests.tom_api import Api, write_account
 from tests.tom_server import free_port
 
 FILTER = "ip"
@@ -47,65 +53,6 @@ def write_light_curve(path: Path, n_points: int, first_mjd: float = 61000.0, fla
 
 def csv_magnitudes(path: Path) -> list[float]:
     return sorted(float(line.split(",")[2]) for line in path.read_text().splitlines()[1:])
-
-
-class Api:
-    """Plain requests to the TOM, for arranging and checking, independent of luigi_phot.tom.
-    Token authentication: with Basic, the TOM spends about 0.3 s hashing the
-    password on every request."""
-
-    def __init__(self, server):
-        self.url = server.url
-        self.auth = TokenAuth(server.api_token)
-
-    def get_all(self, path: str, **params) -> list[dict]:
-        results = []
-        while True:
-            r = requests.get(self.url + path, params={**params, "limit": 100, "offset": len(results)},
-                             auth=self.auth, timeout=30)
-            r.raise_for_status()
-            page = r.json()
-            results.extend(page["results"])
-            if not page["next"]:
-                return results
-
-    def create_target(self, name: str, aliases: tuple[str, ...] = ()) -> int:
-        r = requests.post(self.url + "/api/targets/", auth=self.auth, timeout=30,
-                          json={"name": name, "type": "SIDEREAL", "ra": 268.95, "dec": -29.87,
-                                "aliases": [{"name": a} for a in aliases]})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def upload(self, target_id: int, csv_path: Path, file_name: str) -> int:
-        r = requests.post(self.url + "/api/dataproducts/", auth=self.auth, timeout=30,
-                          data={"target": target_id, "data_product_type": "photometry"},
-                          files={"file": (file_name, csv_path.read_bytes())})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def products(self, target_id: int, target_name: str) -> dict[int, str]:
-        """{product id: stored file name} of one target."""
-        return {p["id"]: p["data"].rsplit("/", 1)[-1]
-                for p in self.get_all("/api/dataproducts/", target_name=target_name)
-                if p["target"] == target_id}
-
-    def points(self, target_id: int) -> list[tuple[str, float, str]]:
-        """(timestamp, magnitude, band) of every photometry point of a target, sorted."""
-        return sorted((d["timestamp"], d["value"]["brightness"], d["value"]["bandpass"])
-                      for d in self.get_all("/api/reduceddatums/", target__id=target_id,
-                                            data_type="photometry"))
-
-    def magnitudes(self, target_id: int) -> list[float]:
-        return sorted(p[1] for p in self.points(target_id))
-
-
-class TokenAuth(requests.auth.AuthBase):
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, request):
-        request.headers["Authorization"] = f"Token {self.token}"
-        return request
 
 
 class CountingAdapter(requests.adapters.HTTPAdapter):
@@ -189,13 +136,16 @@ def test_wrong_password_is_a_clear_error_and_uploads_nothing(tom_server, api, tm
     name = "TEST-AUTH-0001"
     target_id = api.create_target(name)
     lc = write_light_curve(tmp_path / "lc.csv", 7)
+    session, adapter = counting_session()
 
     with pytest.raises(TomAuthError) as info:
-        publish_photometry(tom_server.config(password="not-the-password"), name, lc, f"{name}_{FILTER}")
+        publish_photometry(tom_server.config(password="not-the-password", max_retries=3), name, lc,
+                           f"{name}_{FILTER}", session=session)
 
     assert str(info.value) == (f"TOM at {tom_server.url} refused the credentials of user "
                                f"{tom_server.username}: Invalid username/password.")
     assert info.value.status == 401
+    assert adapter.sent == [("GET", "/api/targets/")]  # a refusal is not retried
     assert api.products(target_id, name) == {}
     assert api.points(target_id) == []
 
@@ -219,7 +169,7 @@ def test_api_token_authenticates(tom_server, api, tmp_path):  # noqa: F811
                            name, tmp_path / "lc.csv", f"{name}_{FILTER}")
 
 
-def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path):
+def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path, caplog):
     url = f"http://127.0.0.1:{free_port()}"
     config = TomConfig(path=tmp_path / "tom_config.yaml", url=url, username="admin",
                                password="irrelevant", timeout_s=2.0, max_retries=2, backoff_s=0.05)
@@ -232,26 +182,10 @@ def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path)
     assert str(info.value) == (f"TOM at {url} is unavailable: look-up of target TEST-DOWN-0001 "
                                "failed 3 time(s), last: connection refused")
     assert adapter.sent == [("GET", "/api/targets/")] * 3
-
-
-@pytest.mark.tom
-def test_stopped_server_gives_unavailable_and_the_next_call_after_restart_uploads(tom_server, api,  # noqa: F811
-                                                                                  tmp_path):
-    name = "TEST-RESTART-0001"
-    target_id = api.create_target(name)
-    lc = write_light_curve(tmp_path / "lc.csv", 6)
-    config = tom_server.config(timeout_s=2.0, max_retries=1, backoff_s=0.05)
-
-    tom_server.stop()
-    try:
-        with pytest.raises(TomUnavailable, match="failed 2 time"):
-            publish_photometry(config, name, lc, f"{name}_{FILTER}")
-    finally:
-        tom_server.start()
-
-    result = publish_photometry(config, name, lc, f"{name}_{FILTER}")
-    assert result.n_points == 6
-    assert len(api.points(target_id)) == 6
+    # Each retry is announced at WARNING (the stage's logger puts these in the dataset log).
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"TOM at {url}: look-up of target TEST-DOWN-0001 failed (connection refused); retry {i} of 2 in {delay} s"
+        for i, delay in ((1, "0.1"), (2, "0.1"))]
 
 
 def test_5xx_answers_are_retried_then_reported(tmp_path):
@@ -394,15 +328,18 @@ def test_credentials_appear_in_no_log_record_and_no_error(tom_server, api, tmp_p
 
 
 @pytest.mark.tom
-def test_permission_warning_is_logged(tom_server, api, tmp_path, caplog):  # noqa: F811
+def test_an_account_file_others_can_read_is_warned_about_once(tom_server, api, tmp_path, caplog):  # noqa: F811
     name = "TEST-PERM-0001"
-    api.create_target(name)
-    warning = "tom_config.yaml: TOM configuration holds credentials but can be read by other users"
+    target_id = api.create_target(name)
+    account = write_account(tmp_path / "tom_config.yaml", tom_server.config(), mode=0o640)
 
-    publish_photometry(tom_server.config(permission_warning=warning), name,
-                       write_light_curve(tmp_path / "lc.csv", 2), f"{name}_{FILTER}")
+    publish_photometry(load_tom_config(account), name, write_light_curve(tmp_path / "lc.csv", 2),
+                       f"{name}_{FILTER}")
 
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{account}: TOM configuration holds credentials but can be read by other users (mode 640); "
+        f"run: chmod 600 {account}"]
+    assert len(api.points(target_id)) == 2  # a warning, not a refusal
 
 
 def test_tom_config_file_refuses_credentials_in_the_url_and_reads_backoff(tmp_path):
