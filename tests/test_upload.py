@@ -99,15 +99,14 @@ def reduce(red: Path, *extra: str):
         return done, fh.read().splitlines()
 
 
-def upload_first(red: Path, target: str, account: Path, **tom_keys):
-    """Configure red for target and reduce it once, successfully; returns
-    (CompletedProcess, upload_record.json)."""
+def upload_first(red: Path, target: str, account: Path, **tom_keys) -> dict:
+    """Configure red for target and reduce it once, successfully; returns upload_record.json."""
     configure(red, target, account, **tom_keys)
     done, _ = reduce(red)
     assert done.returncode == 0, ok(done)
     record = read_json(red / UPLOAD_RECORD_NAME)
     assert record["status"] == "uploaded"
-    return done, record
+    return record
 
 
 def ok(done) -> str:
@@ -212,10 +211,10 @@ def test_first_upload_from_scratch_then_one_more_frame_replaces_the_product(
     assert_no_secret(red, secrets_of(tom_server), first, second)
 
 
-def test_unchanged_light_curve_is_not_uploaded_again(dataset, tom_server, api, account):
+def test_unchanged_light_curve_is_not_uploaded_again(dataset, api, account):
     name = "UPL-SAME-0001"
     tid = api.create_target(name)
-    first, uploaded = upload_first(dataset, name, account)
+    uploaded = upload_first(dataset, name, account)
     csv_before = csv_path(dataset, name).read_bytes()
 
     # The light curve deleted by hand: it is built again from the same measurements, to the
