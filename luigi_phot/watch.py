@@ -39,7 +39,6 @@ keep its handlers): a whole-group signal (systemd, Ctrl-C) stops them the same w
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import os
 import signal

@@ -34,7 +34,7 @@ from astropy.table import Table
 from luigi_phot.config import load_reduction_config
 from luigi_phot.photometry.frames import LCO_SITES
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset, series_from_real_frame
-from luigi_phot.validation import constant_star_figures, load_products, target_figures, time_figures
+from luigi_phot.validation import constant_star_figures, target_figures, time_figures
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"

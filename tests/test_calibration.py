@@ -6,7 +6,6 @@ errors, the variable star refused as a comparison and its own variation kept."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from luigi_phot.photometry.calibration import solve_ensemble
 

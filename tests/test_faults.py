@@ -356,7 +356,8 @@ def test_kill_while_uploading_to_the_real_tom_then_rerun(tiny_template, tmp_path
     each, so the kill lands before the pipeline has recorded the upload). Whenever it
     lands, the next run finishes, and the TOM then holds one data product for the
     dataset, with exactly the light curve's points."""
-    from tests.test_upload import Api, configure, csv_points, target_id, the_product, tom_points, write_account
+    from tests.test_upload import configure, csv_points, the_product
+    from tests.tom_api import Api, target_id, tom_points, write_account
 
     red = copy_dataset(tiny_template, tmp_path / "ip")
     configure(red, KILL_TARGET, write_account(tmp_path / "tom_config.yaml", tom_server.config()),

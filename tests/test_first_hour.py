@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from astropy.io import fits

@@ -17,7 +17,6 @@ process group, bounded in time, and is killed by its pid at the end.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from pathlib import Path

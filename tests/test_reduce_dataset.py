@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -22,7 +21,7 @@ from astropy.table import Table
 
 from luigi_phot.dataset import DIGEST_CACHE_NAME
 from luigi_phot.validation import target_figures
-from tests.conftest import copy_dataset, reduce_dataset
+from tests.conftest import reduce_dataset
 
 pytestmark = pytest.mark.slow
 

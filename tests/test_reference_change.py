@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 

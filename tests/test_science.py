@@ -6,7 +6,6 @@ times, catalogue zero point, cosmic rays."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from astropy.io import fits
 from astropy.table import Table
 
 from luigi_phot.config import load_reduction_config
-from luigi_phot.photometry import flags as F
 from luigi_phot.photometry.frames import LCO_SITES
 from luigi_phot.synthetic import SyntheticConfig, generate_dataset, series_from_real_frame
 from luigi_phot.validation import constant_star_figures, load_products, target_figures, time_figures

@@ -1,9 +1,14 @@
 """luigi_phot.tom against a real TOM Toolkit server (scripts/tom_server.sh).
 
+The client's behaviour in detail is tested here, and only here: replacement,
+every error and its text, retries, targets whose names contain ours, credential
+hygiene. tests/test_upload.py tests what only the UploadToTOM stage shows (the
+upload decision, the dataset's records and log, which stages a rerun costs).
+
 Each test works on targets of its own names in one server started for the
-session. What the TOM holds is checked with plain requests to its API, not
-with the code under test (except count_photometry, which is part of the API
-under test).
+session. What the TOM holds is checked with plain requests to its API
+(tests.tom_api), not with the code under test (except count_photometry, which
+is part of the API under test).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from luigi_phot import tom as tom_api
+from luigi_phot import tom as tom_client
 from luigi_phot.config import ConfigError, TomConfig, load_tom_config
 from luigi_phot.tom import (TomAuthError, TomError, TomRejected, TomTargetNotFound, TomUnavailable,
                             count_photometry, find_target, publish_photometry)
+from tests.tom_api import Api, write_account
 from tests.tom_server import free_port
 
 FILTER = "ip"
@@ -49,65 +55,6 @@ def csv_magnitudes(path: Path) -> list[float]:
     return sorted(float(line.split(",")[2]) for line in path.read_text().splitlines()[1:])
 
 
-class Api:
-    """Plain requests to the TOM, for arranging and checking, independent of luigi_phot.tom.
-    Token authentication: with Basic, the TOM spends about 0.3 s hashing the
-    password on every request."""
-
-    def __init__(self, server):
-        self.url = server.url
-        self.auth = TokenAuth(server.api_token)
-
-    def get_all(self, path: str, **params) -> list[dict]:
-        results = []
-        while True:
-            r = requests.get(self.url + path, params={**params, "limit": 100, "offset": len(results)},
-                             auth=self.auth, timeout=30)
-            r.raise_for_status()
-            page = r.json()
-            results.extend(page["results"])
-            if not page["next"]:
-                return results
-
-    def create_target(self, name: str, aliases: tuple[str, ...] = ()) -> int:
-        r = requests.post(self.url + "/api/targets/", auth=self.auth, timeout=30,
-                          json={"name": name, "type": "SIDEREAL", "ra": 268.95, "dec": -29.87,
-                                "aliases": [{"name": a} for a in aliases]})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def upload(self, target_id: int, csv_path: Path, file_name: str) -> int:
-        r = requests.post(self.url + "/api/dataproducts/", auth=self.auth, timeout=30,
-                          data={"target": target_id, "data_product_type": "photometry"},
-                          files={"file": (file_name, csv_path.read_bytes())})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def products(self, target_id: int, target_name: str) -> dict[int, str]:
-        """{product id: stored file name} of one target."""
-        return {p["id"]: p["data"].rsplit("/", 1)[-1]
-                for p in self.get_all("/api/dataproducts/", target_name=target_name)
-                if p["target"] == target_id}
-
-    def points(self, target_id: int) -> list[tuple[str, float, str]]:
-        """(timestamp, magnitude, band) of every photometry point of a target, sorted."""
-        return sorted((d["timestamp"], d["value"]["brightness"], d["value"]["bandpass"])
-                      for d in self.get_all("/api/reduceddatums/", target__id=target_id,
-                                            data_type="photometry"))
-
-    def magnitudes(self, target_id: int) -> list[float]:
-        return sorted(p[1] for p in self.points(target_id))
-
-
-class TokenAuth(requests.auth.AuthBase):
-    def __init__(self, token: str):
-        self.token = token
-
-    def __call__(self, request):
-        request.headers["Authorization"] = f"Token {self.token}"
-        return request
-
-
 class CountingAdapter(requests.adapters.HTTPAdapter):
     """Records every request a session sends: (method, path)."""
 
@@ -132,35 +79,44 @@ def api(tom_server):  # noqa: F811
     return Api(tom_server)
 
 
+@pytest.fixture
+def tom(tom_server):  # noqa: F811
+    """The session TOM's account with its API token. What these tests check does not
+    depend on how the client authenticates, and Basic authentication costs about
+    0.3 s of password hashing on the TOM per request. Basic is tested in the
+    wrong-password and credentials tests here, and by every run in test_upload.py."""
+    return tom_server.config(username=None, password=None, api_token=tom_server.api_token)
+
+
 # --------------------------------------------------------------------------
 # 1-2: upload and replacement
 # --------------------------------------------------------------------------
 
 
 @pytest.mark.tom
-def test_first_upload_creates_one_product_holding_every_point(tom_server, api, tmp_path):  # noqa: F811
+def test_first_upload_creates_one_product_holding_every_point(tom, api, tmp_path):  # noqa: F811
     target_id = api.create_target("TEST-FIRST-0001")
     lc = write_light_curve(tmp_path / "lc.csv", 12)
 
-    result = publish_photometry(tom_server.config(), "TEST-FIRST-0001", lc, f"TEST-FIRST-0001_{FILTER}")
+    result = publish_photometry(tom, "TEST-FIRST-0001", lc, f"TEST-FIRST-0001_{FILTER}")
 
     assert result.target_id == target_id
     assert result.n_points == 12
     assert result.file_name == f"TEST-FIRST-0001_{FILTER}.csv"
     assert api.products(target_id, "TEST-FIRST-0001") == {result.product_id: result.file_name}
-    assert count_photometry(tom_server.config(), target_id) == 12
+    assert count_photometry(tom, target_id) == 12
     assert api.magnitudes(target_id) == csv_magnitudes(lc)
 
 
 @pytest.mark.tom
-def test_reupload_replaces_the_datasets_product_and_keeps_other_datasets(tom_server, api, tmp_path):  # noqa: F811
+def test_reupload_replaces_the_datasets_product_and_keeps_other_datasets(tom, api, tmp_path):  # noqa: F811
     name = "TEST-REPLACE-0001"
     target_id = api.create_target(name)
     product = f"{name}_{FILTER}"
     # Another dataset of the same target (another filter): must survive.
     other_lc = write_light_curve(tmp_path / "other.csv", 4, first_mjd=62000.0, flags=False)
     other_id = api.upload(target_id, other_lc, f"{name}_gp.csv")
-    first = publish_photometry(tom_server.config(), name, write_light_curve(tmp_path / "a.csv", 12), product)
+    first = publish_photometry(tom, name, write_light_curve(tmp_path / "a.csv", 12), product)
     # A stray duplicate of this dataset (stored with a random suffix), as a
     # crash between upload and bookkeeping could leave behind.
     stray_id = api.upload(target_id, write_light_curve(tmp_path / "stray.csv", 12, flags=False), f"{product}.csv")
@@ -169,13 +125,13 @@ def test_reupload_replaces_the_datasets_product_and_keeps_other_datasets(tom_ser
     # The first 12 points are identical to the ones already on the TOM: with
     # upload-then-delete they would be dropped and then deleted.
     lc = write_light_curve(tmp_path / "b.csv", 13)
-    second = publish_photometry(tom_server.config(), name, lc, product, first.product_id)
+    second = publish_photometry(tom, name, lc, product, first.product_id)
 
     assert set(second.deleted_product_ids) == {first.product_id, stray_id}
     products = api.products(target_id, name)
     assert set(products) == {second.product_id, other_id}
     assert second.n_points == 13
-    assert count_photometry(tom_server.config(), target_id) == 13 + 4
+    assert count_photometry(tom, target_id) == 13 + 4
     assert api.magnitudes(target_id) == sorted(csv_magnitudes(lc) + csv_magnitudes(other_lc))
 
 
@@ -189,13 +145,16 @@ def test_wrong_password_is_a_clear_error_and_uploads_nothing(tom_server, api, tm
     name = "TEST-AUTH-0001"
     target_id = api.create_target(name)
     lc = write_light_curve(tmp_path / "lc.csv", 7)
+    session, adapter = counting_session()
 
     with pytest.raises(TomAuthError) as info:
-        publish_photometry(tom_server.config(password="not-the-password"), name, lc, f"{name}_{FILTER}")
+        publish_photometry(tom_server.config(password="not-the-password", max_retries=3), name, lc,
+                           f"{name}_{FILTER}", session=session)
 
     assert str(info.value) == (f"TOM at {tom_server.url} refused the credentials of user "
                                f"{tom_server.username}: Invalid username/password.")
     assert info.value.status == 401
+    assert adapter.sent == [("GET", "/api/targets/")]  # a refusal is not retried
     assert api.products(target_id, name) == {}
     assert api.points(target_id) == []
 
@@ -219,7 +178,7 @@ def test_api_token_authenticates(tom_server, api, tmp_path):  # noqa: F811
                            name, tmp_path / "lc.csv", f"{name}_{FILTER}")
 
 
-def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path):
+def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path, caplog):
     url = f"http://127.0.0.1:{free_port()}"
     config = TomConfig(path=tmp_path / "tom_config.yaml", url=url, username="admin",
                                password="irrelevant", timeout_s=2.0, max_retries=2, backoff_s=0.05)
@@ -232,26 +191,10 @@ def test_no_server_on_the_port_gives_unavailable_after_bounded_retries(tmp_path)
     assert str(info.value) == (f"TOM at {url} is unavailable: look-up of target TEST-DOWN-0001 "
                                "failed 3 time(s), last: connection refused")
     assert adapter.sent == [("GET", "/api/targets/")] * 3
-
-
-@pytest.mark.tom
-def test_stopped_server_gives_unavailable_and_the_next_call_after_restart_uploads(tom_server, api,  # noqa: F811
-                                                                                  tmp_path):
-    name = "TEST-RESTART-0001"
-    target_id = api.create_target(name)
-    lc = write_light_curve(tmp_path / "lc.csv", 6)
-    config = tom_server.config(timeout_s=2.0, max_retries=1, backoff_s=0.05)
-
-    tom_server.stop()
-    try:
-        with pytest.raises(TomUnavailable, match="failed 2 time"):
-            publish_photometry(config, name, lc, f"{name}_{FILTER}")
-    finally:
-        tom_server.start()
-
-    result = publish_photometry(config, name, lc, f"{name}_{FILTER}")
-    assert result.n_points == 6
-    assert len(api.points(target_id)) == 6
+    # Each retry is announced at WARNING (the stage's logger puts these in the dataset log).
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"TOM at {url}: look-up of target TEST-DOWN-0001 failed (connection refused); retry {i} of 2 in {delay} s"
+        for i, delay in ((1, "0.1"), (2, "0.1"))]
 
 
 def test_5xx_answers_are_retried_then_reported(tmp_path):
@@ -286,18 +229,18 @@ def test_5xx_answers_are_retried_then_reported(tmp_path):
 
 
 @pytest.mark.tom
-def test_absent_target_is_an_error_unless_create_target(tom_server, api, tmp_path):  # noqa: F811
+def test_absent_target_is_an_error_unless_create_target(tom_server, tom, api, tmp_path):  # noqa: F811
     name = "TEST-NEW-0001"
     lc = write_light_curve(tmp_path / "lc.csv", 8)
 
     with pytest.raises(TomTargetNotFound, match=f"TOM at {tom_server.url} has no target named {name} "):
-        publish_photometry(tom_server.config(), name, lc, f"{name}_{FILTER}")
-    assert find_target(tom_server.config(), name) is None
+        publish_photometry(tom, name, lc, f"{name}_{FILTER}")
+    assert find_target(tom, name) is None
 
-    result = publish_photometry(tom_server.config(), name, lc, f"{name}_{FILTER}", create_target=True,
+    result = publish_photometry(tom, name, lc, f"{name}_{FILTER}", create_target=True,
                                 ra_deg=269.5625, dec_deg=-27.25)
 
-    created = find_target(tom_server.config(), name)
+    created = find_target(tom, name)
     assert created["id"] == result.target_id
     assert (created["type"], created["ra"], created["dec"]) == ("SIDEREAL", 269.5625, -27.25)
     assert result.n_points == 8
@@ -305,10 +248,10 @@ def test_absent_target_is_an_error_unless_create_target(tom_server, api, tmp_pat
 
 
 @pytest.mark.tom
-def test_exact_alias_finds_the_target(tom_server, api, tmp_path):  # noqa: F811
+def test_exact_alias_finds_the_target(tom, api, tmp_path):  # noqa: F811
     target_id = api.create_target("KMT-2026-BLG-0123", aliases=("TEST-ALIAS-0001",))
 
-    result = publish_photometry(tom_server.config(), "TEST-ALIAS-0001",
+    result = publish_photometry(tom, "TEST-ALIAS-0001",
                                 write_light_curve(tmp_path / "lc.csv", 3), "TEST-ALIAS-0001_ip")
 
     assert result.target_id == target_id
@@ -321,7 +264,7 @@ def test_exact_alias_finds_the_target(tom_server, api, tmp_path):  # noqa: F811
 
 
 @pytest.mark.tom
-def test_targets_whose_names_contain_ours_are_never_touched(tom_server, api, tmp_path):  # noqa: F811
+def test_targets_whose_names_contain_ours_are_never_touched(tom, api, tmp_path):  # noqa: F811
     ours = "OGLE-2026-BLG-0001"
     product = f"{ours}_{FILTER}"
     ours_id = api.create_target(ours)
@@ -338,11 +281,11 @@ def test_targets_whose_names_contain_ours_are_never_touched(tom_server, api, tmp
     before = {name: (api.products(tid, name), api.points(tid)) for name, tid in others.items()}
     victim = next(iter(before["XOGLE-2026-BLG-0001"][0]))
 
-    first = publish_photometry(tom_server.config(), ours, write_light_curve(tmp_path / "a.csv", 10), product)
+    first = publish_photometry(tom, ours, write_light_curve(tmp_path / "a.csv", 10), product)
     # A previous product id that belongs to another target is not ours to delete.
-    second = publish_photometry(tom_server.config(), ours, write_light_curve(tmp_path / "b.csv", 11), product,
+    second = publish_photometry(tom, ours, write_light_curve(tmp_path / "b.csv", 11), product,
                                 victim)
-    publish_photometry(tom_server.config(), ours, write_light_curve(tmp_path / "c.csv", 9), product,
+    publish_photometry(tom, ours, write_light_curve(tmp_path / "c.csv", 9), product,
                        second.product_id)
 
     assert first.target_id == ours_id
@@ -394,15 +337,18 @@ def test_credentials_appear_in_no_log_record_and_no_error(tom_server, api, tmp_p
 
 
 @pytest.mark.tom
-def test_permission_warning_is_logged(tom_server, api, tmp_path, caplog):  # noqa: F811
+def test_an_account_file_others_can_read_is_warned_about_once(tom_server, api, tmp_path, caplog):  # noqa: F811
     name = "TEST-PERM-0001"
-    api.create_target(name)
-    warning = "tom_config.yaml: TOM configuration holds credentials but can be read by other users"
+    target_id = api.create_target(name)
+    account = write_account(tmp_path / "tom_config.yaml", tom_server.config(), mode=0o640)
 
-    publish_photometry(tom_server.config(permission_warning=warning), name,
-                       write_light_curve(tmp_path / "lc.csv", 2), f"{name}_{FILTER}")
+    publish_photometry(load_tom_config(account), name, write_light_curve(tmp_path / "lc.csv", 2),
+                       f"{name}_{FILTER}")
 
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{account}: TOM configuration holds credentials but can be read by other users (mode 640); "
+        f"run: chmod 600 {account}"]
+    assert len(api.points(target_id)) == 2  # a warning, not a refusal
 
 
 def test_tom_config_file_refuses_credentials_in_the_url_and_reads_backoff(tmp_path):
@@ -422,9 +368,9 @@ def test_tom_config_file_refuses_credentials_in_the_url_and_reads_backoff(tmp_pa
 
 
 @pytest.mark.tom
-def test_4xx_answers_are_not_retried_and_carry_the_toms_message(tom_server, api, tmp_path):  # noqa: F811
+def test_4xx_answers_are_not_retried_and_carry_the_toms_message(tom_server, tom, api, tmp_path):  # noqa: F811
     lc = write_light_curve(tmp_path / "lc.csv", 3)
-    config = tom_server.config(max_retries=3, backoff_s=0.01)
+    config = dataclasses.replace(tom, max_retries=3, backoff_s=0.01)
     session, adapter = counting_session()
     too_long = "TEST-" + "X" * 120  # the TOM's target names have at most 100 characters
 
@@ -439,14 +385,14 @@ def test_4xx_answers_are_not_retried_and_carry_the_toms_message(tom_server, api,
 
     # A malformed upload: a target id that does not exist.
     adapter.sent.clear()
-    with tom_api._Client(config, session, logging.getLogger("test")) as client:
+    with tom_client._Client(config, session, logging.getLogger("test")) as client:
         with pytest.raises(TomRejected, match=r'\(400\): target: Invalid pk "999999" - object does not exist'):
             client.upload({"id": 999999, "name": "nowhere"}, "nowhere_ip.csv", lc.read_bytes())
     assert adapter.sent == [("POST", "/api/dataproducts/")]
 
 
 @pytest.mark.tom
-def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom_server, api, tmp_path):  # noqa: F811
+def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom, api, tmp_path):  # noqa: F811
     name = "TEST-BADFILE-0001"
     target_id = api.create_target(name)
     bad = tmp_path / "bad.csv"
@@ -454,7 +400,7 @@ def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom_ser
     session, adapter = counting_session()
 
     with pytest.raises(TomRejected, match="could not read photometry points from the file in the upload of "):
-        publish_photometry(tom_server.config(max_retries=3, backoff_s=0.01), name, bad, f"{name}_{FILTER}",
+        publish_photometry(dataclasses.replace(tom, max_retries=3, backoff_s=0.01), name, bad, f"{name}_{FILTER}",
                            session=session)
 
     assert adapter.sent.count(("POST", "/api/dataproducts/")) == 1
@@ -463,14 +409,14 @@ def test_a_file_the_tom_cannot_process_is_not_retried_and_leaves_nothing(tom_ser
 
 
 @pytest.mark.tom
-def test_a_light_curve_without_points_changes_nothing_on_the_tom(tom_server, api, tmp_path):  # noqa: F811
+def test_a_light_curve_without_points_changes_nothing_on_the_tom(tom, api, tmp_path):  # noqa: F811
     name = "TEST-EMPTY-0001"
     target_id = api.create_target(name)
-    kept = publish_photometry(tom_server.config(), name, write_light_curve(tmp_path / "lc.csv", 3),
+    kept = publish_photometry(tom, name, write_light_curve(tmp_path / "lc.csv", 3),
                               f"{name}_{FILTER}")
 
     with pytest.raises(TomError, match="has no points; nothing published"):
-        publish_photometry(tom_server.config(), name, write_light_curve(tmp_path / "empty.csv", 0),
+        publish_photometry(tom, name, write_light_curve(tmp_path / "empty.csv", 0),
                            f"{name}_{FILTER}")
 
     assert list(api.products(target_id, name)) == [kept.product_id]

@@ -348,12 +348,6 @@ def _chance_limit(n_on: int, frame_xy: np.ndarray, frame_shape, radius_pix: floa
     return k + 3, expected
 
 
-def _expected_matches(m: np.ndarray, ref_xy: np.ndarray, n_frame: int, frame_shape) -> int:
-    """How many stars a right transform should match: the reference stars it puts on the
-    frame (all of them without `frame_shape`), at most the frame's star count and 200."""
-    return min(_on_frame(m, ref_xy, frame_shape), n_frame, 200)
-
-
 def _acceptance(m: np.ndarray, rms: float, n: int, radius_pix: float, ref_xy, frame_xy, frame_shape,
                 min_matched: int, max_rms_pix: float) -> str | None:
     """Why a refined transform cannot be accepted, in words (None when it can): too few

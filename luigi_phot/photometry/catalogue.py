@@ -246,7 +246,7 @@ def _pick_reference(looks: list) -> tuple[tuple, str]:
 
 def choose_reference(frame_paths: list[Path], camera, ra: float, dec: float,
                      configured: str | None = None, max_candidates: int = 60,
-                     filter_name: str | None = None, log=None, allow_no_wcs: bool = False) -> ReferenceChoice:
+                     filter_name: str | None = None, allow_no_wcs: bool = False) -> ReferenceChoice:
     """Pick the reference frame.
 
     The dataset's filter is the most common one among readable frames (or
@@ -515,7 +515,7 @@ class _RefStars:
         self.is_target = np.append(self.is_target, np.zeros(n, dtype=bool))
 
 
-def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str, log=None,
+def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str,
                     gaia_cache: Path | None = None, header_scatter=None,
                     tuning: CatalogueTuning = TUNING) -> Catalogue:
     """Detect, measure and place every star of the reference frame; refine its WCS against an

@@ -117,7 +117,7 @@ def _row_cells(row: DatasetRow, log_dir: Path) -> list:
 def render_overview(summary: dict, rows: list[DatasetRow], log_dir: Path) -> str:
     counts = summary.get("counts", {})
     count_text = ", ".join(f"{counts.get(s, 0)} {_STATUS[s]}" for s in _STATUS)
-    head = [f"<h1>Night overview</h1>",
+    head = ["<h1>Night overview</h1>",
             f'<p>Manager run <span id="run-id">{esc(summary.get("run_id", "?"))}</span> on '
             f'{esc(summary.get("host", "?"))}: {esc(summary.get("selection", ""))}; {len(rows)} datasets: '
             f'{esc(count_text)}. Page written {utc_now()}; every run rewrites it.</p>',
