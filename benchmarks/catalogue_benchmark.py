@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
-import luigi_phot  # noqa: E402,F401  first, as `luigi --module luigi_phot` does: its numpy settings apply
+import luigi_phot  # noqa: E402,F401  imported first, as `luigi --module luigi_phot` does
 import numpy as np  # noqa: E402
 
 CACHE = HERE / "cache" / "catalogue_4k"

@@ -5,17 +5,7 @@ aperture-photometry light curves, published to a TOM.
 ``luigi --module luigi_phot ReductionManager --config FILE`` find their tasks here.
 """
 
-import os
-
 __version__ = "0.1.0"
-
-# numpy asks the kernel for transparent huge pages on every large array (its documented
-# NUMPY_MADVISE_HUGEPAGE switch). With the common THP setting "defrag=madvise" the kernel
-# then compacts memory on the first touch of each new array when the page cache fills
-# memory, as it does on a machine full of FITS files: the light curve of 500 frames x
-# 20,000 stars spent 4 s of its 9 s in the kernel (benchmarks/lightcurve_increment.py).
-# Off unless the user's environment says otherwise; it must be set before numpy is imported.
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 
 def _default_retcodes() -> None:
