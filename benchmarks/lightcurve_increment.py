@@ -30,7 +30,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -96,27 +95,12 @@ def prepare(work: Path, n_frames: int, n_stars: int) -> Path:
 
 
 def child_build(red: str) -> None:
-    """Time BuildLightcurve._build on the dataset's current frames (in this process)."""
-    from luigi_phot import dataset_lock as lock
-    from luigi_phot.dataset import frame_identities
-    from luigi_phot.tasks.lightcurve import BuildLightcurve
-    from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.tasks.reduce import preload_science
+    """Time BuildLightcurve._build on the dataset's current frames (in this process, which
+    has imported the science stack as a reduction's stages have)."""
+    from run_benchmarks import time_lightcurve_build
 
-    red = Path(red)
-    run_id = f"benchmark-{os.getpid()}"
-    lock.acquire(red, run_id)
-    try:
-        preload_science()   # as in a reduction: stages run in processes that imported the science stack
-        task = BuildLightcurve(red_dir=str(red), run_id=run_id)
-        names = [f.name for f in frame_identities(red)]
-        paths = [Path(MeasureImage(red_dir=str(red), run_id=run_id, image=n).output().path) for n in names]
-        t0 = time.perf_counter()
-        task._build(paths)
-        seconds = time.perf_counter() - t0
-    finally:
-        lock.release(red, run_id)
-    print(json.dumps({"seconds": seconds, "frames": len(paths)}))
+    seconds, frames = time_lightcurve_build(Path(red), preload=True)
+    print(json.dumps({"seconds": seconds, "frames": frames}))
 
 
 def _child(red: Path) -> dict:

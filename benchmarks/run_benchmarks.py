@@ -149,24 +149,33 @@ def child_measure(red: str, image: str) -> None:
                       "rss_before_mb": rss_before, "steps": steps}))
 
 
-def child_lightcurve(red: str) -> None:
+def time_lightcurve_build(red: Path, preload: bool = False) -> tuple[float, int]:
+    """(seconds, frames) of BuildLightcurve's build step on the dataset's current frames,
+    in this process (`preload`: after importing the science stack as a reduction's
+    stages have, ``tasks.reduce.preload_science``)."""
     from luigi_phot import dataset_lock as lock
+    from luigi_phot.dataset import frame_identities
     from luigi_phot.tasks.lightcurve import BuildLightcurve
     from luigi_phot.tasks.measure import MeasureImage
-    from luigi_phot.dataset import frame_identities
+    from luigi_phot.tasks.reduce import preload_science
 
-    red = Path(red)
     run_id = f"benchmark-{os.getpid()}"
     lock.acquire(red, run_id)
     try:
+        if preload:
+            preload_science()
         task = BuildLightcurve(red_dir=str(red), run_id=run_id)
         names = [f.name for f in frame_identities(red)]
         paths = [Path(MeasureImage(red_dir=str(red), run_id=run_id, image=n).output().path) for n in names]
         t0 = time.perf_counter()
         task._build(paths)
-        seconds = time.perf_counter() - t0
+        return time.perf_counter() - t0, len(paths)
     finally:
         lock.release(red, run_id)
+
+
+def child_lightcurve(red: str) -> None:
+    seconds, _ = time_lightcurve_build(Path(red))
     print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
 
 
