@@ -43,6 +43,7 @@ from .frames import (PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame, FrameError
                      mask_defective_lines, read_frame_info)
 from .identification import identify_target
 from .psf import MoffatPSF, fit_fluxes, fit_psf, render_stars, stamp_radius
+from .steps import Step, run_steps
 
 __all__ = ["Catalogue", "CatalogueError", "CatalogueTuning", "ReferenceChoice", "choose_reference", "borrow_wcs", "build_catalogue",
            "psf_star_candidates"]
@@ -79,6 +80,8 @@ class Catalogue:
     #: Magnitude offset added to the default zero point so that magnitudes stay on the
     #: scale of the first reference after the reference changed (see reference_change.py).
     zp_offset: float = 0.0
+    #: Seconds each step of build_catalogue took (not saved).
+    timings: dict = field(default_factory=dict)
 
     @property
     def target_index(self) -> int:
@@ -515,47 +518,113 @@ class _RefStars:
         self.is_target = np.append(self.is_target, np.zeros(n, dtype=bool))
 
 
+@dataclass
+class _CatalogueState:
+    """What the steps of :func:`build_catalogue` know about the reference frame, filled in
+    step by step."""
+
+    frame: Frame
+    ra: float
+    dec: float
+    photometry: object                  # the dataset's PhotometryConfig
+    gaia_cache: Path | None
+    header_scatter: object              # () -> the 1-sigma error of an unrefined header WCS [arcsec]
+    tuning: CatalogueTuning
+    notes: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+    ref: _RefImage | None = None
+    stars: _RefStars | None = None
+    height: np.ndarray | None = None    # the detections' peak heights
+    astro: object = None                # astrometry.ReferenceAstrometry
+    cat_mag: np.ndarray | None = None
+    scale_arcsec: float = float("nan")
+    facts: dict = field(default_factory=dict)
+    flux: np.ndarray | None = None
+    flux_err: np.ndarray | None = None
+    nn_d: np.ndarray | None = None
+    isolated: np.ndarray | None = None
+
+
+def _prepare(s: _CatalogueState) -> None:
+    s.ref = _prepare_reference(s.frame, s.tuning)
+
+
+def _psf(s: _CatalogueState) -> str:
+    s.ref.psf = _reference_psf(s.ref, s.frame.info, s.notes)
+    return f"PSF FWHM {s.ref.psf.fwhm_pix:.2f} px"
+
+
+def _detect(s: _CatalogueState) -> str:
+    s.stars, s.height = _detect_stars(s.ref, s.photometry)
+    return f"{len(s.stars.x)} stars detected"
+
+
+def _astrometry(s: _CatalogueState) -> None:
+    """The absolute astrometry: catalogue file, Gaia DR3 or the header."""
+    s.astro, s.cat_mag = _reference_wcs(s.frame.info, np.column_stack([s.stars.x, s.stars.y]), s.ra, s.dec,
+                                        s.photometry, s.ref.psf.fwhm_pix, s.gaia_cache, s.header_scatter,
+                                        s.notes, s.warned)
+    s.scale_arcsec = _wcs_scale_arcsec(s.astro.wcs) if s.astro.refined else s.frame.info.pixel_scale_arcsec
+
+
+def _target(s: _CatalogueState) -> None:
+    st = s.stars
+    (st.x, st.y, st.saturated, st.detected, st.cat_mag, st.is_target, s.facts) = _place_target(
+        s.frame.info, s.astro.wcs, s.astro, st.x, st.y, s.height, st.saturated, st.detected, s.cat_mag, s.ra,
+        s.dec, s.ref.psf.fwhm_pix, s.scale_arcsec, s.photometry.target_snap_arcsec, s.notes, s.warned)
+
+
+def _fluxes(s: _CatalogueState) -> str:
+    s.flux, s.flux_err = _reference_fluxes(s.ref, s.stars, s.photometry, s.notes)
+    if (s.ref.flags & 2).any():   # stars touching saturated pixels
+        from .aperture import pixel_flag_summary
+        s.stars.saturated = s.stars.saturated | ((pixel_flag_summary(
+            s.ref.flags & np.uint8(2), s.stars.x, s.stars.y, s.ref.psf.fwhm_pix) & 2) != 0)
+    return "reference fluxes fitted"
+
+
+def _isolated(s: _CatalogueState) -> None:
+    s.nn_d, s.isolated = _isolation(s.stars, s.flux, s.ref.psf.fwhm_pix, s.tuning)
+
+
+#: The catalogue stage, in order.
+CATALOGUE_STEPS = (
+    Step("prepare", _prepare),
+    Step("psf", _psf),
+    Step("detect", _detect),
+    Step("astrometry", _astrometry),
+    Step("target", _target),
+    Step("fluxes", _fluxes),
+    Step("isolation", _isolated),
+)
+
+
 def build_catalogue(frame: Frame, ra: float, dec: float, photometry, key: str,
                     gaia_cache: Path | None = None, header_scatter=None,
                     tuning: CatalogueTuning = TUNING) -> Catalogue:
-    """Detect, measure and place every star of the reference frame; refine its WCS against an
-    astrometric catalogue (astrometry.py); identify the target (identification.py).
+    """Detect, measure and place every star of the reference frame through
+    :data:`CATALOGUE_STEPS`: the pixels prepared, the PSF on bright isolated stars, every
+    star by a matched filter, the absolute astrometry (astrometry.py: a catalogue file,
+    Gaia DR3 or the header), the target (identification.py), the reference fluxes by
+    simultaneous PSF photometry (with faint companions found in the star-subtracted
+    image), isolation; then the table.
 
     `photometry` is the dataset's PhotometryConfig; `gaia_cache` the Gaia DR3 cache file;
     `header_scatter()` the 1-sigma error of an unrefined header WCS [arcsec] (called only
     when the header is used as it is). Fluxes are total PSF fluxes in electrons on the
-    reference frame. Steps: the pixels prepared, the PSF on bright isolated stars, every
-    star by a matched filter, the absolute astrometry and the target, the reference
-    fluxes by simultaneous PSF photometry (with faint companions found in the
-    star-subtracted image), isolation, the table."""
-    notes: list[str] = []
-    warned: list[str] = []
-    info = frame.info
-    ref = _prepare_reference(frame, tuning)
-    ref.psf = _reference_psf(ref, info, notes)
-    stars, height = _detect_stars(ref, photometry)
-    # absolute astrometry (catalogue file, Gaia DR3 or the header), then the target
-    astro, cat_mag = _reference_wcs(info, np.column_stack([stars.x, stars.y]), ra, dec, photometry,
-                                    ref.psf.fwhm_pix, gaia_cache, header_scatter, notes, warned)
-    wcs = astro.wcs
-    scale = _wcs_scale_arcsec(wcs) if astro.refined else info.pixel_scale_arcsec
-    (stars.x, stars.y, stars.saturated, stars.detected, stars.cat_mag, stars.is_target, facts) = _place_target(
-        info, wcs, astro, stars.x, stars.y, height, stars.saturated, stars.detected, cat_mag, ra, dec,
-        ref.psf.fwhm_pix, scale, photometry.target_snap_arcsec, notes, warned)
-    flux, flux_err = _reference_fluxes(ref, stars, photometry, notes)
-    if (ref.flags & 2).any():   # stars touching saturated pixels
-        from .aperture import pixel_flag_summary
-        stars.saturated = stars.saturated | ((pixel_flag_summary(ref.flags & np.uint8(2), stars.x, stars.y,
-                                                                 ref.psf.fwhm_pix) & 2) != 0)
-    nn_d, isolated = _isolation(stars, flux, ref.psf.fwhm_pix, tuning)
-    table = _catalogue_table(stars, wcs, flux, flux_err, nn_d, isolated)
+    reference frame. Any error but a CatalogueError carries a note naming the step."""
+    s = _CatalogueState(frame, ra, dec, photometry, gaia_cache, header_scatter, tuning)
+    timings = run_steps(CATALOGUE_STEPS, s, f"the catalogue on {frame.info.name}", expected=(CatalogueError,))
+    info, wcs = frame.info, s.astro.wcs
+    table = _catalogue_table(s.stars, wcs, s.flux, s.flux_err, s.nn_d, s.isolated)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wcs_header = wcs.to_header(relax=True)
-    return Catalogue(stars=table, reference_image=info.name, shape=ref.data.shape, wcs_header=wcs_header,
-                     pixel_scale_arcsec=float(scale), filter_name=info.filter_name, psf=ref.psf,
-                     exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=ref.sky_level_e,
-                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=notes, warnings=warned, facts=facts)
+    return Catalogue(stars=table, reference_image=info.name, shape=s.ref.data.shape, wcs_header=wcs_header,
+                     pixel_scale_arcsec=float(s.scale_arcsec), filter_name=info.filter_name, psf=s.ref.psf,
+                     exptime_s=info.exptime_s, mjd_mid=info.mjd_mid, sky_e=s.ref.sky_level_e,
+                     catalogue_id=uuid.uuid4().hex[:12], key=key, notes=s.notes, warnings=s.warned,
+                     facts=s.facts, timings=timings)
 
 
 def _prepare_reference(frame: Frame, tuning: CatalogueTuning) -> _RefImage:

@@ -29,6 +29,7 @@ from . import flags as F
 from .calibration import CalibrationTuning, column_medians, solve_ensemble
 from .catalogue import Catalogue
 from .frame_result import FrameFacts, RejectionFacts, star_table
+from .steps import Step, run_steps
 from .timing import bjd_tdb
 
 __all__ = ["write_measurement", "write_rejection", "read_measurement", "MeasurementRecord",
@@ -237,34 +238,94 @@ class _Stack:
         return np.array([_header_float(h, key) for h in self.headers])
 
 
-def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_name: str,
-                     ra_deg: float, dec_deg: float, default_zero_point: float,
-                     extra_rejected: dict[str, str] | None = None,
-                     tuning: LightcurveTuning = TUNING) -> LightCurveProducts:
-    """Calibrate all measured frames and extract the target's light curve: stack the
-    measurements, calibrate the frames on an ensemble of comparison stars, set the zero
-    point, then make the frame table, the target's light curve (checked for a wrong
-    identification), the TOM tables and the all-stars table."""
-    rejected = {r.image: r.rejected for r in records if r.columns is None}
-    rejected.update(extra_rejected or {})
-    stack = _stack(records, cat, rejected)
-    _calibrate(stack, cat, rejected, tuning.calibration)
-    mean_flux = _weighted_mean_fluxes(stack)
-    zp, zp_err, zp_source = _zero_point(stack, cat, default_zero_point, mean_flux, tuning)
-    frames = _frame_table(stack, cat, zp, ra_deg, dec_deg)
-    lc = _target_table(stack, cat, frames, zp, records, ra_deg, dec_deg)
-    lc.meta.update({
-        "target": target_name, "ra_deg": ra_deg, "dec_deg": dec_deg, "filter": cat.filter_name,
-        "reference_image": cat.reference_image, "catalogue_id": cat.catalogue_id,
+@dataclass
+class _LightcurveState:
+    """What the steps of :func:`build_lightcurve` know, filled in step by step."""
+
+    records: list[MeasurementRecord]
+    cat: Catalogue
+    target_name: str
+    ra_deg: float
+    dec_deg: float
+    default_zero_point: float
+    tuning: LightcurveTuning
+    rejected: dict[str, str]
+    stack: _Stack | None = None
+    mean_flux: np.ndarray | None = None      # every star's weighted mean calibrated flux
+    zero_point: tuple = ()                   # (value, error, source)
+    frames: Table | None = None
+    lc: Table | None = None
+    stars: Table | None = None
+
+
+def _stacked(s: _LightcurveState) -> str:
+    s.stack = _stack(s.records, s.cat, s.rejected)
+    return f"{len(s.stack.names)} frames stacked"
+
+
+def _calibrated(s: _LightcurveState) -> str:
+    _calibrate(s.stack, s.cat, s.rejected, s.tuning.calibration)
+    return "frames calibrated"
+
+
+def _zero_pointed(s: _LightcurveState) -> None:
+    s.mean_flux = _weighted_mean_fluxes(s.stack)
+    s.zero_point = _zero_point(s.stack, s.cat, s.default_zero_point, s.mean_flux, s.tuning)
+
+
+def _framed(s: _LightcurveState) -> None:
+    s.frames = _frame_table(s.stack, s.cat, s.zero_point[0], s.ra_deg, s.dec_deg)
+
+
+def _targeted(s: _LightcurveState) -> None:
+    """The target's light curve with its description, checked for a wrong identification."""
+    zp, zp_err, zp_source = s.zero_point
+    s.lc = _target_table(s.stack, s.cat, s.frames, zp, s.records, s.ra_deg, s.dec_deg)
+    s.lc.meta.update({
+        "target": s.target_name, "ra_deg": s.ra_deg, "dec_deg": s.dec_deg, "filter": s.cat.filter_name,
+        "reference_image": s.cat.reference_image, "catalogue_id": s.cat.catalogue_id,
         "flux_scale": "electron/s as seen on the reference frame (ensemble-calibrated)",
         "mjd": "mid-exposure, UTC", "bjd_tdb": "barycentric Julian date (TDB) of mid-exposure",
         "zero_point_ref": zp, "zero_point_ref_err": zp_err, "zero_point_source": zp_source,
         "zero_point": "per frame: mag = zero_point - 2.5 log10(electrons / s measured on that frame)",
-        "calibration_order": stack.solution.order, "n_comparison_stars": int(stack.solution.comparison.sum()),
+        "calibration_order": s.stack.solution.order,
+        "n_comparison_stars": int(s.stack.solution.comparison.sum()),
         "flags": {name: bit for bit, (name, _) in F.FLAGS.items()},
         "severe_flags": F.SEVERE,
     })
-    check_target_identification(lc, target_name, cat.filter_name, tuning.max_blended_fraction)
+    check_target_identification(s.lc, s.target_name, s.cat.filter_name, s.tuning.max_blended_fraction)
+
+
+def _all_stars(s: _LightcurveState) -> None:
+    s.stars = _all_stars_table(s.stack, s.cat, s.zero_point[0], s.mean_flux)
+
+
+#: The light-curve stage, in order.
+LIGHTCURVE_STEPS = (
+    Step("stack", _stacked),
+    Step("calibrate", _calibrated),
+    Step("zero point", _zero_pointed),
+    Step("frames", _framed),
+    Step("target", _targeted),
+    Step("all stars", _all_stars),
+)
+
+
+def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_name: str,
+                     ra_deg: float, dec_deg: float, default_zero_point: float,
+                     extra_rejected: dict[str, str] | None = None,
+                     tuning: LightcurveTuning = TUNING) -> LightCurveProducts:
+    """Calibrate all measured frames and extract the target's light curve through
+    :data:`LIGHTCURVE_STEPS`: stack the measurements, calibrate the frames on an ensemble
+    of comparison stars, set the zero point, then make the frame table, the target's light
+    curve (checked for a wrong identification) and the all-stars table; then the TOM
+    tables. A ValueError says why there is no light curve; any other error carries a note
+    naming the step. The steps' times are in the products' meta["step_seconds"]."""
+    rejected = {r.image: r.rejected for r in records if r.columns is None}
+    rejected.update(extra_rejected or {})
+    s = _LightcurveState(records, cat, target_name, ra_deg, dec_deg, default_zero_point, tuning, rejected)
+    timings = run_steps(LIGHTCURVE_STEPS, s, f"the light curve of {target_name}", expected=(ValueError,))
+    lc, stack = s.lc, s.stack
     # what the TOM's photometry processor reads: time (MJD), filter, magnitude, error
     finite = np.isfinite(lc["mag"]) & np.isfinite(lc["mag_err"])
     tom_csv = _tom_table(lc, finite & ((np.asarray(lc["flags"]) & F.SEVERE) == 0), cat.filter_name)
@@ -273,10 +334,9 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     rej = Table()
     rej["image"] = [shown(k) for k in sorted(rejected)]
     rej["reason"] = [rejected[k] for k in sorted(rejected)]
-    meta = {"zero_point_ref": zp, "zero_point_source": zp_source, "tom_csv_all": tom_csv_all,
-            "n_measured": len(stack.names), "n_rejected": len(rejected)}
-    return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=frames,
-                              stars=_all_stars_table(stack, cat, zp, mean_flux),
+    meta = {"zero_point_ref": s.zero_point[0], "zero_point_source": s.zero_point[2], "tom_csv_all": tom_csv_all,
+            "n_measured": len(stack.names), "n_rejected": len(rejected), "step_seconds": timings}
+    return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=s.frames, stars=s.stars,
                               flux=stack.cal.astype(np.float32), flux_err=stack.cal_err.astype(np.float32),
                               flags=stack.flags.astype(np.int16), meta=meta)
 

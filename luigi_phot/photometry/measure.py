@@ -19,9 +19,7 @@ a frame cannot be measured.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
 
 import numpy as np
 from astropy.stats import mad_std
@@ -37,6 +35,7 @@ from .detection import (ControlPoints, alignment_control_points, find_cosmic_ray
 from .frame_result import FrameFacts, FrameMeasurement, star_table
 from .frames import PIXEL_BAD, PIXEL_COSMIC, PIXEL_SATURATED, Frame
 from .psf import ApertureKernel, MoffatPSF, StarRenderer, fit_psf, stamp_radius
+from .steps import Step, run_steps
 
 __all__ = ["MeasureSettings", "FrameRejected", "FrameMeasurement", "measure_frame", "align_to_catalogue"]
 
@@ -727,25 +726,18 @@ def _flag(s: _FrameState) -> None:
     s.flux_err = np.where(s.outside, np.nan, s.flux_err)
 
 
-class _Step(NamedTuple):
-    name: str                              # also the key of the step's time in FrameMeasurement.timings
-    run: Callable[[_FrameState], str | None]  # returns a progress message, or None
-    progress: float | None = None          # the fraction of the stage done after it
-    when: Callable[[_FrameState], bool] | None = None
-
-
 #: The per-frame stage, in order.
 MEASURE_STEPS = (
-    _Step("detect", _detect, 0.2),
-    _Step("align", _align, 0.35),
-    _Step("psf", _fit_psf, 0.5),
-    _Step("cosmics", _cosmic_rays),
-    _Step("aperture", _aperture_sums, 0.65),
-    _Step("neighbours", _subtract_neighbours, 0.8, when=lambda s: s.settings.subtract_neighbours),
-    _Step("sky", _sky),
-    _Step("fluxes", _first_fluxes),
-    _Step("variables", _remodel_variables, when=lambda s: s.model is not None),
-    _Step("errors", _flag),
+    Step("detect", _detect, 0.2),
+    Step("align", _align, 0.35),
+    Step("psf", _fit_psf, 0.5),
+    Step("cosmics", _cosmic_rays),
+    Step("aperture", _aperture_sums, 0.65),
+    Step("neighbours", _subtract_neighbours, 0.8, when=lambda s: s.settings.subtract_neighbours),
+    Step("sky", _sky),
+    Step("fluxes", _first_fluxes),
+    Step("variables", _remodel_variables, when=lambda s: s.model is not None),
+    Step("errors", _flag),
 )
 
 
@@ -758,21 +750,8 @@ def measure_frame(frame: Frame, cat: Catalogue, settings: MeasureSettings, progr
     if frame.info.filter_name != cat.filter_name:
         raise FrameRejected(f"filter {frame.info.filter_name!r} is not the dataset's {cat.filter_name!r}")
     state = _FrameState(frame, cat, settings, tuning)
-    timings: dict[str, float] = {}
-    for step in MEASURE_STEPS:
-        if step.when is not None and not step.when(state):
-            continue
-        t0 = time.perf_counter()
-        try:
-            message = step.run(state)
-        except FrameRejected:
-            raise
-        except Exception as exc:
-            exc.add_note(f"in step {step.name!r} of measuring {frame.info.name}")
-            raise
-        timings[step.name] = round(time.perf_counter() - t0, 4)
-        if message and progress is not None and step.progress is not None:
-            progress(step.progress, message)
+    timings = run_steps(MEASURE_STEPS, state, f"measuring {frame.info.name}", expected=(FrameRejected,),
+                        progress=progress)
     return FrameMeasurement(stars=_star_table(state), facts=_facts(state), timings=timings, notes=state.notes)
 
 

@@ -144,7 +144,9 @@ class BuildCatalogue(DatasetStage):
         self._write_finder(frame, cat)
         with atomic_path(catalogue_path(self.red), inside=self.red) as tmp:
             cat.save(tmp)
-        self.note(f"catalogue of {len(cat.stars)} stars (target row {cat.target_index}) built in {t.seconds:.1f} s")
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in cat.timings.items())
+        self.note(f"catalogue of {len(cat.stars)} stars (target row {cat.target_index}) built in {t.seconds:.1f} s"
+                  + (f" ({steps} s)" if steps else ""))
 
     def _redraw_finder_only(self) -> bool:
         """The catalogue is current and only its finder chart is missing: draw it again

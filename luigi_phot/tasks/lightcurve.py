@@ -192,7 +192,8 @@ class BuildLightcurve(DatasetStage):
         self.note(f"light curve of {len(lc)} points, {mode} ({products.meta['n_measured']} frames measured, "
                   f"{products.meta['n_rejected']} rejected; zero point {products.meta['zero_point_ref']:.3f} "
                   f"from {products.meta['zero_point_source']}) written in {t.seconds:.1f} s; "
-                  f"{n_read} of {len(paths)} measurement files read, the others from the cache")
+                  f"{n_read} of {len(paths)} measurement files read, the others from the cache; "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in products.meta["step_seconds"].items()) + " s")
         if retry:
             self.note(f"{len(retry)} frame(s) rejected for a cause outside the frame, to be tried again on the "
                       f"next run (the dataset is not up to date until then): "
