@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from astropy.wcs import WCS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,17 +35,6 @@ FIELDS = {  # name: (seed, shape, stars, pixel scale, detection limit [mag])
     "1.9\"/px 600x600": (43, (600, 600), 3000, 1.9, 18.5),
     "bulge 1024x1024": (44, (1024, 1024), 8000, 0.389, 19.0),
 }
-
-
-def _wcs(ra, dec, scale, rotation_deg, parity, shape) -> WCS:
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [ra, dec]
-    w.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
-    c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
-    p = scale / 3600
-    w.wcs.cd = np.array([[parity * p, 0], [0, p]]) @ np.array([[c, -s], [s, c]])
-    return w
 
 
 def _astroalign_solve(det_xy, stars, ra, dec, scale, shape, fwhm, n_control=60):
@@ -93,8 +81,9 @@ def main(argv=None) -> int:
             rotation = float(rng.choice([0.3, 180.0, rng.uniform(0, 360)]))
             off = rng.uniform(0, 0.33) * shape[0] * scale / 3600
             angle = rng.uniform(0, 2 * np.pi)
-            true = _wcs(ra0 + off * math.cos(angle) / math.cos(math.radians(dec0)), dec0 + off * math.sin(angle),
-                        scale * (1 + rng.uniform(-0.05, 0.05)), rotation, 1 if trial % 4 == 0 else -1, shape)
+            true = AS._tangent_wcs(ra0 + off * math.cos(angle) / math.cos(math.radians(dec0)),
+                                   dec0 + off * math.sin(angle), scale * (1 + rng.uniform(-0.05, 0.05)), shape,
+                                   1 if trial % 4 == 0 else -1, rotation_deg=rotation)
             x, y = true.all_world2pix(np.asarray(sky["ra_deg"]), np.asarray(sky["dec_deg"]), 0)
             on = (x > 2) & (x < shape[1] - 3) & (y > 2) & (y < shape[0] - 3) & (mag < limit)
             order = np.flatnonzero(on)[np.argsort(mag[on])]

@@ -368,16 +368,18 @@ def refine_wcs(wcs: WCS, det_xy: np.ndarray, stars: ReferenceStars, shape, fwhm_
         det_rows=det_rows, cat_rows=on[cat_rows])
 
 
-def _tangent_wcs(ra_deg: float, dec_deg: float, scale_arcsec: float, shape, parity: int) -> WCS:
-    """North up, east left (parity -1, the sky's as seen) or east right (+1), the given
-    point at the frame centre."""
+def _tangent_wcs(ra_deg: float, dec_deg: float, scale_arcsec: float, shape, parity: int,
+                 rotation_deg: float = 0.0) -> WCS:
+    """North up, east left (parity -1, the sky's as seen) or east right (+1), turned by
+    `rotation_deg`, the given point at the frame centre."""
     ny, nx = shape
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [ra_deg, dec_deg]
     w.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]
     p = scale_arcsec / 3600.0
-    w.wcs.cd = [[parity * p, 0.0], [0.0, p]]
+    c, s = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
+    w.wcs.cd = np.array([[parity * p, 0.0], [0.0, p]]) @ np.array([[c, -s], [s, c]])
     return w
 
 
