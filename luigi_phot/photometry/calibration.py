@@ -63,32 +63,33 @@ class EnsembleSolution:
     comparison: np.ndarray      # (S,) bool: star used as a comparison (after rejection)
     star_chi2: np.ndarray       # (S,) reduced chi2 of each comparison candidate
 
-    def _uv(self, x, y):
-        return ((np.asarray(x, float) - self.centre[0]) / self.half_size[0],
-                (np.asarray(y, float) - self.centre[1]) / self.half_size[1])
+    def _design(self, x, y) -> np.ndarray:
+        """(N, k) the polynomial's terms at reference positions (x, y)."""
+        u = (np.atleast_1d(np.asarray(x, float)) - self.centre[0]) / self.half_size[0]
+        v = (np.atleast_1d(np.asarray(y, float)) - self.centre[1]) / self.half_size[1]
+        return poly_terms(u, v, self.order)
+
+    def _zeta_err(self, a: np.ndarray) -> np.ndarray:
+        """(F, N) the standard error of zeta at the positions of design rows `a`."""
+        n_f, k = self.coeffs.shape
+        var = self.cov.reshape(n_f, k * k) @ _term_products(a).T             # a_n . cov_f . a_n, as one product
+        return np.sqrt(np.maximum(var, 0.0, out=var), out=var)
 
     def zeta(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """(F, N) ln-scale and its standard error at reference positions (x, y)."""
-        u, v = self._uv(x, y)
-        a = poly_terms(np.atleast_1d(u), np.atleast_1d(v), self.order)      # (N, k)
-        z = self.coeffs @ a.T                                                # (F, N)
-        n_f, k = self.coeffs.shape
-        var = self.cov.reshape(n_f, k * k) @ _term_products(a).T             # a_n . cov_f . a_n, as one product
-        return z, np.sqrt(np.maximum(var, 0.0))
+        a = self._design(x, y)
+        return self.coeffs @ a.T, self._zeta_err(a)
 
     def calibrate(self, rate: np.ndarray, rate_err: np.ndarray, x, y) -> tuple[np.ndarray, np.ndarray]:
         """(F, N) calibrated rates rate / e^zeta and their errors, zeta's uncertainty added
         in quadrature, for stars at reference positions (x, y). Made with few whole-array
         temporaries: for 500 frames x 20,000 stars each costs tens of ms to allocate."""
-        u, v = self._uv(x, y)
-        a = poly_terms(np.atleast_1d(u), np.atleast_1d(v), self.order)
-        n_f, k = self.coeffs.shape
+        a = self._design(x, y)
         inv_scale = self.coeffs @ a.T
         np.exp(np.negative(inv_scale, out=inv_scale), out=inv_scale)
         cal = rate * inv_scale
         cal_err = np.multiply(rate_err, inv_scale, out=inv_scale)
-        zeta_err = self.cov.reshape(n_f, k * k) @ _term_products(a).T
-        np.sqrt(np.maximum(zeta_err, 0.0, out=zeta_err), out=zeta_err)
+        zeta_err = self._zeta_err(a)
         np.hypot(cal_err, np.multiply(zeta_err, cal, out=zeta_err), out=cal_err)
         return cal, cal_err
 

@@ -549,14 +549,12 @@ def _prepare(s: _CatalogueState) -> None:
     s.ref = _prepare_reference(s.frame, s.tuning)
 
 
-def _psf(s: _CatalogueState) -> str:
+def _psf(s: _CatalogueState) -> None:
     s.ref.psf = _reference_psf(s.ref, s.frame.info, s.notes)
-    return f"PSF FWHM {s.ref.psf.fwhm_pix:.2f} px"
 
 
-def _detect(s: _CatalogueState) -> str:
+def _detect(s: _CatalogueState) -> None:
     s.stars, s.height = _detect_stars(s.ref, s.photometry)
-    return f"{len(s.stars.x)} stars detected"
 
 
 def _astrometry(s: _CatalogueState) -> None:
@@ -574,13 +572,12 @@ def _target(s: _CatalogueState) -> None:
         s.dec, s.ref.psf.fwhm_pix, s.scale_arcsec, s.photometry.target_snap_arcsec, s.notes, s.warned)
 
 
-def _fluxes(s: _CatalogueState) -> str:
+def _fluxes(s: _CatalogueState) -> None:
     s.flux, s.flux_err = _reference_fluxes(s.ref, s.stars, s.photometry, s.notes)
     if (s.ref.flags & 2).any():   # stars touching saturated pixels
         from .aperture import pixel_flag_summary
         s.stars.saturated = s.stars.saturated | ((pixel_flag_summary(
             s.ref.flags & np.uint8(2), s.stars.x, s.stars.y, s.ref.psf.fwhm_pix) & 2) != 0)
-    return "reference fluxes fitted"
 
 
 def _isolated(s: _CatalogueState) -> None:

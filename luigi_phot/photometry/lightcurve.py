@@ -219,7 +219,7 @@ class _Stack:
     """The measured frames stacked star by star (F frames x S stars), then calibrated."""
 
     names: list[str]
-    headers: list
+    headers: list              # each frame's header values (MeasurementRecord.values)
     rate: np.ndarray           # e-/s on each frame
     rate_err: np.ndarray
     flags: np.ndarray          # FRAME_REJECTED added on frames the calibration rejects
@@ -258,14 +258,12 @@ class _LightcurveState:
     stars: Table | None = None
 
 
-def _stacked(s: _LightcurveState) -> str:
+def _stacked(s: _LightcurveState) -> None:
     s.stack = _stack(s.records, s.cat, s.rejected)
-    return f"{len(s.stack.names)} frames stacked"
 
 
-def _calibrated(s: _LightcurveState) -> str:
+def _calibrated(s: _LightcurveState) -> None:
     _calibrate(s.stack, s.cat, s.rejected, s.tuning.calibration)
-    return "frames calibrated"
 
 
 def _zero_pointed(s: _LightcurveState) -> None:
