@@ -231,43 +231,6 @@ def warnings_to_log(method):
     return wrapper
 
 
-def huge_pages_switch():
-    """numpy's private ``_set_madvise_hugepage(enabled) -> previous``, or None."""
-    import numpy as np
-
-    return getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
-
-
-def without_huge_pages(method):
-    """Decorator for a stage method that works on arrays of hundreds of MB which it
-    allocates once each (the light curve's frames x stars arrays, the catalogue's
-    full-frame images): numpy's request for transparent huge pages is switched off while
-    it runs. With it, on a kernel whose THP defrag setting is "madvise" (a common
-    default), the first touch of each new array waits for the kernel to compact memory:
-    back to back on the 2 cores, a light-curve update of 500 frames x 20,000 stars took
-    5.5-6.0 s with it and 2.1-2.4 s without; a 4k catalogue of 14,600 stars 6.1-9.3 s
-    against 5.5-5.9 s. MeasureImage, which reuses its arrays, is faster with huge pages
-    (0.74 s against 1.02 s) and keeps numpy's default.
-
-    numpy offers this switch only as the NUMPY_MADVISE_HUGEPAGE environment variable,
-    read once at import; the function that applies it, ``_set_madvise_hugepage``
-    (which returns the previous setting), is private: this is its one use, pinned by
-    tests/test_huge_pages.py. Without it (another numpy) the method runs as it is."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        switch = huge_pages_switch()
-        if switch is None:
-            return method(self, *args, **kwargs)
-        before = switch(False)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            switch(before)
-
-    return wrapper
-
-
 class _Timer:
     def __enter__(self):
         self.t0 = time.perf_counter()

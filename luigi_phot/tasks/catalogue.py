@@ -15,8 +15,9 @@ from astropy.io import fits
 
 from ..dataset import atomic_path, catalogue_header, catalogue_path, frame_identity, measurement_path
 from ..names import UnsafeName, name_from_header, safe_token, shown
-from .base import DatasetStage, StageError, warnings_to_log, without_huge_pages
+from .base import DatasetStage, StageError, warnings_to_log
 from .lock import LockDataset
+from .memory import for_large_arrays
 
 __all__ = ["BuildCatalogue"]
 
@@ -84,7 +85,7 @@ class BuildCatalogue(DatasetStage):
         return _CatalogueTarget(catalogue_path(self.red), self.config.catalogue_key(), self.config.target.name)
 
     @warnings_to_log
-    @without_huge_pages
+    @for_large_arrays
     def run(self):
         from ..photometry.catalogue import CatalogueError, build_catalogue, choose_reference
         from ..photometry.frames import FrameError, list_frames

@@ -23,10 +23,11 @@ from ..dataset import (PRODUCTS_DIR, atomic_paths, catalogue_header, catalogue_p
                        frame_identities, is_inside, measurement_dir, measurement_key, read_json, retry_markers,
                        retry_path, write_json_atomic)
 from ..names import UnsafeName, safe_token, shown
-from .base import DatasetStage, StageError, one_line_error, warnings_to_log, without_huge_pages
+from .base import DatasetStage, StageError, one_line_error, warnings_to_log
 from .catalogue import BuildCatalogue, reference_name
 from .lock import LockDataset
 from .measure import MeasureImage
+from .memory import for_large_arrays
 
 __all__ = ["BuildLightcurve"]
 
@@ -139,7 +140,7 @@ class BuildLightcurve(DatasetStage):
             self.note(f"the report could not be written: {one_line_error(exc) or repr(exc)}", 30)
 
     @warnings_to_log
-    @without_huge_pages
+    @for_large_arrays
     def _build(self, paths):
         from ..photometry import plots
         from ..photometry.catalogue import Catalogue

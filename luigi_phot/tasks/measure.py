@@ -32,6 +32,7 @@ from ..names import shown
 from .base import DatasetStage, warnings_to_log
 from .catalogue import BuildCatalogue
 from .lock import LockDataset
+from .memory import for_large_arrays
 
 __all__ = ["MeasureImage"]
 
@@ -87,6 +88,7 @@ class MeasureImage(DatasetStage):
         return _MeasurementTarget(measurement_path(self.red, key, self.image, digest), self.run_id)
 
     @warnings_to_log
+    @for_large_arrays
     def run(self):
         self.check_lock()
         ident = frame_identity(self.red, self.image)
