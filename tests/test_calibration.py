@@ -137,12 +137,25 @@ def test_column_medians_is_nanmedian_over_the_finite_values():
     from luigi_phot.photometry.calibration import column_medians
 
     rng = np.random.default_rng(7)
-    for shape in ((1, 5), (2, 7), (7, 3), (40, 300)):
-        values = rng.normal(size=shape)
+    for shape, dtype in (((1, 5), float), ((2, 7), float), ((7, 3), float), ((40, 300), float), ((41, 30), np.float32)):
+        values = rng.normal(size=shape).astype(dtype)
         values[rng.random(shape) < 0.3] = np.nan
         values[:, 0] = np.nan                            # a star with no good point
         values[0, 1] = np.inf
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(np.where(np.isfinite(values), values, np.nan), axis=0)
+        before = values.copy()
         assert np.array_equal(column_medians(values), expected, equal_nan=True)
+        assert np.array_equal(values, before, equal_nan=True)            # the caller's array untouched
+
+
+def test_row_medians_is_numpy_median_for_odd_and_even_lengths():
+    from luigi_phot.photometry.calibration import _row_medians
+
+    rng = np.random.default_rng(8)
+    for shape in ((5, 1), (5, 2), (30, 501), (30, 500)):
+        for dtype in (np.float32, np.float64):
+            rows = rng.lognormal(size=shape).astype(dtype)
+            median = _row_medians(rows)
+            assert median.dtype == dtype and np.array_equal(median, np.median(rows, axis=1))

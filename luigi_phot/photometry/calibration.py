@@ -96,16 +96,31 @@ class EnsembleSolution:
 
 def column_medians(values: np.ndarray) -> np.ndarray:
     """Each column's median over its finite values (NaN for a column with none):
-    np.nanmedian's answer along axis 0, from one sort instead of a masked array per call
-    (0.15 s against 0.7 s for 500 x 20,000)."""
+    np.nanmedian's answer along axis 0. Each column is copied into a contiguous row and
+    the rows sorted, instead of a masked array per call (np.nanmedian) or a sort across
+    rows: 0.07 s against 0.7 s and 0.16 s for 500 x 14,600."""
     if values.shape[0] == 0:
         return np.full(values.shape[1], np.nan)
-    ordered = np.sort(np.where(np.isfinite(values), values, np.nan), axis=0)   # NaN sort last
-    n = np.isfinite(ordered).sum(0)
-    cols = np.arange(ordered.shape[1])
-    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, ordered.shape[0] - 1)
+    rows = np.array(values.T, order="C")                  # a copy: sorted in place below
+    finite = np.isfinite(rows)
+    np.copyto(rows, np.nan, where=~finite)                # infinities left out; NaN sorts last
+    rows.sort(axis=1)
+    n = finite.sum(1)
+    index = np.arange(rows.shape[0])
+    lo, hi = np.maximum((n - 1) // 2, 0), np.minimum(n // 2, rows.shape[1] - 1)
     with np.errstate(invalid="ignore"):
-        return np.where(n > 0, (ordered[lo, cols] + ordered[hi, cols]) / 2, np.nan)
+        return np.where(n > 0, (rows[index, lo] + rows[index, hi]) / 2, np.nan)
+
+
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """np.median(rows, axis=1) for rows with no NaN, by one partition of the (contiguous)
+    rows."""
+    n = rows.shape[1]
+    mid = n // 2
+    if n % 2:
+        return np.partition(rows, mid, axis=1)[:, mid]
+    part = np.partition(rows, [mid - 1, mid], axis=1)
+    return (part[:, mid - 1] + part[:, mid]) / 2
 
 
 def _term_products(a: np.ndarray) -> np.ndarray:
@@ -199,10 +214,11 @@ class _FrameFits:
 def _comparison_candidates(rate, rate_err, usable, candidates, tuning: CalibrationTuning) -> np.ndarray:
     """The candidate stars with a median S/N above the tuning's, brightest first, at most
     the tuning's number."""
-    snr = np.zeros(rate.shape, np.float32)    # single precision: it only ranks and thresholds
+    # single precision: it only ranks and thresholds; one star a row: its median is one partition
+    snr = np.zeros(rate.shape[::-1], np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(rate, rate_err, out=snr, where=usable & (rate_err > 0))
-    med_snr = np.median(snr, axis=0)
+        np.divide(rate.T, rate_err.T, out=snr, where=(usable & (rate_err > 0)).T)
+    med_snr = _row_medians(snr)
     cand = np.flatnonzero(candidates & (med_snr > tuning.min_comparison_median_snr))
     return cand[np.argsort(-med_snr[cand])][:tuning.max_comparison_stars]
 
