@@ -4,6 +4,8 @@ measurement file read, and the light curve equals the one built from every file.
 
 from __future__ import annotations
 
+import json
+import mmap
 import os
 from pathlib import Path
 
@@ -27,6 +29,15 @@ def _lightcurve(red: Path, records):
     cat = Catalogue.load(catalogue_path(red))
     return build_lightcurve(records, cat, cfg.target.name, cfg.target.ra_deg, cfg.target.dec_deg,
                             cfg.photometry.default_zero_point)
+
+
+def _mapped(array) -> bool:
+    """Whether `array` views a file mapped into memory."""
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
 
 
 def _same_table(a, b) -> bool:
@@ -66,9 +77,31 @@ def test_a_changed_measurement_is_read_again_and_a_damaged_cache_ignored(reduced
         os.utime(paths[k], ns=(st.st_atime_ns, st.st_mtime_ns + (k + 2) * 1_000_000_000))
         read_measurements(paths, cache)
     assert len(list(cache.glob("block-*.npz"))) <= 8
+    listed = json.loads((cache / "index.json").read_text())["blocks"]
+    assert {f.name for f in cache.iterdir()} == {"index.json"} | {
+        f"{b.removesuffix('.npz')}{part}" for b in listed for part in (".npz", *(f".{c}.npy" for c in LIGHTCURVE_COLUMNS))}
     records, n_read = read_measurements(paths, cache)
     assert n_read == 0
     (cache / "index.json").write_text("{not json")
     again, n_read = read_measurements(paths, cache)
     assert n_read == len(paths)
     assert _same_table(_lightcurve(reduced_dataset, again).lightcurve, _lightcurve(reduced_dataset, records).lightcurve)
+
+
+def test_the_cache_maps_its_columns_and_removes_files_it_does_not_list(reduced_dataset, tmp_path):
+    paths = _measurements(reduced_dataset)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "block-0123456789ab.npz").write_bytes(b"a block of an older format")
+    (cache / ".tmp-block-feedbeefcafe.npz").write_bytes(b"left by a crash")
+    (cache / "notes.txt").write_text("not the cache's")
+    read_measurements(paths, cache)
+    assert not (cache / "block-0123456789ab.npz").exists() and not (cache / ".tmp-block-feedbeefcafe.npz").exists()
+    assert (cache / "notes.txt").is_file()
+    records, n_read = read_measurements(paths, cache)
+    assert n_read == 0
+    measured = [r for r in records if r.columns is not None]
+    assert measured and all(_mapped(r.columns[c]) for r in measured for c in LIGHTCURVE_COLUMNS)
+    full = [read_measurement(p, columns=LIGHTCURVE_COLUMNS) for p in paths]
+    assert all(np.array_equal(a.columns[c], b.columns[c], equal_nan=True) and a.columns[c].dtype == b.columns[c].dtype.newbyteorder("=")
+               for a, b in zip(measured, [r for r in full if r.columns is not None]) for c in LIGHTCURVE_COLUMNS)
