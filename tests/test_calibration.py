@@ -97,6 +97,11 @@ def test_calibrate_equals_rate_over_the_scale_with_the_scale_error_in_quadrature
     np.testing.assert_allclose(cal, expected, rtol=1e-12)
     np.testing.assert_allclose(cal_err, np.sqrt((rate_err / np.exp(zeta)) ** 2 + (expected * zeta_err) ** 2),
                                rtol=1e-12)
+    # overwrite: the same numbers, in the caller's arrays
+    rate_copy, err_copy = rate.copy(), rate_err.copy()
+    cal_in_place, err_in_place = sol.calibrate(rate_copy, err_copy, x, y, overwrite=True)
+    assert cal_in_place is rate_copy and err_in_place is err_copy
+    assert np.array_equal(cal_in_place, cal) and np.array_equal(err_in_place, cal_err)
 
 
 def test_the_reference_frame_alone_is_its_own_scale():

@@ -102,8 +102,10 @@ def _records(rng, rate):
         expected = rate * variation[f] * transparency[f] * exptime
         err = np.sqrt(expected + 400.0)
         header = fits.Header({"EXPTIME": exptime, "MJDMID": 61300.0 + f / 24, "AIRMASS": 1.2, **CTIO})
+        neighbour = np.zeros(N_STARS, np.float32)
+        neighbour[TARGET] = 50.0 * transparency[f] * exptime          # 50 e-/s on the reference frame
         columns = {"x": np.zeros(N_STARS), "y": np.zeros(N_STARS), "flux": rng.normal(expected, err),
-                   "flux_err": err, "sky": np.full(N_STARS, 300.0), "neighbour_flux": np.zeros(N_STARS, np.float32),
+                   "flux_err": err, "sky": np.full(N_STARS, 300.0), "neighbour_flux": neighbour,
                    "flags": np.zeros(N_STARS, dtype=np.int16)}
         if f == 8:
             columns["flags"][TARGET] = F.COSMIC_RAY          # informative: kept everywhere
@@ -139,6 +141,11 @@ def test_build_lightcurve_puts_every_frame_on_the_reference_scale(with_magnitude
     assert list(p.rejected["image"]) == ["frame-11.fits"]
     assert p.flux.shape == (N_FRAMES, N_STARS)
     assert not p.stars["comparison"][TARGET]
+    # the neighbours' light in the target's aperture, on the reference scale like its flux
+    assert np.allclose(np.asarray(lc["neighbour_flux"])[measured], 50.0, rtol=0.02)
+    # flags: 32-bit in the light curve (as ever), 16-bit in the all-stars file, every bit fits
+    assert lc["flags"].dtype == np.int32 and p.flags.dtype.newbyteorder("=") == np.int16
+    assert max(F.FLAGS) < 2 ** 15 and F.SEVERE < 2 ** 15
 
 
 def test_no_usable_frame_says_why():

@@ -4,7 +4,9 @@ A flagged point stays in the light-curve files with its flag, so users choose
 what to keep. ``SEVERE`` are the bits that exclude a point from calibration,
 from the TOM upload (unless configured otherwise) and from precision figures;
 the others inform (a bad pixel or cosmic-ray hit that was repaired from the
-model, whose uncertainty is in the error bar, or a crowded star).
+model, whose uncertainty is in the error bar, or a crowded star). Every bit is
+below 2^15: flags are stored as 16-bit integers (measurement files, the all-stars
+file, the light curve's stacked arrays).
 """
 
 from __future__ import annotations

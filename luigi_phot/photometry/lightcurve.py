@@ -216,14 +216,16 @@ def _header_float(h, key):
 
 @dataclass
 class _Stack:
-    """The measured frames stacked star by star (F frames x S stars), then calibrated."""
+    """The measured frames stacked star by star (F frames x S stars), then calibrated:
+    the calibration turns ``rate`` and ``rate_err`` into ``cal`` and ``cal_err`` in place
+    (for 500 frames x 20,000 stars each array is 80 MB) and sets them to None."""
 
     names: list[str]
     headers: list              # each frame's header values (MeasurementRecord.values)
-    rate: np.ndarray           # e-/s on each frame
-    rate_err: np.ndarray
-    flags: np.ndarray          # FRAME_REJECTED added on frames the calibration rejects
-    neighbour_e: np.ndarray    # modelled neighbour light in the aperture, e-
+    rate: np.ndarray | None    # e-/s on each frame
+    rate_err: np.ndarray | None
+    flags: np.ndarray          # int16; FRAME_REJECTED added on frames the calibration rejects
+    target_neighbour_e: np.ndarray    # (F,) modelled neighbour light in the target's aperture, e-
     exptime_s: np.ndarray
     usable: np.ndarray         # no severe flag, finite
     cal: np.ndarray | None = None        # e-/s on the reference frame's scale
@@ -334,9 +336,10 @@ def build_lightcurve(records: list[MeasurementRecord], cat: Catalogue, target_na
     rej["reason"] = [rejected[k] for k in sorted(rejected)]
     meta = {"zero_point_ref": s.zero_point[0], "zero_point_source": s.zero_point[2], "tom_csv_all": tom_csv_all,
             "n_measured": len(stack.names), "n_rejected": len(rejected), "step_seconds": timings}
+    # big-endian, as FITS stores them: written without swapping
     return LightCurveProducts(lightcurve=lc, tom_csv=tom_csv, rejected=rej, frames=s.frames, stars=s.stars,
-                              flux=stack.cal.astype(np.float32), flux_err=stack.cal_err.astype(np.float32),
-                              flags=stack.flags.astype(np.int16), meta=meta)
+                              flux=stack.cal.astype(">f4"), flux_err=stack.cal_err.astype(">f4"),
+                              flags=stack.flags.astype(">i2"), meta=meta)
 
 
 def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str, str]) -> _Stack:
@@ -348,14 +351,15 @@ def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str,
         raise _no_usable_frame(rejected)
     flux = np.empty((n_f, n_s), dtype=np.float64)
     err = np.empty((n_f, n_s), dtype=np.float64)
-    flg = np.empty((n_f, n_s), dtype=np.int32)
-    neigh = np.empty((n_f, n_s), dtype=np.float32)
+    flg = np.empty((n_f, n_s), dtype=np.int16)          # every flag bit is below 2^15 (flags.py)
+    neigh = np.empty(n_f)
     exptime = np.empty(n_f)
+    t_idx = cat.target_index
     for k, r in enumerate(measured):
         c = r.columns
         if c["flux"].size != n_s:
             raise ValueError(f"{r.image}: measured against another catalogue ({c['flux'].size} stars, expected {n_s})")
-        flux[k], err[k], flg[k], neigh[k] = c["flux"], c["flux_err"], c["flags"], c["neighbour_flux"]
+        flux[k], err[k], flg[k], neigh[k] = c["flux"], c["flux_err"], c["flags"], c["neighbour_flux"][t_idx]
         exptime[k] = _header_float(r.values, "EXPTIME")
     exptime = np.where(exptime > 0, exptime, 1.0)
     rate = np.divide(flux, exptime[:, None], out=flux)         # in place: each whole-array copy costs
@@ -364,7 +368,7 @@ def _stack(records: list[MeasurementRecord], cat: Catalogue, rejected: dict[str,
     usable &= np.isfinite(rate)
     usable &= np.isfinite(rate_err)
     return _Stack(names=[r.image for r in measured], headers=[r.values for r in measured], rate=rate,
-                  rate_err=rate_err, flags=flg, neighbour_e=neigh, exptime_s=exptime, usable=usable)
+                  rate_err=rate_err, flags=flg, target_neighbour_e=neigh, exptime_s=exptime, usable=usable)
 
 
 def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str], tuning: CalibrationTuning) -> None:
@@ -382,7 +386,8 @@ def _calibrate(stack: _Stack, cat: Catalogue, rejected: dict[str, str], tuning: 
     t_idx = cat.target_index
     z, z_err = sol.zeta(x_ref[t_idx:t_idx + 1], y_ref[t_idx:t_idx + 1])
     stack.target_zeta, stack.target_zeta_err = z[:, 0], z_err[:, 0]
-    stack.cal, stack.cal_err = sol.calibrate(stack.rate, stack.rate_err, x_ref, y_ref)   # (F, S)
+    stack.cal, stack.cal_err = sol.calibrate(stack.rate, stack.rate_err, x_ref, y_ref, overwrite=True)   # (F, S)
+    stack.rate = stack.rate_err = None
     stack.bad_frames = ~sol.frame_ok
     stack.flags[stack.bad_frames] |= F.FRAME_REJECTED
     stack.good = stack.usable & sol.frame_ok[:, None]
@@ -487,12 +492,12 @@ def _target_table(stack: _Stack, cat: Catalogue, frames: Table, zp: float, recor
     lc["flux_err"] = t_err
     lc["mag"] = mag
     lc["mag_err"] = mag_err
-    lc["flags"] = stack.flags[:, t_idx]
+    lc["flags"] = stack.flags[:, t_idx].astype(np.int32)
     lc["image"] = [shown(n) for n in stack.names]
     for c in ("zero_point", "zero_point_err", "fwhm_arcsec", "airmass", "sky"):
         lc[c] = frames[c]
     lc["exptime"] = stack.exptime_s
-    lc["neighbour_flux"] = stack.neighbour_e[:, t_idx] / stack.exptime_s / np.exp(stack.target_zeta)
+    lc["neighbour_flux"] = stack.target_neighbour_e / stack.exptime_s / np.exp(stack.target_zeta)
     rej_rows = [r for r in records if r.columns is None and np.isfinite(_header_float(r.values, "MJDMID"))]
     if rej_rows:
         rj_mjd = np.array([_header_float(r.values, "MJDMID") for r in rej_rows])
