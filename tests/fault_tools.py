@@ -265,6 +265,8 @@ def check_outputs_readable(red_dir: Path) -> list[str]:
         elif name.endswith(".npz"):
             with np.load(p, allow_pickle=False) as stacked:
                 [stacked[k] for k in stacked.files]
+        elif name.endswith(".npy"):
+            np.asarray(np.load(p, mmap_mode="r", allow_pickle=False)).sum()
         elif name.endswith(".json") or name == "dataset.lock":
             json.loads(p.read_text())
         elif name == LOG:
