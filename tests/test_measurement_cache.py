@@ -78,8 +78,9 @@ def test_a_changed_measurement_is_read_again_and_a_damaged_cache_ignored(reduced
         read_measurements(paths, cache)
     assert len(list(cache.glob("block-*.npz"))) <= 8
     listed = json.loads((cache / "index.json").read_text())["blocks"]
+    parts = (".npz", *(f".{c}.npy" for c in LIGHTCURVE_COLUMNS))
     assert {f.name for f in cache.iterdir()} == {"index.json"} | {
-        f"{b.removesuffix('.npz')}{part}" for b in listed for part in (".npz", *(f".{c}.npy" for c in LIGHTCURVE_COLUMNS))}
+        f"{b.removesuffix('.npz')}{part}" for b in listed for part in parts}
     records, n_read = read_measurements(paths, cache)
     assert n_read == 0
     (cache / "index.json").write_text("{not json")
@@ -103,5 +104,8 @@ def test_the_cache_maps_its_columns_and_removes_files_it_does_not_list(reduced_d
     measured = [r for r in records if r.columns is not None]
     assert measured and all(_mapped(r.columns[c]) for r in measured for c in LIGHTCURVE_COLUMNS)
     full = [read_measurement(p, columns=LIGHTCURVE_COLUMNS) for p in paths]
-    assert all(np.array_equal(a.columns[c], b.columns[c], equal_nan=True) and a.columns[c].dtype == b.columns[c].dtype.newbyteorder("=")
-               for a, b in zip(measured, [r for r in full if r.columns is not None]) for c in LIGHTCURVE_COLUMNS)
+    from_files = [r for r in full if r.columns is not None]
+    for a, b in zip(measured, from_files):
+        for c in LIGHTCURVE_COLUMNS:       # the same values and type, in native byte order
+            assert np.array_equal(a.columns[c], b.columns[c], equal_nan=True)
+            assert a.columns[c].dtype == b.columns[c].dtype.newbyteorder("=")

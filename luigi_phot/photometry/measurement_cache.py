@@ -14,8 +14,8 @@ columns into memory first cost 0.1 s and 100 MB of fresh pages):
 
 - :func:`read_measurements` gives the same :class:`MeasurementRecord` objects as
   reading every file with :func:`read_measurement` (the header parsed from the
-  same text, the arrays with the same values and types, in native byte order), so a light curve made
-  through the cache is the one made from the files;
+  same text, the arrays with the same values and types, in native byte order), so a
+  light curve made through the cache is the one made from the files;
 - an entry counts only while its file has the same name, size and mtime
   (measurement files are named after the frame's content digest and never
   rewritten in place, so a changed frame is a new name anyway);
