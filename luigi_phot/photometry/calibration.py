@@ -159,9 +159,7 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
         # more in poor seeing: a quadratic follows it; ten comparison stars a term suffice
         order = 2 if cand.size >= tuning.quadratic_min_stars else (1 if cand.size >= tuning.linear_min_stars else 0)
     k = (order + 1) * (order + 2) // 2
-    ny, nx = shape
-    centre = ((nx - 1) / 2.0, (ny - 1) / 2.0)
-    half = (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0))
+    centre, half = _field_normalisation(shape)
     design = poly_terms((x_ref[cand] - centre[0]) / half[0], (y_ref[cand] - centre[1]) / half[1], order)  # (C, k)
     lnr, w0, ok = _log_rates(rate[:, cand], rate_err[:, cand], usable[:, cand])
     fit = _FrameFits(coeffs=_initial_offsets(lnr, ok, ref_frame, tuning.min_frame_points, k),
@@ -195,14 +193,20 @@ def solve_ensemble(rate: np.ndarray, rate_err: np.ndarray, usable: np.ndarray, c
                             comparison=comparison, star_chi2=all_chi2)
 
 
+def _field_normalisation(shape: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(centre, half size) in pixels of a frame of `shape` (ny, nx): the polynomial's
+    coordinates are (x - centre) / half size, within [-1, 1] on the frame."""
+    ny, nx = shape
+    return ((nx - 1) / 2.0, (ny - 1) / 2.0), (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0))
+
+
 def _reference_alone(n_s: int, cand: np.ndarray, n_comparison: int, shape: tuple[int, int]) -> EnsembleSolution:
     """The solution when the reference frame is the only frame (a new dataset's first
     frame): the reference scale is its own, exactly (zeta 0, no uncertainty)."""
-    ny, nx = shape
     comparison = np.zeros(n_s, dtype=bool)
     comparison[cand] = True
-    return EnsembleSolution(coeffs=np.zeros((1, 1)), cov=np.zeros((1, 1, 1)), order=0,
-                            centre=((nx - 1) / 2.0, (ny - 1) / 2.0), half_size=(max(nx / 2.0, 1.0), max(ny / 2.0, 1.0)),
+    centre, half = _field_normalisation(shape)
+    return EnsembleSolution(coeffs=np.zeros((1, 1)), cov=np.zeros((1, 1, 1)), order=0, centre=centre, half_size=half,
                             frame_ok=np.ones(1, dtype=bool), n_comparison=np.array([n_comparison]),
                             frame_chi2=np.array([np.nan]), comparison=comparison, star_chi2=np.full(n_s, np.nan))
 
